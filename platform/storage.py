@@ -1,0 +1,289 @@
+"""One URI layer for local paths and ``s3://`` (any S3-compatible endpoint).
+
+Every job reads and writes through these functions, so a path in a job YAML can be
+``/data/x``, ``./x`` or ``s3://bucket/x`` and nothing else in the code cares.
+
+S3 settings come from the usual AWS environment (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``) plus ``AWS_ENDPOINT_URL`` (or
+``AWS_ENDPOINT_URL_S3``) for MinIO, Ceph, moto or another S3-compatible server.
+
+A member of an uncompressed tar archive is addressed as ``ARCHIVE.tar::MEMBER``
+(``s3://b/shards/00000.tar::abc.1.jpg``) and read in place, without unpacking.
+
+Writes are atomic: a local file is written beside its target and renamed into
+place; an S3 object only becomes visible when its upload completes. A reader
+therefore never sees half a shard.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import os
+import posixpath
+import tarfile
+import tempfile
+import uuid
+from collections.abc import Iterator
+from typing import IO
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+TAR_SEP = "::"
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed; the message names the URI."""
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def endpoint_url() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_filesystem(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
+    kwargs: dict = {"region": region or "us-east-1"}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or endpoint
+        kwargs["scheme"] = parsed.scheme or "https"
+        # Self-hosted S3 servers rarely support virtual-host addressing.
+        kwargs["force_virtual_addressing"] = False
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem for ``uri`` and the path inside it."""
+    if is_s3(uri):
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        return _s3_filesystem(endpoint_url(), region), uri[len("s3://") :].rstrip("/")
+    if "://" in uri:
+        raise StorageError(f"unsupported URI scheme in {uri!r} (use a local path or s3://)")
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def join(base: str, *parts: str) -> str:
+    if is_s3(base):
+        return posixpath.join(base.rstrip("/"), *parts)
+    return os.path.join(base, *parts)
+
+
+def parent(uri: str) -> str:
+    return posixpath.dirname(uri.rstrip("/")) if is_s3(uri) else os.path.dirname(os.path.abspath(uri))
+
+
+def basename(uri: str) -> str:
+    return posixpath.basename(split_member(uri)[1] or uri.rstrip("/"))
+
+
+def split_member(uri: str) -> tuple[str, str | None]:
+    """``a.tar::m`` -> (``a.tar``, ``m``); any other URI -> (uri, None)."""
+    if TAR_SEP in uri:
+        archive, member = uri.split(TAR_SEP, 1)
+        return archive, member
+    return uri, None
+
+
+def exists(uri: str) -> bool:
+    archive, member = split_member(uri)
+    fs, path = filesystem(archive)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return False
+    if member is None:
+        return True
+    return member in tar_members(archive)
+
+
+def size(uri: str) -> int:
+    archive, member = split_member(uri)
+    if member is not None:
+        return tar_members(archive)[member][1]
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(uri)
+    return int(info.size or 0)
+
+
+def list_files(uri: str, suffix: str | tuple[str, ...] = "", recursive: bool = True) -> list[str]:
+    """Files under ``uri`` (sorted URIs), optionally only those ending in ``suffix``."""
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return []
+    selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=True)
+    prefix = "s3://" if is_s3(uri) else ""
+    out = [
+        prefix + i.path
+        for i in fs.get_file_info(selector)
+        if i.type == pafs.FileType.File and i.path.endswith(suffix) and not _is_temp(i.path)
+    ]
+    return sorted(out)
+
+
+def _is_temp(path: str) -> bool:
+    return posixpath.basename(path).startswith(".tmp-")
+
+
+def open_input(uri: str) -> IO[bytes]:
+    """A seekable binary file for ``uri`` (tar members included)."""
+    archive, member = split_member(uri)
+    if member is not None:
+        tf = _open_tar(archive)
+        try:
+            f = tf.extractfile(member)
+        except KeyError:
+            raise FileNotFoundError(uri) from None
+        if f is None:
+            raise StorageError(f"{uri}: tar member is not a regular file")
+        return f
+    fs, path = filesystem(uri)
+    try:
+        return fs.open_input_file(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(uri) from None
+    except OSError as e:
+        if "not found" in str(e).lower() or "does not exist" in str(e).lower():
+            raise FileNotFoundError(uri) from None
+        raise StorageError(f"cannot open {uri}: {e}") from e
+
+
+def read_bytes(uri: str) -> bytes:
+    with open_input(uri) as f:
+        return f.read()
+
+
+def read_text(uri: str, encoding: str = "utf-8") -> str:
+    return read_bytes(uri).decode(encoding)
+
+
+def _temp_name(path: str) -> str:
+    d, b = posixpath.split(path)
+    return posixpath.join(d, f".tmp-{uuid.uuid4().hex[:12]}-{b}")
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Atomically write ``data`` to ``uri``."""
+    fs, path = filesystem(uri)
+    if is_s3(uri):
+        # A single PUT / completed multipart upload is atomic on S3.
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def write_parquet(uri: str, table: pa.Table, **kwargs) -> None:
+    """Atomically write one Parquet file (visible only once complete)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression=kwargs.pop("compression", "zstd"), **kwargs)
+    write_bytes(uri, buf.getvalue())
+
+
+def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file, or every ``*.parquet`` under a folder, as one table."""
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return pq.read_table(path, filesystem=fs, columns=columns)
+    files = list_files(uri, ".parquet")
+    if not files:
+        raise FileNotFoundError(f"no Parquet files under {uri}")
+    tables = [pq.read_table(filesystem(f)[1], filesystem=fs, columns=columns) for f in files]
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def delete(uri: str) -> None:
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def content_digest(*parts: str | bytes, n: int = 12) -> str:
+    """A short stable hex digest (used to name shards by their content)."""
+    h = hashlib.sha1()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else p.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:n]
+
+
+# --- tar archives -------------------------------------------------------------------
+
+
+def _open_tar(archive: str) -> tarfile.TarFile:
+    if archive.endswith((".tar.gz", ".tgz")):
+        raise StorageError(
+            f"{archive}: compressed tar archives have no random access; extract them first "
+            "or repack as plain .tar shards"
+        )
+    fs, path = filesystem(archive)
+    return tarfile.open(fileobj=fs.open_input_file(path), mode="r:")
+
+
+@functools.lru_cache(maxsize=64)
+def tar_members(archive: str) -> dict[str, tuple[int, int]]:
+    """Regular members of an uncompressed tar: name -> (data offset, size). Reads headers only."""
+    with _open_tar(archive) as tf:
+        return {m.name: (m.offset_data, m.size) for m in tf.getmembers() if m.isfile()}
+
+
+def iter_tar_members(archive: str) -> Iterator[str]:
+    for name in tar_members(archive):
+        yield f"{archive}{TAR_SEP}{name}"
+
+
+def materialize(uri: str, cache_dir: str | None = None) -> str:
+    """A local path holding ``uri``'s contents (a file or a whole folder).
+
+    Local paths are returned as they are. ``s3://`` objects and prefixes are downloaded
+    once into ``cache_dir`` (default ``$SAMA_CACHE`` or ``~/.cache/sama``), keyed by URI,
+    so model weights in Hugging Face / diffusers layout can be loaded with
+    ``from_pretrained(local_path)``.
+    """
+    if not is_s3(uri):
+        return filesystem(uri)[1]
+    root = cache_dir or os.environ.get("SAMA_CACHE") or os.path.expanduser("~/.cache/sama")
+    dest = os.path.join(root, content_digest(uri), basename(uri))
+    done = dest + ".complete"
+    if os.path.exists(done):
+        return dest
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(uri)
+    if info.type == pafs.FileType.File:
+        write_bytes(dest, read_bytes(uri))
+    else:
+        for f in list_files(uri):
+            rel = f[len(uri.rstrip("/")) + 1 :]
+            write_bytes(os.path.join(dest, rel), read_bytes(f))
+    open(done, "w").close()
+    return dest
