@@ -70,6 +70,15 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
+def normalize(uri: str) -> str:
+    """Absolute local paths (so tables stay valid from any working directory); s3:// as is."""
+    if is_s3(uri):
+        return uri.rstrip("/")
+    archive, member = split_member(uri)
+    path = os.path.abspath(os.path.expanduser(archive))
+    return f"{path}{TAR_SEP}{member}" if member is not None else path
+
+
 def join(base: str, *parts: str) -> str:
     if is_s3(base):
         return posixpath.join(base.rstrip("/"), *parts)

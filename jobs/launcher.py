@@ -1,0 +1,61 @@
+"""Run a job YAML: parse -> resolve config -> connect Ray -> run -> clean up."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+
+from sama import config as C
+from sama import storage
+
+from .registry import JOBS
+
+log = logging.getLogger("sama")
+
+
+def job_name(path: str, overrides: Sequence[str] = ()) -> str:
+    data = C.apply_overrides(C.load_yaml(path), overrides)
+    name = data.get("job")
+    if not name:
+        raise C.ConfigError(f"{path}: missing top-level key 'job' (one of {sorted(JOBS)})")
+    if name not in JOBS:
+        raise C.ConfigError(f"{path}: unknown job '{name}' (known: {sorted(JOBS)})")
+    return name
+
+
+def resolve(path: str, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
+    """The job's typed config (defaults < YAML < overrides) and its entry point."""
+    cls, entry = JOBS[job_name(path, overrides)].load()
+    return C.load(cls, path, overrides), entry
+
+
+def connect(ray_cfg: C.RayConfig) -> bool:
+    """Join ``ray.address`` / $RAY_ADDRESS, else start an embedded local Ray. True if we started it."""
+    if ray.is_initialized():
+        return False
+    address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return False
+    ray.init(num_cpus=ray_cfg.num_cpus, num_gpus=ray_cfg.num_gpus, include_dashboard=False, log_to_driver=True)
+    return True
+
+
+def run(path: str, overrides: Sequence[str] = ()) -> Any:
+    cfg, entry = resolve(path, overrides)
+    storage.write_text(storage.join(cfg.output, "config.yaml"), C.dump_yaml(cfg))
+    started = connect(cfg.ray)
+    t0 = time.time()
+    try:
+        result = entry(cfg)
+        print(f"[sama] {cfg.job} finished in {time.time() - t0:.1f}s; outputs in {cfg.output}", file=sys.stderr)
+        return result
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,148 @@
+"""Arrow schemas of every table that passes between jobs, versioned and validated on read.
+
+A table written by a job carries its schema name and version in the Parquet
+metadata (``sama.schema``, ``sama.schema_version``); a reader calls
+:func:`validate` so a stale or foreign table fails with a message naming the file
+and the column instead of deep inside a later stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+TASKS = ("t2v", "image_edit", "video_edit")
+REJECT_REASONS = (
+    "missing_file",
+    "empty_file",
+    "truncated",
+    "undecodable",
+    "unsupported_codec",
+    "empty_instruction",
+    "source_target_mismatch",
+    "duplicate",
+    "bad_record",
+)
+
+
+class SchemaError(ValueError):
+    """A table does not match the schema it claims; the message names file and column."""
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    name: str
+    version: int
+    schema: pa.Schema
+
+    def with_metadata(self) -> pa.Schema:
+        return self.schema.with_metadata({b"sama.schema": self.name.encode(), b"sama.schema_version": str(self.version).encode()})
+
+    def table(self, rows: Iterable[Mapping]) -> pa.Table:
+        """A table of ``rows`` (dicts) in this schema; missing nullable fields become null."""
+        rows = list(rows)
+        cols = {f.name: [r.get(f.name) for r in rows] for f in self.schema}
+        return pa.Table.from_pydict(cols, schema=self.with_metadata())
+
+    def empty(self) -> pa.Table:
+        return self.with_metadata().empty_table()
+
+
+def _media_fields(prefix: str) -> list[pa.Field]:
+    return [
+        pa.field(f"{prefix}_width", pa.int32()),
+        pa.field(f"{prefix}_height", pa.int32()),
+        pa.field(f"{prefix}_frames", pa.int32()),
+        pa.field(f"{prefix}_fps", pa.float32()),
+        pa.field(f"{prefix}_duration", pa.float32()),
+        pa.field(f"{prefix}_codec", pa.string()),
+    ]
+
+
+MANIFEST = TableSchema(
+    "manifest",
+    1,
+    pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("dataset", pa.string(), nullable=False),
+            pa.field("category", pa.string()),
+            pa.field("task", pa.string(), nullable=False),  # one of TASKS
+            pa.field("instruction", pa.string(), nullable=False),  # edit instruction or clip caption
+            pa.field("source_uri", pa.string()),  # null for t2v clips
+            pa.field("target_uri", pa.string(), nullable=False),
+            *_media_fields("src"),
+            *_media_fields("tgt"),
+            pa.field("extra", pa.string()),  # JSON: dataset-specific metadata (scores, style, ...)
+        ]
+    ),
+)
+
+REJECTS = TableSchema(
+    "rejects",
+    1,
+    pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("dataset", pa.string(), nullable=False),
+            pa.field("stage", pa.string(), nullable=False),  # which job rejected it
+            pa.field("reason", pa.string(), nullable=False),  # a REJECT_REASONS value or a stage's own
+            pa.field("detail", pa.string()),  # human-readable: names the file or field
+            pa.field("source_uri", pa.string()),
+            pa.field("target_uri", pa.string()),
+        ]
+    ),
+)
+
+REGISTRY: dict[str, TableSchema] = {s.name: s for s in (MANIFEST, REJECTS)}
+
+
+def register(schema: TableSchema) -> TableSchema:
+    REGISTRY[schema.name] = schema
+    return schema
+
+
+def validate(table: pa.Table, expected: TableSchema, where: str = "<table>") -> pa.Table:
+    """Check ``table`` against ``expected`` and return it cast to the exact schema.
+
+    Extra columns are an error (they would be silently dropped downstream), as are
+    missing columns, incompatible types, nulls in required columns and a schema
+    name/version mismatch recorded in the file's metadata.
+    """
+    meta = table.schema.metadata or {}
+    name = meta.get(b"sama.schema", b"").decode()
+    version = meta.get(b"sama.schema_version", b"").decode()
+    if name and name != expected.name:
+        raise SchemaError(f"{where}: is a '{name}' table, expected '{expected.name}'")
+    if version and int(version) != expected.version:
+        raise SchemaError(f"{where}: '{expected.name}' schema version {version}, this code reads version {expected.version}")
+    names = set(table.column_names)
+    wanted = [f.name for f in expected.schema]
+    missing = [n for n in wanted if n not in names]
+    if missing:
+        raise SchemaError(f"{where}: missing column(s) {missing} of the '{expected.name}' schema")
+    extra = sorted(names - set(wanted))
+    if extra:
+        raise SchemaError(f"{where}: unexpected column(s) {extra} for the '{expected.name}' schema")
+    table = table.select(wanted)
+    for f in expected.schema:
+        col = table.column(f.name)
+        if not f.nullable and col.null_count:
+            raise SchemaError(f"{where}: column '{f.name}' has {col.null_count} null value(s) but is required")
+        if not col.type.equals(f.type):
+            try:
+                col.cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise SchemaError(f"{where}: column '{f.name}' has type {col.type}, expected {f.type}: {e}") from e
+    return table.cast(expected.with_metadata())
+
+
+def sample_id(dataset: str, *keys: str | None) -> str:
+    """A stable id from the dataset name and the fields that identify a sample."""
+    h = hashlib.sha1(dataset.encode())
+    for k in keys:
+        h.update(b"\0" + (k or "").encode())
+    return f"{dataset}-{h.hexdigest()[:16]}"
