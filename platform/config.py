@@ -46,6 +46,8 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{source}: '{key}' = {value!r} matches none of {_describe(tp)}")
+    if value is None:
+        raise ConfigError(f"{source}: '{key}' must not be null (expected {_describe(tp)})")
     if origin is Literal:
         if value not in get_args(tp):
             raise ConfigError(f"{source}: '{key}' = {value!r} is not one of {list(get_args(tp))}")

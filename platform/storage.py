@@ -60,6 +60,13 @@ def _s3_filesystem(endpoint: str | None, region: str | None) -> pafs.S3FileSyste
     return pafs.S3FileSystem(**kwargs)
 
 
+@functools.lru_cache(maxsize=8)
+def _s3_client(endpoint: str | None):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint)
+
+
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem for ``uri`` and the path inside it."""
     if is_s3(uri):
@@ -184,9 +191,10 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Atomically write ``data`` to ``uri``."""
     fs, path = filesystem(uri)
     if is_s3(uri):
-        # A single PUT / completed multipart upload is atomic on S3.
-        with fs.open_output_stream(path) as f:
-            f.write(data)
+        # boto3 sends one PUT (or a multipart upload above 8 MiB): the object appears only
+        # when complete. (pyarrow's S3 output stream misreads some servers' completion replies.)
+        bucket, key = path.split("/", 1)
+        _s3_client(endpoint_url()).upload_fileobj(io.BytesIO(data), bucket, key)
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))

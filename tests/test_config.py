@@ -1,0 +1,85 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from sama import config as C
+
+
+@dataclass
+class Inner:
+    size: int = 8
+    rate: float = 0.5
+    names: list[str] = field(default_factory=lambda: ["a"])
+    mode: str | None = None
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    inner: Inner = field(default_factory=Inner)
+    opt: Inner | None = None
+
+
+def write(tmp_path, text):
+    p = tmp_path / "job.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_defaults_then_yaml_then_overrides(tmp_path):
+    path = write(tmp_path, "name: y\ninner:\n  size: 3\n")
+    cfg = C.load(Outer, path, ["inner.rate=2", "inner.names=[p, q]", "opt.size=5"])
+    assert cfg.name == "y" and cfg.inner.size == 3 and cfg.inner.rate == 2.0
+    assert cfg.inner.names == ["p", "q"] and cfg.opt == Inner(size=5)
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, "inner:\n  sise: 3\n")
+    with pytest.raises(C.ConfigError) as e:
+        C.load(Outer, path)
+    assert "inner.sise" in str(e.value) and path in str(e.value) and "size" in str(e.value)
+
+
+def test_wrong_type_names_key(tmp_path):
+    path = write(tmp_path, "inner:\n  size: big\n")
+    with pytest.raises(C.ConfigError, match=r"'inner.size' must be an integer"):
+        C.load(Outer, path)
+    with pytest.raises(C.ConfigError, match=r"'inner.names\[1\]' must be a string"):
+        C.load(Outer, path=None, data={"inner": {"names": ["a", 3]}})
+    with pytest.raises(C.ConfigError, match="override"):
+        C.load(Outer, path=None, overrides=["nonsense"])
+
+
+def test_bool_is_not_an_int_and_null_only_where_optional(tmp_path):
+    with pytest.raises(C.ConfigError, match="integer"):
+        C.load(Outer, data={"inner": {"size": True}})
+    with pytest.raises(C.ConfigError, match="must not be null"):
+        C.load(Outer, data={"inner": None})
+    assert C.load(Outer, data={"opt": None}).opt is None
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = C.load(Outer, data={"opt": {"mode": "m"}})
+    again = C.load(Outer, write(tmp_path, C.dump_yaml(cfg)))
+    assert again == cfg
+
+
+def test_ingest_yaml_in_repo_resolves():
+    from sama.jobs import launcher
+    from sama.jobs.demo import job_yaml
+
+    cfg, entry = launcher.resolve(job_yaml("ingest"), ["ingest.shard_size=7"])
+    assert cfg.job == "ingest" and cfg.ingest.shard_size == 7 and callable(entry)
+    assert cfg.ingest.datasets.ditto1m.subsets == ["global_style1", "global_style2"]
+
+
+def test_cli_config_error_exit_code_and_message(tmp_path, capsys):
+    from sama.jobs.cli import main
+
+    path = write(tmp_path, "job: ingest\ningest:\n  shard_sise: 4\n")
+    assert main(["run", path]) == 2
+    err = capsys.readouterr().err
+    assert "ingest.shard_sise" in err and path in err
+    assert main(["run", write(tmp_path, "job: nope\n")]) == 2
+    assert "unknown job 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists()

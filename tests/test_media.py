@@ -1,0 +1,83 @@
+import shutil
+
+import pytest
+
+from sama import storage
+from sama.media import MediaError, probe
+from sama.testing import media as m
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    p = lambda name: str(d / name)  # noqa: E731
+    m.write_video(p("ok.mp4"), frames=17, fps=8)
+    m.write_video(p("rot.mp4"), frames=9, width=64, height=48, rotation=90)
+    m.write_video(p("vfr.mp4"), frames=17, vfr=True)
+    m.write_video(p("vp9.webm"), frames=9, codec="libvpx-vp9")
+    m.write_video(p("one.mp4"), frames=1)
+    m.write_video(p("odd.mp4"), width=66, height=34)
+    m.write_video(p("mpeg4.mp4"), codec="mpeg4")
+    m.truncate(m.write_video(p("cut.mp4"), frames=80), 0.5)
+    m.truncate(m.write_video(p("cut_faststart.mp4"), frames=80, faststart=True), 0.5)
+    m.zero_byte(p("zero.mp4"))
+    open(p("garbage.mp4"), "wb").write(b"nope" * 100)
+    m.write_image(p("img.jpg"), 40, 30)
+    m.write_image(p("img.png"), 40, 30)
+    shutil.copy(p("img.jpg"), p("cut.jpg"))
+    m.truncate(p("cut.jpg"), 0.5)
+    return d
+
+
+@pytest.mark.parametrize(
+    "name,kind,w,h,frames,codec",
+    [
+        ("ok.mp4", "video", 64, 48, 17, "h264"),
+        ("rot.mp4", "video", 48, 64, 9, "h264"),  # display size after rotation
+        ("vfr.mp4", "video", 64, 48, 17, "h264"),
+        ("vp9.webm", "video", 64, 48, 9, "vp9"),
+        ("one.mp4", "video", 64, 48, 1, "h264"),
+        ("odd.mp4", "video", 66, 34, 17, "h264"),
+        ("img.jpg", "image", 40, 30, 1, "jpeg"),
+        ("img.png", "image", 40, 30, 1, "png"),
+    ],
+)
+def test_probe_reads_facts(files, name, kind, w, h, frames, codec):
+    info = probe(str(files / name))
+    assert (info.kind, info.width, info.height, info.frames, info.codec) == (kind, w, h, frames, codec)
+
+
+def test_probe_fps_and_duration(files):
+    info = probe(str(files / "ok.mp4"))
+    assert info.fps == pytest.approx(8.0) and info.duration == pytest.approx(17 / 8, abs=0.15)
+
+
+@pytest.mark.parametrize(
+    "name,reason",
+    [
+        ("cut.mp4", "truncated"),
+        ("cut_faststart.mp4", "truncated"),
+        ("zero.mp4", "empty_file"),
+        ("garbage.mp4", "undecodable"),
+        ("cut.jpg", "truncated"),
+        ("missing.mp4", "missing_file"),
+    ],
+)
+def test_probe_rejects_broken_files_naming_them(files, name, reason):
+    with pytest.raises(MediaError) as e:
+        probe(str(files / name))
+    assert e.value.reason == reason and name in e.value.detail
+
+
+def test_codec_allow_list(files):
+    from sama.media import ProbeConfig
+
+    with pytest.raises(MediaError) as e:
+        probe(str(files / "mpeg4.mp4"), ProbeConfig(video_codecs=["h264"]))
+    assert e.value.reason == "unsupported_codec" and "mpeg4" in e.value.detail
+
+
+def test_probe_over_s3(files, s3_bucket):
+    uri = storage.join(s3_bucket, "v", "ok.mp4")
+    storage.write_bytes(uri, (files / "ok.mp4").read_bytes())
+    assert probe(uri).frames == 17
