@@ -34,13 +34,13 @@ from functools import partial
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
 
 from sama import storage
 from sama.config import JobConfig, from_dict
 from sama.media import MediaError, MediaInfo, ProbeConfig, probe
 from sama.schemas import MANIFEST, REJECTS, validate
 
+from ..common import map_tasks
 from .readers import READERS, DatasetsConfig, Reader, RawSample
 
 log = logging.getLogger(__name__)
@@ -220,16 +220,6 @@ def probe_chunk(item: dict, output: str, cfg: IngestConfig) -> dict:
 # --- the job ---------------------------------------------------------------------------------------
 
 
-def _map(items: list[dict], fn, cpus: float, label: str) -> list[dict]:
-    """Run ``fn`` once per item as Ray Data tasks (progress bars come from Ray Data)."""
-    if not items:
-        return []
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    log.info("%s: %d tasks", label, len(items))
-    # Tasks return {"result": json}: nested, ragged results would not fit one Arrow type.
-    return [json.loads(r["result"]) for r in ds.map(fn, num_cpus=cpus).take_all()]
-
-
 def summarize(output: str, listed: list[dict]) -> dict:
     """Counts per dataset from what is on storage (so a resumed run reports the whole job)."""
     summary: dict[str, dict] = {}
@@ -275,7 +265,7 @@ def run(cfg: IngestJobConfig) -> dict:
             items.append({"dataset": r.name, "unit": unit, "unit_id": _unit_id(r, unit),
                           "reader_cfg": json.dumps(dataclasses.asdict(r.cfg)),
                           "shard_size": icfg.shard_size})
-    listed = _map(items, partial(list_unit, work=work), icfg.task_cpus, "list")
+    listed = map_tasks(items, partial(list_unit, work=work), icfg.task_cpus, "list")
     chunks = sorted(c for d in listed for c in d["chunks"])
 
     # 2. duplicates across the whole listing
@@ -284,7 +274,7 @@ def run(cfg: IngestJobConfig) -> dict:
     # 3. probe every chunk not done yet
     todo = [{"chunk": c, "duplicates": json.dumps({str(k): v for k, v in dups.get(c, {}).items()})} for c in chunks]
     todo = [t for t in todo if not storage.exists(output_parts(cfg.output, t["chunk"])[0])]
-    _map(todo, partial(probe_chunk, output=cfg.output, cfg=icfg), icfg.task_cpus, "probe")
+    map_tasks(todo, partial(probe_chunk, output=cfg.output, cfg=icfg), icfg.task_cpus, "probe")
 
     summary = summarize(cfg.output, listed)
     storage.write_text(storage.join(cfg.output, "summary.json"), json.dumps(summary, indent=2))
