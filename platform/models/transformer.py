@@ -1,0 +1,468 @@
+"""The SAMA transformer: Wan2.1's DiT run in context over [source][semantic][target] tokens.
+
+``SamaTransformer3DModel`` subclasses diffusers' ``WanTransformer3DModel``, so it keeps
+``from_pretrained`` / ``save_pretrained``, gradient checkpointing and PEFT, and loads the
+real Wan2.1 T2V checkpoints (1.3B, 14B) with only the new parameters initialised:
+
+- ``type_embed``           learned embedding per token role (source / target / semantic),
+                           used instead of shifted RoPE (paper Sec. 3.1);
+- ``semantic_projector``   LayerNorm -> Linear(semantic_dim -> semantic_hidden_dim) -> GELU
+                           -> Linear(-> model dim): SigLIP anchor tokens into the token space;
+- ``semantic_pos_embed``   one learned vector per semantic slot (zero-initialised). Our
+                           addition: semantic tokens have zero rotary phase, so without it
+                           the denoiser could not tell which pooled region a slot stands for;
+- ``semantic_head``        LayerNorm -> Linear(model dim -> semantic_dim) on the final layer,
+                           predicting the clean SigLIP anchor tokens (x0-prediction, L1 loss).
+
+Token layout and positions (from the public SAMA release):
+
+    sequence   [ source (N_s) | semantic (N_m) | target (N_t) ]
+    RoPE       source and target each on their own grid starting at frame 0 (shared positions);
+               semantic tokens get zero phase (cos = 1, sin = 0)
+    output     flow velocity read from the last N_t positions; semantic head on N_m positions
+
+Timestep of the clean source tokens (``source_timestep`` in the config):
+
+- ``"shared"`` (default): the whole sequence uses the target's scalar timestep, the 1-D
+  path Wan2.1 was pre-trained with. Why default: diffusers 0.42.1 does support a 2-D
+  (batch, seq) timestep (the Wan2.2-TI2V path: ``condition_embedder`` with
+  ``timestep_seq_len``, blocks take a 4-D ``temb``), but it materialises a
+  (B, S, 6, dim) fp32 modulation tensor in every block: at 480p x 81 frames with the
+  source (S ~ 65.6k) and dim 5120 that is ~8 GB per block for the 14B model, and the
+  modulation MLP of Wan2.1 never saw per-token timesteps. The source tokens are told
+  apart by their type embedding instead.
+- ``"zero"``: source tokens get t = 0 (they are clean) through that per-token path;
+  semantic and target tokens get t. Use it at small scale or with a checkpoint trained so.
+
+Optional source mask (``source_attention_mask``): source queries attend only to source and
+semantic keys, so the source stream is encoded independently of the noisy target (and
+could be cached across sampling steps). Implemented without an S x S mask
+(``attention.prefix_restricted_attention``).
+
+Paths: video edit (source + semantic + target), image edit (1-frame latents), text-to-video
+(no source), and any of them without semantic tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+from diffusers import WanTransformer3DModel
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.transformers.transformer_wan import WanAttention, _get_qkv_projections
+from diffusers.utils import BaseOutput
+from diffusers.utils.peft_utils import apply_lora_scale
+
+from sama.models import attention as attn_dispatch
+
+# Type-embedding ids, as in the paper: 0 source, 1 target, 2 semantic.
+SOURCE, TARGET, SEMANTIC = 0, 1, 2
+SOURCE_TIMESTEP_MODES = ("shared", "zero")
+
+
+class SamaRotary(NamedTuple):
+    """What the Wan block hands to self-attention as ``rotary_emb``.
+
+    diffusers' ``WanTransformerBlock`` passes self-attention only ``rotary_emb`` (its
+    ``attention_mask`` argument is always None), so the in-context restriction rides along
+    here; being a block argument it also survives gradient-checkpointing recomputation.
+    """
+
+    cos: torch.Tensor  # (1, S, 1, head_dim)
+    sin: torch.Tensor  # (1, S, 1, head_dim)
+    num_restricted: int = 0  # the first num_restricted queries (source tokens) ...
+    kv_prefix: int = 0  # ... see only the first kv_prefix keys (source + semantic)
+
+
+def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # Same arithmetic as diffusers' WanAttnProcessor (interleaved pairs).
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+class SamaAttnProcessor:
+    """Wan attention with every kernel call routed through ``sama.models.attention``."""
+
+    def __call__(
+        self,
+        attn: WanAttention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple | None = None,
+    ) -> torch.Tensor:
+        if attn.add_k_proj is not None:
+            raise NotImplementedError("SAMA builds on Wan T2V; image cross-attention (I2V) is not supported")
+        q, k, v = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))  # (B, S, H, Dh)
+        restricted = 0
+        if rotary_emb is not None:
+            q = _apply_rotary(q, rotary_emb[0], rotary_emb[1])
+            k = _apply_rotary(k, rotary_emb[0], rotary_emb[1])
+            if isinstance(rotary_emb, SamaRotary):
+                restricted, kv_prefix = rotary_emb.num_restricted, rotary_emb.kv_prefix
+        if restricted:
+            out = attn_dispatch.prefix_restricted_attention(q, k, v, restricted, kv_prefix)
+        else:
+            out = attn_dispatch.attention(q, k, v, mask=attention_mask)
+        out = out.flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+@dataclass
+class SamaTransformerOutput(BaseOutput):
+    sample: torch.Tensor  # (B, C, F, H, W) predicted flow velocity of the target latents
+    semantic: Optional[torch.Tensor] = None  # (B, N_m, semantic_dim) predicted clean anchor tokens
+
+
+class SamaTransformer3DModel(WanTransformer3DModel):
+    """Wan2.1 DiT + SAMA in-context conditioning. See the module docstring."""
+
+    # Capabilities.
+    supports_source: bool = True
+    supports_semantic_tokens: bool = True
+    supports_source_attention_mask: bool = True
+    token_roles = ("source", "target", "semantic")  # index = type-embedding id
+    # The base class's context-parallel plan splits a target-only sequence; ours differs.
+    _cp_plan = None
+    _skip_layerwise_casting_patterns = [
+        *WanTransformer3DModel._skip_layerwise_casting_patterns, "type_embed", "semantic_",
+    ]
+
+    # diffusers builds the config from this signature: every base argument is spelled out.
+    @register_to_config
+    def __init__(
+        self,
+        patch_size: tuple[int, ...] = (1, 2, 2),
+        num_attention_heads: int = 40,
+        attention_head_dim: int = 128,
+        in_channels: int = 16,
+        out_channels: int = 16,
+        text_dim: int = 4096,
+        freq_dim: int = 256,
+        ffn_dim: int = 13824,
+        num_layers: int = 40,
+        cross_attn_norm: bool = True,
+        qk_norm: str | None = "rms_norm_across_heads",
+        eps: float = 1e-6,
+        image_dim: int | None = None,
+        added_kv_proj_dim: int | None = None,
+        rope_max_seq_len: int = 1024,
+        pos_embed_seq_len: int | None = None,
+        # --- SAMA ---
+        semantic_dim: int = 1152,
+        semantic_hidden_dim: int = 1024,
+        num_semantic_tokens: int = 65,
+        source_timestep: str = "shared",
+        source_attention_mask: bool = False,
+        type_embed_init_std: float = 0.02,
+    ) -> None:
+        super().__init__(
+            patch_size=patch_size,
+            num_attention_heads=num_attention_heads,
+            attention_head_dim=attention_head_dim,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            text_dim=text_dim,
+            freq_dim=freq_dim,
+            ffn_dim=ffn_dim,
+            num_layers=num_layers,
+            cross_attn_norm=cross_attn_norm,
+            qk_norm=qk_norm,
+            eps=eps,
+            image_dim=image_dim,
+            added_kv_proj_dim=added_kv_proj_dim,
+            rope_max_seq_len=rope_max_seq_len,
+            pos_embed_seq_len=pos_embed_seq_len,
+        )
+        if source_timestep not in SOURCE_TIMESTEP_MODES:
+            raise ValueError(f"source_timestep={source_timestep!r}; choose one of {SOURCE_TIMESTEP_MODES}")
+        dim = num_attention_heads * attention_head_dim
+        self.type_embed = nn.Embedding(len(self.token_roles), dim)
+        self.semantic_projector = nn.Sequential(
+            nn.LayerNorm(semantic_dim),
+            nn.Linear(semantic_dim, semantic_hidden_dim),
+            nn.GELU(),
+            nn.Linear(semantic_hidden_dim, dim),
+        )
+        self.semantic_pos_embed = nn.Parameter(torch.zeros(num_semantic_tokens, dim))
+        self.semantic_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, semantic_dim))
+        self._init_sama_parameters()
+        for module in self.modules():
+            if isinstance(module, WanAttention):
+                module.set_processor(SamaAttnProcessor())
+
+    # ------------------------------------------------------------------ parameters
+
+    def sama_modules(self) -> dict[str, nn.Module]:
+        return {"type_embed": self.type_embed, "semantic_projector": self.semantic_projector,
+                "semantic_head": self.semantic_head}
+
+    def sama_parameter_names(self) -> list[str]:
+        """Names of the parameters SAMA adds to Wan (what a plain Wan checkpoint lacks)."""
+        names = ["semantic_pos_embed"]
+        for prefix, module in self.sama_modules().items():
+            names += [f"{prefix}.{n}" for n, _ in module.named_parameters()]
+        return names
+
+    @torch.no_grad()
+    def _init_sama_parameters(self) -> None:
+        for module in self.sama_modules().values():
+            for m in module.modules():
+                if hasattr(m, "reset_parameters") and m is not self.type_embed:
+                    m.reset_parameters()
+        nn.init.normal_(self.type_embed.weight, std=self.config.type_embed_init_std)
+        self.semantic_pos_embed.zero_()
+
+    @torch.no_grad()
+    def _materialize_meta_parameters(self) -> list[str]:
+        """Give real storage to parameters left on the meta device and initialise them.
+
+        diffusers' ``from_pretrained`` (low_cpu_mem_usage) builds the model on meta and
+        fills it from the checkpoint; parameters the checkpoint lacks (all SAMA parameters
+        when loading a plain Wan checkpoint) stay on meta. Returns their names.
+        """
+        meta = [n for n, p in self.named_parameters() if p.is_meta]
+        meta += [n for n, b in self.named_buffers() if b.is_meta]
+        if not meta:
+            return []
+        unknown = sorted(set(meta) - set(self.sama_parameter_names()))
+        if unknown:
+            raise RuntimeError(f"checkpoint is missing base Wan weights: {unknown[:8]}")
+        ref = self.patch_embedding.weight
+        for module in [*self.sama_modules().values()]:
+            module.to_empty(device=ref.device)
+        if self.semantic_pos_embed.is_meta:
+            self.semantic_pos_embed = nn.Parameter(torch.empty_like(self.semantic_pos_embed, device=ref.device))
+        self._init_sama_parameters()
+        for name in meta:
+            param = self.get_parameter(name)
+            param.data = param.data.to(ref.dtype)
+        return meta
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
+        """Load a SAMA checkpoint, or a plain Wan2.1 transformer (new parameters initialised).
+
+        ``pretrained_model_name_or_path``: a local folder or ``s3://`` URI (materialised to
+        a local cache first). ``kwargs`` go to diffusers (``subfolder``, ``torch_dtype``, and
+        config overrides such as ``semantic_dim=...``).
+        """
+        from sama import storage
+
+        path = str(pretrained_model_name_or_path)
+        if storage.is_s3(path):
+            path = storage.materialize(path)
+        model = super().from_pretrained(path, **kwargs)
+        model._materialize_meta_parameters()
+        return model
+
+    # ------------------------------------------------------------------ pieces
+
+    def _patchify(self, latents: torch.Tensor) -> torch.Tensor:
+        # (B, C, F, H, W) -> (B, F/p_t * H/p_h * W/p_w, dim)
+        return self.patch_embedding(latents).flatten(2).transpose(1, 2).contiguous()
+
+    def build_rotary(
+        self,
+        target_latents: torch.Tensor,
+        source_latents: torch.Tensor | None = None,
+        num_semantic: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (1, N_s + N_m + N_t, 1, head_dim), in sequence order.
+
+        Source and target each start at frame 0 of the same grid; semantic tokens get zero
+        phase (cos = 1, sin = 0), i.e. rotation by the identity.
+        """
+        cos_t, sin_t = self.rope(target_latents)  # (1, N_t, 1, Dh)
+        cos, sin = [], []
+        if source_latents is not None:
+            cos_s, sin_s = self.rope(source_latents)
+            cos.append(cos_s)
+            sin.append(sin_s)
+        if num_semantic:
+            shape = (1, num_semantic, 1, cos_t.shape[-1])
+            cos.append(torch.ones(shape, dtype=cos_t.dtype, device=cos_t.device))
+            sin.append(torch.zeros(shape, dtype=sin_t.dtype, device=sin_t.device))
+        cos.append(cos_t)
+        sin.append(sin_t)
+        return torch.cat(cos, dim=1), torch.cat(sin, dim=1)
+
+    def build_timestep(
+        self, timestep: torch.Tensor, num_source: int, num_rest: int, mode: str | None = None
+    ) -> torch.Tensor:
+        """The timestep fed to Wan's condition embedder: (B,) for "shared", (B, S) for "zero"."""
+        mode = mode or self.config.source_timestep
+        if mode not in SOURCE_TIMESTEP_MODES:
+            raise ValueError(f"source_timestep={mode!r}; choose one of {SOURCE_TIMESTEP_MODES}")
+        if mode == "shared" or num_source == 0:
+            return timestep
+        zeros = timestep.new_zeros(timestep.shape[0], num_source)
+        return torch.cat([zeros, timestep[:, None].expand(-1, num_rest)], dim=1)
+
+    # ------------------------------------------------------------------ forward
+
+    @apply_lora_scale("attention_kwargs")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        *,
+        source_latents: torch.Tensor | None = None,
+        semantic_tokens: torch.Tensor | None = None,
+        source_attention_mask: bool | None = None,
+        source_timestep: str | None = None,
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+    ) -> SamaTransformerOutput | tuple:
+        """One denoising step.
+
+        hidden_states:         (B, C, F, H, W) noisy target latents (F = 1 for images)
+        timestep:              (B,) or scalar, in [0, num_train_timesteps)
+        encoder_hidden_states: (B, L, text_dim) text embeddings
+        source_latents:        (B, C, F_s, H, W) clean source latents, or None (text-to-video)
+        semantic_tokens:       (B, N_m, semantic_dim) noisy SigLIP anchor tokens, or None
+        source_attention_mask / source_timestep: override the config for this call
+        """
+        batch, _, frames, height, width = hidden_states.shape
+        p_t, p_h, p_w = self.config.patch_size
+        if timestep.ndim == 0:
+            timestep = timestep.expand(batch)
+        use_mask = self.config.source_attention_mask if source_attention_mask is None else source_attention_mask
+
+        # 1. Target latents -> tokens.                       (B, N_t, D)
+        target = self._patchify(hidden_states)
+        n_tgt = target.shape[1]
+        parts = []
+
+        # 2. Source latents -> tokens (same patch embedding). (B, N_s, D)
+        n_src = 0
+        if source_latents is not None:
+            source = self._patchify(source_latents.to(hidden_states.dtype))
+            n_src = source.shape[1]
+            parts.append(source + self.type_embed.weight[SOURCE])
+
+        # 3. Semantic tokens -> projector + slot embedding.  (B, N_m, D)
+        n_sem = 0
+        if semantic_tokens is not None:
+            n_sem = semantic_tokens.shape[1]
+            if n_sem > self.semantic_pos_embed.shape[0]:
+                raise ValueError(f"{n_sem} semantic tokens > num_semantic_tokens={self.semantic_pos_embed.shape[0]}")
+            semantic = self.semantic_projector(semantic_tokens.to(target.dtype)) + self.semantic_pos_embed[:n_sem]
+            parts.append(semantic + self.type_embed.weight[SEMANTIC])
+
+        # 4. In-context sequence [source][semantic][target] with type embeddings.  (B, S, D)
+        parts.append(target + self.type_embed.weight[TARGET])
+        hidden = torch.cat(parts, dim=1)
+
+        # 5. RoPE: source/target share positions, semantic zero phase.  (1, S, 1, Dh) x 2
+        cos, sin = self.build_rotary(hidden_states, source_latents, n_sem)
+        rotary = SamaRotary(cos, sin, n_src if (use_mask and n_src) else 0, n_src + n_sem)
+
+        # 6. Timestep and text conditioning.  temb (B, D) or (B, S, D); proj (B, 6, D) or (B, S, 6, D)
+        t = self.build_timestep(timestep, n_src, n_sem + n_tgt, source_timestep)
+        ts_seq_len = t.shape[1] if t.ndim == 2 else None
+        temb, timestep_proj, text, _ = self.condition_embedder(
+            t.flatten(), encoder_hidden_states, None, timestep_seq_len=ts_seq_len
+        )
+        timestep_proj = timestep_proj.unflatten(-1, (6, -1))
+
+        # 7. Transformer blocks over the whole sequence.  (B, S, D)
+        for block in self.blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                hidden = self._gradient_checkpointing_func(block, hidden, text, timestep_proj, rotary)
+            else:
+                hidden = block(hidden, text, timestep_proj, rotary)
+
+        # 8. Semantic head on the semantic positions.  (B, N_m, semantic_dim)
+        semantic_pred = self.semantic_head(hidden[:, n_src : n_src + n_sem]) if n_sem else None
+
+        # 9. Target read-out from the last N_t positions: modulated norm + projection.  (B, N_t, p*C)
+        out = hidden[:, -n_tgt:]
+        if temb.ndim == 3:  # per-token timestep: every target token carries the target's t
+            temb = temb[:, -1]
+        shift, scale = (self.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
+        out = (self.norm_out(out.float()) * (1 + scale) + shift).type_as(out)
+        out = self.proj_out(out)
+
+        # 10. Unpatchify.  (B, C, F, H, W)
+        out = out.reshape(batch, frames // p_t, height // p_h, width // p_w, p_t, p_h, p_w, -1)
+        out = out.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+        if not return_dict:
+            return (out, semantic_pred)
+        return SamaTransformerOutput(sample=out, semantic=semantic_pred)
+
+
+# ---------------------------------------------------------------------- job config
+
+
+@dataclass
+class SamaModelConfig:
+    """How a job builds the SAMA transformer.
+
+    ``pretrained``: a SAMA checkpoint or a plain Wan2.1 diffusers checkpoint (local dir or
+    s3://). None builds the tiny random model (``sama.models.tiny``) for tests and demos.
+    """
+
+    pretrained: Optional[str] = None
+    subfolder: Optional[str] = "transformer"  # the transformer's folder inside a pipeline checkpoint
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    semantic_dim: int = 1152  # SigLIP so400m hidden size
+    semantic_hidden_dim: int = 1024
+    num_semantic_tokens: int = 65  # M anchor frames x (K local + 1 global)
+    source_timestep: str = "shared"  # shared | zero (see the transformer module docstring)
+    source_attention_mask: bool = False
+    type_embed_init_std: float = 0.02
+    attention_backend: str = "auto"  # auto | sdpa | flash | math
+    gradient_checkpointing: bool = False
+
+    def sama_kwargs(self) -> dict[str, Any]:
+        return dict(
+            semantic_dim=self.semantic_dim,
+            semantic_hidden_dim=self.semantic_hidden_dim,
+            num_semantic_tokens=self.num_semantic_tokens,
+            source_timestep=self.source_timestep,
+            source_attention_mask=self.source_attention_mask,
+            type_embed_init_std=self.type_embed_init_std,
+        )
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"dtype {name!r}: choose one of {sorted(dtypes)}")
+    return dtypes[name]
+
+
+def load_transformer(cfg: SamaModelConfig) -> SamaTransformer3DModel:
+    attn_dispatch.set_attention_backend(cfg.attention_backend)
+    if cfg.pretrained is None:
+        from sama.models.tiny import tiny_transformer
+
+        model = tiny_transformer(**{**cfg.sama_kwargs(), "semantic_dim": cfg.semantic_dim})
+        model = model.to(torch_dtype(cfg.dtype))
+    else:
+        kwargs: dict[str, Any] = dict(torch_dtype=torch_dtype(cfg.dtype), **cfg.sama_kwargs())
+        if cfg.subfolder:
+            kwargs["subfolder"] = cfg.subfolder
+        model = SamaTransformer3DModel.from_pretrained(cfg.pretrained, **kwargs)
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return model
+
+
+def num_tokens(latent_shape: tuple[int, ...], patch_size: tuple[int, ...] = (1, 2, 2)) -> int:
+    """Tokens for one latent video of shape (C, F, H, W)."""
+    return math.prod(s // p for s, p in zip(latent_shape[1:], patch_size))
