@@ -126,6 +126,9 @@ def _probe_video(f, uri: str, cfg: ProbeConfig) -> MediaInfo:
         codec = vs.codec_context.name
         if codec not in cfg.video_codecs:
             raise MediaError("unsupported_codec", f"{uri}: video codec {codec!r} not in {cfg.video_codecs}")
+        # One decoder thread: a probe decodes two frames, and frame threading would first
+        # buffer a frame per thread (slower) while workers in parallel already use the cores.
+        vs.codec_context.thread_count = 1
         rate = vs.average_rate or vs.guessed_rate or vs.base_rate
         fps = float(rate) if rate else 0.0
         if vs.duration is not None and vs.time_base is not None:
