@@ -35,8 +35,8 @@ Timestep of the clean source tokens (``source_timestep`` in the config):
   semantic and target tokens get t. Use it at small scale or with a checkpoint trained so.
 
 Optional source mask (``source_attention_mask``): source queries attend only to source and
-semantic keys, so the source stream is encoded independently of the noisy target (and
-could be cached across sampling steps). Implemented without an S x S mask
+semantic keys, so the source stream never reads the noisy target directly (only through
+the semantic tokens, which attend everywhere). Implemented without an S x S mask
 (``attention.prefix_restricted_attention``).
 
 Paths: video edit (source + semantic + target), image edit (1-frame latents), text-to-video
@@ -413,7 +413,8 @@ class SamaModelConfig:
     """How a job builds the SAMA transformer.
 
     ``pretrained``: a SAMA checkpoint or a plain Wan2.1 diffusers checkpoint (local dir or
-    s3://). None builds the tiny random model (``sama.models.tiny``) for tests and demos.
+    s3://). None builds the tiny random model (``sama.models.tiny``) for tests and demos;
+    it then ignores ``semantic_dim`` / ``semantic_hidden_dim`` (tiny SigLIP sizes).
     """
 
     pretrained: Optional[str] = None
@@ -451,8 +452,9 @@ def load_transformer(cfg: SamaModelConfig) -> SamaTransformer3DModel:
     if cfg.pretrained is None:
         from sama.models.tiny import tiny_transformer
 
-        model = tiny_transformer(**{**cfg.sama_kwargs(), "semantic_dim": cfg.semantic_dim})
-        model = model.to(torch_dtype(cfg.dtype))
+        # Tiny shapes throughout: semantic_dim / semantic_hidden_dim follow the tiny SigLIP.
+        kwargs = {k: v for k, v in cfg.sama_kwargs().items() if k not in ("semantic_dim", "semantic_hidden_dim")}
+        model = tiny_transformer(**kwargs).to(torch_dtype(cfg.dtype))
     else:
         kwargs: dict[str, Any] = dict(torch_dtype=torch_dtype(cfg.dtype), **cfg.sama_kwargs())
         if cfg.subfolder:
