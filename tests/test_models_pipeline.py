@@ -1,0 +1,100 @@
+"""The edit pipeline end to end with tiny models: shapes, determinism, CFG branches, samplers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sama.buckets import BucketConfig
+from sama.models.encoders import TextEncoderConfig, VaeConfig, load_text_encoder, load_vae
+from sama.models.pipeline import PipelineConfig, SamaPipeline
+from sama.models.tiny import save_tiny_checkpoint, tiny_transformer
+from sama.models.transformer import SamaModelConfig
+
+# Buckets of about 64x96 pixels (just 64x96 and 96x64), 9 frames at most.
+SMALL = BucketConfig(area=64 * 96, max_frames=9)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return SamaPipeline(tiny_transformer(seed=0), load_vae(VaeConfig()),
+                        load_text_encoder(TextEncoderConfig(max_length=16)),
+                        PipelineConfig(num_inference_steps=3, buckets=SMALL))
+
+
+def _clip(frames=10, h=50, w=80, seed=0):
+    return (np.random.default_rng(seed).random((frames, h, w, 3)) * 255).astype(np.uint8)
+
+
+class CountCalls:
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(kwargs.get("source_latents") is not None)
+        return self.model(*args, **kwargs)
+
+
+def test_video_edit_shape_and_determinism(pipe):
+    out = pipe("make the cat red", _clip(), seed=3)
+    # 50x80 (ratio 1.6) -> the 64x96 bucket; 10 frames -> padded to 13 -> capped at 9
+    assert out.video.shape == (1, 9, 64, 96, 3) and out.video.dtype == torch.uint8
+    assert out.latents.shape == (1, 16, 3, 8, 12)
+    assert out.semantic.shape == (1, 10, 32)
+    again = pipe("make the cat red", _clip(), seed=3)
+    assert torch.equal(out.video, again.video)
+    other = pipe("make the cat red", _clip(), seed=4)
+    assert not torch.equal(out.latents, other.latents)
+
+
+def test_image_edit_and_text_to_video_paths(pipe):
+    img = pipe(["make the cat red", "make the sky blue"], _clip(1, 90, 40)[0])
+    assert img.video.shape == (2, 1, 96, 64, 3)  # portrait bucket, one frame, batch of 2 prompts
+    t2v = pipe("a dog in the snow", None, num_frames=6, height=64, width=64)
+    assert t2v.video.shape == (1, 9, 64, 64, 3)  # 6 frames -> 4k+1 = 9
+    explicit = pipe("make the cat red", _clip(), height=64, width=64)
+    assert explicit.video.shape == (1, 9, 64, 64, 3)
+
+
+@pytest.mark.parametrize("g_txt,g_src,branches", [(1.0, None, [True]), (5.0, None, [True, True]),
+                                                   (5.0, 1.5, [True, True, False])])
+def test_guidance_branches(pipe, g_txt, g_src, branches):
+    real = pipe.transformer
+    pipe.transformer = counter = CountCalls(real)
+    counter.patch_embedding = real.patch_embedding
+    counter.dtype, counter.config = real.dtype, real.config
+    try:
+        pipe("make the cat red", _clip(), guidance_scale=g_txt, source_guidance_scale=g_src,
+             num_inference_steps=2)
+    finally:
+        pipe.transformer = real
+    # per step: (src, text) [, (src, null) [, (no source, null)]]
+    assert counter.calls == branches * 2
+
+
+def test_samplers_and_semantic_switch():
+    base = dict(num_inference_steps=2, buckets=SMALL)
+    for sampler in ("euler", "unipc"):
+        pipe = SamaPipeline(tiny_transformer(), load_vae(VaeConfig()),
+                            load_text_encoder(TextEncoderConfig(max_length=8)), PipelineConfig(sampler=sampler, **base))
+        out = pipe("make the cat red", _clip(5), seed=0)
+        assert out.video.shape == (1, 5, 64, 96, 3) and torch.isfinite(out.latents).all()
+    pipe = SamaPipeline(tiny_transformer(), load_vae(VaeConfig()), load_text_encoder(TextEncoderConfig(max_length=8)),
+                        PipelineConfig(num_semantic_tokens=0, **base))
+    out = pipe("make the cat red", _clip(5))
+    assert out.semantic is None and out.video.shape == (1, 5, 64, 96, 3)
+    with pytest.raises(ValueError):
+        SamaPipeline(tiny_transformer(), load_vae(VaeConfig()), load_text_encoder(TextEncoderConfig()),
+                     PipelineConfig(sampler="ddim", **base))("x", _clip(5))
+
+
+def test_pipeline_from_configs_on_a_saved_checkpoint(tmp_path):
+    root = save_tiny_checkpoint(str(tmp_path / "tiny"), plain_wan_transformer=True)
+    pipe = SamaPipeline.from_configs(
+        SamaModelConfig(pretrained=root, semantic_dim=32, semantic_hidden_dim=32, num_semantic_tokens=5),
+        VaeConfig(pretrained=root), TextEncoderConfig(pretrained=root, max_length=8),
+        PipelineConfig(num_inference_steps=2, buckets=SMALL))
+    out = pipe("make the cat red", _clip(5), output_type="tensor")
+    assert out.video.shape == (1, 3, 5, 64, 96) and out.video.dtype == torch.float32
+    assert out.semantic.shape == (1, 5, 32)
