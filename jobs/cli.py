@@ -1,30 +1,74 @@
-"""The ``sama`` command: thin parsing over the launcher."""
+"""The ``sama`` command: thin parsing over the launcher, the submitter and the demo."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
 from sama.config import ConfigError
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="sama", description="SAMA platform: datasets -> training -> serving, on Ray")
+def _parser() -> argparse.ArgumentParser:
+    from .registry import JOBS
+
+    kinds = "\n".join(f"  {s.name:<12} {s.summary}" for s in JOBS.values())
+    p = argparse.ArgumentParser(prog="sama", description="SAMA platform: datasets -> training -> serving, on Ray",
+                                epilog=f"jobs a YAML can name (its `job:` key):\n{kinds}",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run a job YAML on $RAY_ADDRESS or an embedded local Ray")
-    r.add_argument("job", help="path to a job YAML (jobs/*.yaml)")
+    r.add_argument("job", help="a job YAML (jobs/*.yaml), s3:// URI, or env:NAME")
     r.add_argument("overrides", nargs="*", help="key.sub=value overrides (YAML values)")
     r.add_argument("--dry-run", action="store_true", help="resolve and validate the config, print it, do no work")
+
+    s = sub.add_parser("submit", help="submit a job YAML to a Ray cluster (Job Submission API)")
+    s.add_argument("job")
+    s.add_argument("overrides", nargs="*")
+    s.add_argument("--address", help="the head's dashboard, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
+    s.add_argument("--wait", action="store_true", help="follow the logs; exit with the job's status")
+    s.add_argument("--submission-id", help="default: sama-<job>-<time>-<random>")
+    s.add_argument("--dry-run", action="store_true", help="print what would be submitted (secrets masked)")
+
+    j = sub.add_parser("jobs", help="list / status / logs / stop submitted jobs")
+    j.add_argument("action", choices=["list", "status", "logs", "stop"])
+    j.add_argument("submission_id", nargs="?")
+    j.add_argument("--address")
+    j.add_argument("--follow", action="store_true", help="logs: follow until the job ends")
 
     d = sub.add_parser("demo", help="run every job end to end on generated sample data")
     d.add_argument("--dir", default="sama-demo", help="work folder for data and outputs (default: sama-demo)")
     d.add_argument("-n", type=int, default=3, help="good samples per dataset")
+    return p
 
-    sub.add_parser("jobs", help="list the jobs a YAML can name")
 
-    args = p.parse_args(argv)
+def _jobs(args) -> int:
+    from . import submit
+
+    c = submit.client(args.address)
+    if args.action == "list":
+        for info in sorted(c.list_jobs(), key=lambda i: i.start_time or 0):
+            meta = info.metadata or {}
+            print(f"{info.submission_id or info.job_id:<40} {info.status.value:<10} {meta.get('sama_job', '-'):<12} "
+                  f"{meta.get('sama_output', '')}")
+        return 0
+    if not args.submission_id:
+        raise ConfigError(f"sama jobs {args.action} needs a submission id")
+    if args.action == "status":
+        print(c.get_job_status(args.submission_id).value)
+    elif args.action == "logs":
+        if args.follow:
+            return 0 if submit.wait(c, args.submission_id) == "SUCCEEDED" else 1
+        print(c.get_job_logs(args.submission_id), end="")
+    elif args.action == "stop":
+        print("stopped" if c.stop_job(args.submission_id) else "not running")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.cmd == "run":
@@ -37,15 +81,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(dump_yaml(cfg), end="")
                 return 0
             launcher.run(args.job, args.overrides)
+        elif args.cmd == "submit":
+            from . import submit
+
+            if args.dry_run:
+                print(json.dumps(submit.build(args.job, args.overrides, args.submission_id).redacted(), indent=2))
+                return 0
+            return submit.submit(args.job, args.overrides, args.address, args.wait, args.submission_id)
+        elif args.cmd == "jobs":
+            return _jobs(args)
         elif args.cmd == "demo":
             from .demo import run_demo
 
             run_demo(args.dir, args.n)
-        elif args.cmd == "jobs":
-            from .registry import JOBS
-
-            for s in JOBS.values():
-                print(f"{s.name:<12} {s.summary}")
     except ConfigError as e:
         print(f"sama: config error: {e}", file=sys.stderr)
         return 2

@@ -19,8 +19,26 @@ from .registry import JOBS
 log = logging.getLogger("sama")
 
 
+ENV_PREFIX = "env:"  # a job YAML passed in an environment variable (how `sama submit` ships it)
+
+
+def read_job_yaml(path: str) -> dict:
+    """A job YAML from a file, an s3:// object, or ``env:NAME`` (the YAML text in $NAME)."""
+    if path.startswith(ENV_PREFIX):
+        import yaml
+
+        name = path[len(ENV_PREFIX):]
+        if name not in os.environ:
+            raise C.ConfigError(f"{path}: environment variable {name} is not set")
+        data = yaml.safe_load(os.environ[name]) or {}
+        if not isinstance(data, dict):
+            raise C.ConfigError(f"{path}: the top level must be a mapping")
+        return data
+    return C.load_yaml(path)
+
+
 def job_name(path: str, overrides: Sequence[str] = ()) -> str:
-    data = C.apply_overrides(C.load_yaml(path), overrides)
+    data = C.apply_overrides(read_job_yaml(path), overrides)
     name = data.get("job")
     if not name:
         raise C.ConfigError(f"{path}: missing top-level key 'job' (one of {sorted(JOBS)})")
@@ -32,7 +50,7 @@ def job_name(path: str, overrides: Sequence[str] = ()) -> str:
 def resolve(path: str, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
     """The job's typed config (defaults < YAML < overrides) and its entry point."""
     cls, entry = JOBS[job_name(path, overrides)].load()
-    return C.load(cls, path, overrides), entry
+    return C.load(cls, path, overrides, data=read_job_yaml(path)), entry
 
 
 def connect(ray_cfg: C.RayConfig) -> bool:

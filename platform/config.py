@@ -186,7 +186,7 @@ def load_yaml(path: str) -> dict:
 
 def load(cls: type[T], path: str | None = None, overrides: Sequence[str] = (), data: dict | None = None) -> T:
     """Defaults < YAML file (or ``data``) < overrides, into dataclass ``cls``."""
-    base = load_yaml(path) if path else dict(data or {})
+    base = load_yaml(path) if path and data is None else dict(data or {})
     source = path or "<config>"
     merged = apply_overrides(base, overrides)
     if overrides:
@@ -209,9 +209,22 @@ class RayConfig:
 
 
 @dataclasses.dataclass
+class SubmitConfig:
+    """How ``sama submit`` / ``sama render`` run this job on a cluster (the one owner of runtime_env)."""
+
+    env_vars: dict[str, str] = dataclasses.field(default_factory=dict)  # plain settings, never secrets
+    pass_env: list[str] = dataclasses.field(default_factory=list)  # submitter's env vars to forward, by name
+    working_dir: str | None = None  # upload this folder (code not baked into the image); null: use the image
+    entrypoint_num_cpus: float = 1.0
+    entrypoint_num_gpus: float = 0.0
+    entrypoint_resources: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
 class JobConfig:
-    """The root of every job YAML: which job, where its outputs go, which Ray."""
+    """The root of every job YAML: which job, where its outputs go, which Ray, how to submit it."""
 
     job: str = ""
     output: str = "outputs"  # local folder or s3:// prefix; the resolved config is written here
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+    submit: SubmitConfig = dataclasses.field(default_factory=SubmitConfig)
