@@ -95,13 +95,13 @@ def test_load_transformer_from_config_and_s3(tmp_path, wan_dir, monkeypatch):
 
     def fake_materialize(uri, cache_dir=None):
         calls.append(uri)
-        return str(root)
+        return str(root / uri[len("s3://bucket/wan/"):])
 
     monkeypatch.setattr(storage, "materialize", fake_materialize)
     cfg = SamaModelConfig(pretrained="s3://bucket/wan", subfolder="transformer", semantic_dim=32,
                           semantic_hidden_dim=32, num_semantic_tokens=10, source_attention_mask=True)
     model = load_transformer(cfg)
-    assert calls == ["s3://bucket/wan"]
+    assert calls == ["s3://bucket/wan/transformer"]  # only the transformer's folder is fetched
     assert model.config.source_attention_mask is True
     assert not [n for n, p in model.named_parameters() if p.is_meta]
     tiny = load_transformer(SamaModelConfig(gradient_checkpointing=True, num_semantic_tokens=5))

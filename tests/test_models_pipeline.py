@@ -98,3 +98,30 @@ def test_pipeline_from_configs_on_a_saved_checkpoint(tmp_path):
     out = pipe("make the cat red", _clip(5), output_type="tensor")
     assert out.video.shape == (1, 3, 5, 64, 96) and out.video.dtype == torch.float32
     assert out.semantic.shape == (1, 5, 32)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "unipc"])
+def test_semantic_tokens_denoise_to_the_predicted_clean_tokens(sampler):
+    """If the head always predicts s0 = c, sampling from noise must end at c (x0 -> velocity is right)."""
+    model = tiny_transformer(seed=0)
+    target = torch.linspace(-1, 1, 32).expand(1, 10, 32)
+
+    class FixedSemantic(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+            self.config, self.patch_embedding = model.config, model.patch_embedding
+
+        @property
+        def dtype(self):
+            return model.dtype
+
+        def forward(self, *args, **kwargs):
+            out = self.inner(*args, **kwargs)
+            out.semantic = target.expand_as(out.semantic)
+            return out
+
+    pipe = SamaPipeline(FixedSemantic(), load_vae(VaeConfig()), load_text_encoder(TextEncoderConfig(max_length=8)),
+                        PipelineConfig(sampler=sampler, num_inference_steps=4, buckets=SMALL))
+    out = pipe("make the cat red", _clip(5), output_type="latent")
+    torch.testing.assert_close(out.semantic, target.expand_as(out.semantic), atol=1e-4, rtol=1e-4)

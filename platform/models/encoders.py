@@ -23,14 +23,13 @@ import torch.nn.functional as F
 from sama.models.transformer import torch_dtype
 
 
-def _local(uri: str) -> str:
+def _resolve(uri: str, subfolder: Optional[str]) -> tuple[str, dict]:
+    """(local path, from_pretrained kwargs). From s3:// only the subfolder is fetched."""
     from sama import storage
 
-    return storage.materialize(uri) if storage.is_s3(uri) else uri
-
-
-def _sub(subfolder: Optional[str]) -> dict:
-    return {"subfolder": subfolder} if subfolder else {}
+    if storage.is_s3(uri):
+        return storage.materialize(storage.join(uri, subfolder) if subfolder else uri), {}
+    return uri, ({"subfolder": subfolder} if subfolder else {})
 
 
 def _cast(model, dtype: str):
@@ -126,8 +125,8 @@ def load_vae(cfg: VaeConfig) -> WanVAE:
     else:
         from diffusers import AutoencoderKLWan
 
-        vae = AutoencoderKLWan.from_pretrained(
-            _local(cfg.pretrained), torch_dtype=torch_dtype(cfg.dtype), **_sub(cfg.subfolder))
+        path, kw = _resolve(cfg.pretrained, cfg.subfolder)
+        vae = AutoencoderKLWan.from_pretrained(path, torch_dtype=torch_dtype(cfg.dtype), **kw)
     vae = vae.eval().requires_grad_(False)
     return WanVAE(vae, tiling=cfg.tiling, slicing=cfg.slicing, sample_posterior=cfg.sample_posterior)
 
@@ -212,8 +211,8 @@ def load_semantic_tokenizer(cfg: SemanticConfig) -> SemanticTokenizer:
     else:
         from transformers import SiglipVisionModel
 
-        model = SiglipVisionModel.from_pretrained(
-            _local(cfg.pretrained), dtype=torch_dtype(cfg.dtype), **_sub(cfg.subfolder))
+        path, kw = _resolve(cfg.pretrained, cfg.subfolder)
+        model = SiglipVisionModel.from_pretrained(path, dtype=torch_dtype(cfg.dtype), **kw)
     model = model.eval().requires_grad_(False)
     return SemanticTokenizer(model, cfg.num_anchor_frames, cfg.num_local_tokens, cfg.global_token)
 
@@ -263,9 +262,9 @@ def load_text_encoder(cfg: TextEncoderConfig) -> TextEncoder:
     else:
         from transformers import AutoTokenizer, UMT5EncoderModel
 
-        root = _local(cfg.pretrained)
-        tokenizer = AutoTokenizer.from_pretrained(root, **_sub(cfg.tokenizer_subfolder))
-        model = UMT5EncoderModel.from_pretrained(
-            root, dtype=torch_dtype(cfg.dtype), **_sub(cfg.text_encoder_subfolder))
+        path, kw = _resolve(cfg.pretrained, cfg.tokenizer_subfolder)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+        path, kw = _resolve(cfg.pretrained, cfg.text_encoder_subfolder)
+        model = UMT5EncoderModel.from_pretrained(path, dtype=torch_dtype(cfg.dtype), **kw)
     model = model.eval().requires_grad_(False)
     return TextEncoder(model, tokenizer, cfg.max_length)

@@ -112,12 +112,12 @@ class SamaPipeline:
 
     # ------------------------------------------------------------------ sampling
 
-    def _velocity(self, latents, sem, t, text, source):
+    def _velocity(self, latents, sem, t, sigma, text, source):
+        """Flow velocities of the latents and of the semantic tokens for one CFG branch."""
         out = self.transformer(latents, t, text, source_latents=source, semantic_tokens=sem)
         v_sem = None
-        if sem is not None:
-            sigma = (t.float() / self.num_train_timesteps).clamp_min(1e-6).view(-1, 1, 1)
-            v_sem = (sem - out.semantic.float()) / sigma  # x0-prediction -> flow velocity
+        if sem is not None:  # the head predicts clean tokens: v = (s_sigma - s0) / sigma
+            v_sem = (sem.float() - out.semantic.float()) / max(sigma, 1e-6)
         return out.sample.float(), v_sem
 
     @torch.no_grad()
@@ -176,21 +176,21 @@ class SamaPipeline:
         # 4. One scheduler per state, on the same sigmas.
         scheduler = make_scheduler(cfg.sampler, cfg.shift)
         scheduler.set_timesteps(steps, device=device)
-        self.num_train_timesteps = scheduler.config.num_train_timesteps
         sem_scheduler = copy.deepcopy(scheduler) if sem is not None else None
 
         # 5. Denoising loop with text or dual CFG.
-        for t in scheduler.timesteps:
+        for i, t in enumerate(scheduler.timesteps):
             tt = t.expand(batch).to(device)
+            sigma = float(scheduler.sigmas[i])
             x, s = latents.to(dtype), (sem.to(dtype) if sem is not None else None)
-            v, vs = self._velocity(x, s, tt, text, source_latents)
+            v, vs = self._velocity(x, s, tt, sigma, text, source_latents)
             if use_cfg:
-                v_null, vs_null = self._velocity(x, s, tt, null, source_latents)
+                v_null, vs_null = self._velocity(x, s, tt, sigma, null, source_latents)
                 if g_src is None:  # text CFG
                     v = v_null + g_txt * (v - v_null)
                     vs = vs_null + g_txt * (vs - vs_null) if vs is not None else None
                 else:  # dual text/source CFG
-                    v_none, vs_none = self._velocity(x, s, tt, null, None)
+                    v_none, vs_none = self._velocity(x, s, tt, sigma, null, None)
                     v = v_none + g_src * (v_null - v_none) + g_txt * (v - v_null)
                     if vs is not None:
                         vs = vs_none + g_src * (vs_null - vs_none) + g_txt * (vs - vs_null)

@@ -262,6 +262,9 @@ class SamaTransformer3DModel(WanTransformer3DModel):
 
         path = str(pretrained_model_name_or_path)
         if storage.is_s3(path):
+            # Fetch only the transformer's folder, not the whole pipeline (text encoder etc.).
+            if kwargs.get("subfolder"):
+                path = storage.join(path, kwargs.pop("subfolder"))
             path = storage.materialize(path)
         model = super().from_pretrained(path, **kwargs)
         model._materialize_meta_parameters()
