@@ -29,5 +29,7 @@ JOBS: dict[str, JobSpec] = {
     for s in (
         JobSpec("ingest", "sama.pipelines.ingest.job", "IngestJobConfig",
                 summary="read every dataset into one manifest table (+ rejects)"),
+        JobSpec("filter", "sama.pipelines.filter.job", "FilterJobConfig",
+                summary="cheap media checks + a VLM judge: verdicts table and a filtered manifest"),
     )
 }

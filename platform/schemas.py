@@ -105,6 +105,41 @@ def register(schema: TableSchema) -> TableSchema:
     return schema
 
 
+VERDICTS = register(TableSchema(
+    "verdicts",
+    1,
+    pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("dataset", pa.string(), nullable=False),
+            pa.field("category", pa.string()),
+            pa.field("task", pa.string(), nullable=False),
+            pa.field("verdict", pa.string(), nullable=False),  # "keep", "drop" or "error" (retried on the next run)
+            pa.field("reasons", pa.list_(pa.string()), nullable=False),  # failed checks, judge rules, or the error kind
+            pa.field("detail", pa.string()),  # human-readable: names the file and the measured value
+            # cheap checks (null where not measured)
+            pa.field("motion", pa.float32()),
+            pa.field("blank_fraction", pa.float32()),
+            pa.field("scene_cuts", pa.int32()),
+            pa.field("sharpness", pa.float32()),
+            pa.field("edit_diff", pa.float32()),
+            # the judge (null where it was not asked)
+            pa.field("judge_model", pa.string(), nullable=False),  # "<backend>:<model>", or "none:cheap-checks-only"
+            pa.field("rubric_version", pa.string()),  # the prompt version, e.g. "video_edit-v1"
+            pa.field("scores", pa.map_(pa.string(), pa.float32())),  # raw per-criterion scores on the rubric's scale
+            pa.field("flags", pa.list_(pa.string())),  # defect flags the judge answered true
+            pa.field("overall", pa.float32()),  # 0..1 weighted mean of normalised scores
+            pa.field("judge_reason", pa.string()),
+            pa.field("judge_attempts", pa.int32()),
+            pa.field("error", pa.string()),  # why a verdict is "error"
+            pa.field("source_uri", pa.string()),
+            pa.field("target_uri", pa.string(), nullable=False),
+            pa.field("config_digest", pa.string(), nullable=False),  # the filter settings that decided
+        ]
+    ),
+))
+
+
 def validate(table: pa.Table, expected: TableSchema, where: str = "<table>") -> pa.Table:
     """Check ``table`` against ``expected`` and return it cast to the exact schema.
 
