@@ -1,0 +1,169 @@
+"""The VLM judge over real HTTP (the openai client) against a scriptable local server."""
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from sama.pipelines.filter.judge import Judge, JudgeConfig, Secret
+from sama.pipelines.filter.rubrics import RUBRICS, Answer, KeepRule, MalformedAnswer, decide, parse_answer
+from sama.testing.media import frames_array
+from sama.testing.openai_server import FakeJudgeServer
+
+KEY = "sk-test-0123456789-secret"
+FRAMES = {"source": frames_array(6, 64, 48, seed=1), "target": frames_array(6, 64, 48, seed=2)}
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = FakeJudgeServer()
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def fake(server):
+    server.script([])
+    server.reset_stats()
+    server.latency = 0.0
+    return server
+
+
+def cfg(server, **kw) -> JudgeConfig:
+    base = dict(backend="openai", model="fake-vlm", base_url=server.base_url, concurrency=8, timeout=2.0,
+                max_retries=3, malformed_retries=1, backoff_base=0.05, backoff_max=1.0)
+    base.update(kw)
+    return JudgeConfig(**base)
+
+
+def judge_all(c: JudgeConfig, cache: str, instructions: list[str], task: str = "video_edit"):
+    async def go():
+        j = Judge(c, Secret(KEY), cache)
+        try:
+            return await asyncio.gather(*(j.judge(f"s{i}", task, text, FRAMES) for i, text in enumerate(instructions))), j.requests
+        finally:
+            await j.close()
+
+    return asyncio.run(go())
+
+
+def gaps(server, text: str) -> list[float]:
+    t = [s.at for s in server.seen if text in s.prompt]
+    return [b - a for a, b in zip(t, t[1:])]
+
+
+def test_good_answers_kept_low_dropped_key_sent(fake, tmp_path):
+    fake.script([("dull", ["low"])])
+    outs, n = judge_all(cfg(fake), str(tmp_path), ["make it snowy", "dull edit", "paint it red"])
+    assert n == 3 and [o.keep for o in outs] == [True, False, True]
+    assert outs[0].answer.scores == {"instruction_compliance": 5.0, "fidelity": 5.0, "visual_quality": 5.0}
+    assert outs[0].overall == 1.0 and outs[1].overall == 0.0
+    assert "judge:overall<0.6" in outs[1].reasons and "judge:instruction_compliance<0.5" in outs[1].reasons
+    prompt = fake.seen[0].prompt
+    assert "Edit instruction:" in prompt and "SOURCE" in prompt and "video_edit" not in prompt
+    assert all(s.auth == f"Bearer {KEY}" for s in fake.seen)
+
+
+def test_every_task_and_fenced_json_object_format(fake, tmp_path):
+    fake.script([], default="fenced")
+    for task in RUBRICS:
+        frames = FRAMES if task != "t2v" else {"target": FRAMES["target"]}
+        c = cfg(fake, response_format="json_object")
+
+        async def go():
+            j = Judge(c, Secret(KEY), str(tmp_path))
+            try:
+                return await j.judge(f"x-{task}", task, "a cat walks", frames)
+            finally:
+                await j.close()
+
+        o = asyncio.run(go())
+        assert o.keep and o.error is None, (task, o)
+    assert "Caption: a cat walks" in fake.seen[-1].prompt
+
+
+def test_concurrency_is_bounded_and_used(fake, tmp_path):
+    fake.latency = 0.1
+    t0 = time.monotonic()
+    outs, n = judge_all(cfg(fake, concurrency=4), str(tmp_path), [f"edit {i}" for i in range(20)])
+    elapsed = time.monotonic() - t0
+    assert n == 20 and all(o.keep for o in outs)
+    assert fake.peak_in_flight == 4
+    assert elapsed < 20 * 0.1 / 2  # parallel, not one at a time
+
+
+def test_retries_with_backoff_and_retry_after(fake, tmp_path):
+    fake.script([("five", ["status:500", "status:503", "ok"]), ("rate", ["status:429:1", "ok"]),
+                 ("slow", ["sleep:5", "ok"])])
+    outs, n = judge_all(cfg(fake, timeout=0.5), str(tmp_path), ["five hundred", "rate limited", "slow server"])
+    assert [o.keep for o in outs] == [True, True, True] and [o.attempts for o in outs] == [3, 2, 2]
+    g5 = gaps(fake, "five")
+    assert g5[0] >= 0.025 and g5[1] >= 0.05  # equal jitter: at least half of base * 2^k
+    assert gaps(fake, "rate")[0] >= 1.0  # Retry-After honoured
+    assert n == 7
+
+
+def test_failures_end_as_recorded_errors(fake, tmp_path):
+    fake.script([("gibberish", ["malformed"]), ("partial", ["wrong"]), ("down", ["status:500"]),
+                 ("bad request", ["status:400"]), ("once", ["malformed", "ok"])])
+    outs, _ = judge_all(cfg(fake, max_retries=2, malformed_retries=2), str(tmp_path),
+                        ["gibberish", "partial", "down", "bad request", "once malformed"])
+    g, p, d, b, once = outs
+    assert g.keep is None and g.error.startswith("malformed answer: not JSON") and g.attempts == 3
+    assert "score 'instruction_compliance' missing" in p.error
+    assert "InternalServerError (HTTP 500)" in d.error and d.attempts == 3
+    assert "BadRequestError (HTTP 400)" in b.error and b.attempts == 1  # not retried
+    assert once.keep and once.attempts == 2
+    assert not any(KEY in (o.error or "") for o in outs)
+
+
+def test_cache_by_sample_rubric_and_model(fake, tmp_path):
+    texts = [f"edit {i}" for i in range(6)]
+    fake.script([("edit 5", ["malformed"])])
+    first, n1 = judge_all(cfg(fake, malformed_retries=0), str(tmp_path), texts)
+    assert n1 == 6 and first[5].error
+    again, n2 = judge_all(cfg(fake, malformed_retries=0), str(tmp_path), texts)
+    assert n2 == 1  # only the error is asked again; answers come from the cache
+    assert [o.cached for o in again[:5]] == [True] * 5 and [o.keep for o in again[:5]] == [o.keep for o in first[:5]]
+    _, n3 = judge_all(cfg(fake, model="other-vlm"), str(tmp_path), texts[:2])
+    assert n3 == 2  # another model is another cache entry
+    strict = cfg(fake, keep=KeepRule(min_overall={"video_edit": 1.0}))
+    fake.script([])
+    outs, n4 = judge_all(strict, str(tmp_path), texts[:5])
+    assert n4 == 0 and all(o.keep for o in outs)  # the keep rule applies to cached answers without asking
+
+
+def test_parse_and_decide():
+    r = RUBRICS["video_edit"]
+    good = '{"scores": {"instruction_compliance": 2, "fidelity": 5, "visual_quality": 4}, ' \
+           '"flags": {"artifacts": false, "heavy_text": false, "flicker": true}, "reason": "ok"}'
+    a = parse_answer(good, r)
+    keep, overall, reasons = decide(a, r, KeepRule())
+    assert overall == pytest.approx(0.25)  # fidelity and quality capped by compliance (OpenVE rule)
+    assert not keep and "judge_flag:flicker" in reasons
+    for bad, why in [("", "empty"), ("[1]", "scores"), ('{"scores": {"instruction_compliance": 6}}', "outside"),
+                     ('{"scores": {"instruction_compliance": 2.5}}', "integer"),
+                     (good.replace('"flicker": true', '"flicker": "yes"'), "flag 'flicker'"),
+                     (good.replace('"fidelity"', '"fidelity": 3, "extra"'), "unknown")]:
+        with pytest.raises(MalformedAnswer, match=why):
+            parse_answer(bad, r)
+    img = RUBRICS["image_edit"]
+    a = Answer({"instruction_compliance": 10, "realism": 0, "preservation": 10, "technical_quality": 10},
+               {"artifacts": False, "heavy_text": False})
+    assert decide(a, img, KeepRule())[1] == pytest.approx(0.75)  # weights 40/25/20/15
+
+
+def test_config_and_key_handling(monkeypatch):
+    from sama.config import ConfigError, from_dict
+    from sama.pipelines.filter.judge import api_key
+
+    with pytest.raises(ConfigError, match="thresholds are on normalised"):
+        from_dict(JudgeConfig, {"keep": {"min_overall": {"t2v": 3}}})
+    monkeypatch.delenv("SAMA_TEST_KEY", raising=False)
+    with pytest.raises(ValueError, match="SAMA_TEST_KEY is not set"):
+        api_key(JudgeConfig(api_key_env="SAMA_TEST_KEY"))
+    monkeypatch.setenv("SAMA_TEST_KEY", KEY)
+    s = api_key(JudgeConfig(api_key_env="SAMA_TEST_KEY"))
+    assert s.get() == KEY and KEY not in repr(s) and KEY not in str(s) and KEY not in f"{[s]}"
