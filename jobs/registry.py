@@ -31,5 +31,7 @@ JOBS: dict[str, JobSpec] = {
                 summary="read every dataset into one manifest table (+ rejects)"),
         JobSpec("filter", "sama.pipelines.filter.job", "FilterJobConfig",
                 summary="cheap media checks + a VLM judge: verdicts table and a filtered manifest"),
+        JobSpec("precompute", "sama.pipelines.precompute.job", "PrecomputeJobConfig",
+                summary="manifest -> VAE latents, SigLIP anchor tokens, text embeddings (Parquet shards)"),
     )
 }

@@ -1,0 +1,341 @@
+"""The precompute job: a (filtered) manifest -> training-ready latents on storage.
+
+Ray Data pipeline, streaming, each stage with its own resources::
+
+    manifest rows (not done yet, sorted by bucket)
+      -> decode   CPU tasks:   frames at ``fps`` -> 4k+1 -> bucket resize/crop -> pretext
+      -> encode   actor pool:  Wan VAE (source, target), SigLIP anchors, UMT5 text   (GPUs)
+      -> write    CPU tasks:   one Parquet shard per batch, named by its sample ids
+
+A shard is written atomically (a local rename or one completed S3 upload); before
+running, the job reads the ``sample_id`` column of the shards and rejects already
+on storage and skips those samples, so a killed run resumes and a rerun duplicates
+nothing. A sample that fails to decode or encode becomes a row of ``rejects/``.
+
+Output under ``output``: ``latents/*.parquet`` (schema ``sama.latents.LATENTS``),
+``rejects/*.parquet`` (``schemas.REJECTS``), ``summary.json``, ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import torch
+
+from sama import media, storage
+from sama.buckets import Bucket, BucketConfig, fit_to_bucket, make_buckets, nearest_bucket
+from sama.config import JobConfig
+from sama.latents import LATENTS, TENSORS, pack, params_json
+from sama.models.encoders import (SemanticConfig, TextEncoderConfig, VaeConfig, load_semantic_tokenizer,
+                                  load_text_encoder, load_vae, video_to_tensor)
+from sama.pretexts import IMAGE_EDIT_TAG, VIDEO_EDIT_TAG, PretextConfig, PretextSampler, compose_prompt
+from sama.schemas import MANIFEST, REJECTS, validate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodeConfig:
+    fps: float = 16.0  # frames are sampled at this rate (a faster clip skips frames)
+    num_cpus: float = 1.0  # per decode task
+    batch_size: int = 2  # samples per decode call
+
+
+@dataclass
+class EncodeConfig:
+    num_gpus: float = 0.0  # per encoder actor; 0: CPU actors (tests, demo)
+    num_cpus: float = 1.0
+    actors: int = 1  # actor pool size
+    max_actors: int | None = None  # autoscale the pool up to this many
+    batch_size: int = 4  # samples per encode call (grouped by shape inside)
+    storage_dtype: str = "auto"  # auto: bfloat16 when encoding on GPU, float32 on CPU
+
+    def validate(self) -> None:
+        if self.storage_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"encode.storage_dtype={self.storage_dtype!r}: auto | float32 | bfloat16 | float16")
+
+
+@dataclass
+class PrecomputeConfig:
+    manifest: str = ""  # a MANIFEST table folder (the filter job's output, or ingest's)
+    stage: int = 0  # 0: text-to-video clips get a motion-alignment pretext on the source side
+    tasks: list[str] = field(default_factory=lambda: ["t2v", "image_edit", "video_edit"])
+    shard_size: int = 32  # rows per output shard
+    buckets: BucketConfig = field(default_factory=BucketConfig)
+    pretexts: PretextConfig = field(default_factory=PretextConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    vae: VaeConfig = field(default_factory=VaeConfig)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+
+    def validate(self) -> None:
+        if not self.manifest:
+            raise ValueError("precompute.manifest is empty (the manifest folder to read)")
+        if self.stage not in (0, 1):
+            raise ValueError(f"precompute.stage={self.stage}: 0 (pre-training) or 1 (SFT)")
+        bad = set(self.tasks) - {"t2v", "image_edit", "video_edit"}
+        if bad:
+            raise ValueError(f"precompute.tasks has unknown task(s) {sorted(bad)}")
+
+
+@dataclass
+class PrecomputeJobConfig(JobConfig):
+    job: str = "precompute"
+    output: str = "outputs/precompute"
+    precompute: PrecomputeConfig = field(default_factory=PrecomputeConfig)
+
+
+# --- decode (CPU) -----------------------------------------------------------------------------
+
+
+def clip_indices(total: int, src_fps: float, fps: float, max_frames: int) -> list[int]:
+    """Frame indices of a clip sampled at ``fps`` (never faster than the clip itself)."""
+    step = max(1.0, (src_fps or fps) / fps)
+    return [j for j in (int(round(i * step)) for i in range(max_frames)) if j < max(total, 1)]
+
+
+def _read(uri: str, task: str, fps: float, probed_fps: float | None, probed_frames: int | None,
+          max_frames: int) -> np.ndarray:
+    if task == "image_edit":
+        return media.read_image(uri)[None]
+    idx = clip_indices(int(probed_frames or max_frames), float(probed_fps or fps), fps, max_frames)
+    return media.read_frames(uri, indices=idx)
+
+
+def decode_sample(row: dict, cfg: PrecomputeConfig, buckets: list[Bucket]) -> dict:
+    """One manifest row -> bucketed uint8 source/target frames + prompt and pretext (or MediaError).
+
+    This is the whole sample-side transform; the job and the tests both call it.
+    """
+    task, mf = row["task"], cfg.buckets.max_frames
+    tgt = _read(row["target_uri"], task, cfg.decode.fps, row.get("tgt_fps"), row.get("tgt_frames"), mf)
+    bucket = nearest_bucket(tgt.shape[1], tgt.shape[2], buckets)
+    tgt, _ = fit_to_bucket(tgt, cfg.buckets, bucket=bucket)
+    pretext, params = "none", {}
+    if task == "video_edit":
+        src = _read(row["source_uri"], task, cfg.decode.fps, row.get("src_fps"), row.get("src_frames"), mf)
+        src, _ = fit_to_bucket(src, cfg.buckets, bucket=bucket)
+        n = min(len(src), len(tgt))  # both 4k+1, so the shorter is too
+        src, tgt = src[:n], tgt[:n]
+        prompt = compose_prompt(row["instruction"], VIDEO_EDIT_TAG)
+    elif task == "image_edit":
+        src, _ = fit_to_bucket(media.read_image(row["source_uri"])[None], cfg.buckets, bucket=bucket)
+        prompt = compose_prompt(row["instruction"], IMAGE_EDIT_TAG)
+    else:  # t2v: the source is the clip itself, perturbed by a pretext in stage 0
+        pcfg = cfg.pretexts if cfg.stage == 0 else PretextConfig(enabled=False)
+        res = PretextSampler(pcfg)(tgt, row["instruction"], seed=row["sample_id"])
+        src, prompt, pretext, params = res.video, res.prompt, res.name, res.params
+    return {"src": np.ascontiguousarray(src), "tgt": np.ascontiguousarray(tgt), "prompt": prompt,
+            "pretext": pretext, "pretext_params": params_json(params),
+            "bucket": f"{tgt.shape[0]}x{bucket.height}x{bucket.width}"}
+
+
+DECODED = pa.schema([
+    ("sample_id", pa.string()), ("dataset", pa.string()), ("category", pa.string()), ("task", pa.string()),
+    ("source_uri", pa.string()), ("target_uri", pa.string()), ("bucket", pa.string()), ("pretext", pa.string()),
+    ("pretext_params", pa.string()), ("prompt", pa.string()),
+    ("src_frames", pa.large_binary()), ("src_shape", pa.list_(pa.int32())),
+    ("tgt_frames", pa.large_binary()), ("tgt_shape", pa.list_(pa.int32())),
+    ("error_reason", pa.string()), ("error_detail", pa.string()),
+])
+
+
+class DecodeStage:
+    """CPU stage: manifest rows -> frames (bytes + shape); failures become error rows."""
+
+    def __init__(self, cfg: PrecomputeConfig):
+        self.cfg = cfg
+        self.buckets = make_buckets(cfg.buckets)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out = []
+        for row in batch.to_pylist():
+            base = {k: row[k] for k in ("sample_id", "dataset", "category", "task", "source_uri", "target_uri")}
+            try:
+                d = decode_sample(row, self.cfg, self.buckets)
+            except media.MediaError as e:
+                out.append({**base, "error_reason": e.reason, "error_detail": e.detail})
+                continue
+            except Exception as e:  # a bug or an odd file must not kill the job: record it
+                out.append({**base, "error_reason": "decode_error", "error_detail": f"{row['target_uri']}: {e!r}"})
+                continue
+            out.append({**base, "bucket": d["bucket"], "pretext": d["pretext"], "pretext_params": d["pretext_params"],
+                        "prompt": d["prompt"], "src_frames": d["src"].tobytes(), "src_shape": list(d["src"].shape),
+                        "tgt_frames": d["tgt"].tobytes(), "tgt_shape": list(d["tgt"].shape)})
+        return pa.Table.from_pylist(out, schema=DECODED)
+
+
+def decode_batch(batch: pa.Table, cfg: PrecomputeConfig) -> pa.Table:
+    """Stateless CPU task form of :class:`DecodeStage` (building it is cheap)."""
+    return DecodeStage(cfg)(batch)
+
+
+# --- encode (GPU actors) ------------------------------------------------------------------------
+
+ENCODED = pa.schema([f for f in LATENTS.schema] + [
+    pa.field("source_uri", pa.string()), pa.field("target_uri", pa.string()),
+    pa.field("error_reason", pa.string()), pa.field("error_detail", pa.string()),
+])
+ENCODED = pa.schema([f.with_nullable(True) for f in ENCODED])
+
+
+class Encoders:
+    """The three frozen encoders on one device; ``encode`` turns uint8 frames into tensors."""
+
+    def __init__(self, cfg: PrecomputeConfig, device: str):
+        self.device = torch.device(device)
+        self.vae = load_vae(cfg.vae).to(self.device)
+        self.semantic = load_semantic_tokenizer(cfg.semantic).to(self.device)
+        self.text = load_text_encoder(cfg.text).to(self.device)
+
+    @torch.no_grad()
+    def encode(self, src: list[np.ndarray], tgt: list[np.ndarray], prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+        """Same-shaped clips (T, H, W, 3) uint8 -> per sample src/tgt latents, semantic tokens, text."""
+        s = torch.stack([video_to_tensor(torch.from_numpy(v)) for v in src]).to(self.device)
+        t = torch.stack([video_to_tensor(torch.from_numpy(v)) for v in tgt]).to(self.device)
+        src_lat, tgt_lat = self.vae.encode(s), self.vae.encode(t)
+        sem = self.semantic(t)
+        emb, lens = self.text.encode(prompts)
+        return [{"src_latent": src_lat[i], "tgt_latent": tgt_lat[i], "sem_tokens": sem[i],
+                 "text_emb": emb[i, : int(lens[i])]} for i in range(len(prompts))]
+
+
+class EncodeStage:
+    """Actor stage: loads the encoders once, encodes batches grouped by shape."""
+
+    def __init__(self, cfg: PrecomputeConfig):
+        gpu = cfg.encode.num_gpus > 0 and torch.cuda.is_available()
+        self.encoders = Encoders(cfg, "cuda" if gpu else "cpu")
+        d = cfg.encode.storage_dtype
+        self.dtype = ("bfloat16" if gpu else "float32") if d == "auto" else d
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        out: list[dict] = []
+        groups: dict[tuple, list[dict]] = defaultdict(list)
+        for r in rows:
+            if r["error_reason"]:
+                out.append(self._passthrough(r))
+            else:
+                groups[(tuple(r["src_shape"]), tuple(r["tgt_shape"]))].append(r)
+        for (ss, ts), group in groups.items():
+            try:
+                src = [np.frombuffer(bytearray(r["src_frames"]), np.uint8).reshape(ss) for r in group]
+                tgt = [np.frombuffer(bytearray(r["tgt_frames"]), np.uint8).reshape(ts) for r in group]
+                encoded = self.encoders.encode(src, tgt, [r["prompt"] for r in group])
+            except Exception as e:  # e.g. out of memory on a huge bucket: reject the group, keep going
+                out.extend({**self._passthrough(r), "error_reason": "encode_error", "error_detail": f"{r['sample_id']}: {e!r}"}
+                           for r in group)
+                continue
+            for r, tensors in zip(group, encoded):
+                row = {k: r[k] for k in ("sample_id", "dataset", "category", "task", "bucket", "pretext",
+                                         "pretext_params", "prompt", "source_uri", "target_uri")}
+                for name in TENSORS:
+                    row[name], row[f"{name}_shape"] = pack(tensors[name], self.dtype)
+                row["dtype"] = self.dtype
+                out.append(row)
+        return pa.Table.from_pylist(out, schema=ENCODED)
+
+    @staticmethod
+    def _passthrough(r: dict) -> dict:
+        return {k: r[k] for k in ("sample_id", "dataset", "category", "task", "source_uri", "target_uri",
+                                  "error_reason", "error_detail")}
+
+
+# --- write (CPU) --------------------------------------------------------------------------------
+
+
+def write_shard(batch: pa.Table, output: str) -> pa.Table:
+    """One batch -> ``latents/<digest>.parquet`` + ``rejects/<digest>.parquet``, named by sample ids."""
+    ids = sorted(batch["sample_id"].to_pylist())
+    name = f"part-{storage.content_digest(*ids, n=16)}.parquet"
+    failed = pc.invert(pc.is_null(batch["error_reason"]))
+    ok, bad = batch.filter(pc.invert(failed)), batch.filter(failed)
+    if bad.num_rows:
+        rejects = [{"sample_id": r["sample_id"], "dataset": r["dataset"], "stage": "precompute",
+                    "reason": r["error_reason"], "detail": r["error_detail"], "source_uri": r["source_uri"],
+                    "target_uri": r["target_uri"]} for r in bad.to_pylist()]
+        storage.write_parquet(storage.join(output, "rejects", name), REJECTS.table(rejects))
+    if ok.num_rows:
+        table = ok.select([f.name for f in LATENTS.schema]).cast(LATENTS.with_metadata())
+        storage.write_parquet(storage.join(output, "latents", name), table, row_group_size=8)
+    return pa.table({"result": [json.dumps({"written": ok.num_rows, "rejected": bad.num_rows})]})
+
+
+# --- the job ------------------------------------------------------------------------------------
+
+
+def done_ids(output: str) -> set[str]:
+    ids: set[str] = set()
+    for sub in ("latents", "rejects"):
+        for f in storage.list_files(storage.join(output, sub), ".parquet"):
+            ids.update(storage.read_parquet(f, columns=["sample_id"])["sample_id"].to_pylist())
+    return ids
+
+
+def plan(cfg: PrecomputeJobConfig) -> pa.Table:
+    """Manifest rows still to do, sorted by (bucket guess, sample id) so batches share shapes."""
+    pc_cfg = cfg.precompute
+    manifest = validate(storage.read_parquet(pc_cfg.manifest), MANIFEST, where=pc_cfg.manifest)
+    manifest = manifest.filter(pc.is_in(manifest["task"], pa.array(pc_cfg.tasks)))
+    done = done_ids(cfg.output)
+    if done:
+        manifest = manifest.filter(pc.invert(pc.is_in(manifest["sample_id"], pa.array(sorted(done)))))
+    buckets = make_buckets(pc_cfg.buckets)
+    guess = [str(nearest_bucket(h or 1, w or 1, buckets)) + t for h, w, t in
+             zip(manifest["tgt_height"].to_pylist(), manifest["tgt_width"].to_pylist(), manifest["task"].to_pylist())]
+    manifest = manifest.append_column("_order", pa.array(guess))
+    return manifest.sort_by([("_order", "ascending"), ("sample_id", "ascending")]).drop_columns(["_order"])
+
+
+def summarize(output: str) -> dict:
+    counts: dict[str, Counter] = defaultdict(Counter)
+    buckets: Counter[str] = Counter()
+    for f in storage.list_files(storage.join(output, "latents"), ".parquet"):
+        t = storage.read_parquet(f, columns=["dataset", "bucket", "pretext"])
+        for d, b, p in zip(*(t[c].to_pylist() for c in ("dataset", "bucket", "pretext"))):
+            counts[d]["written"] += 1
+            counts[d][f"pretext_{p}"] += 1
+            buckets[b] += 1
+    for f in storage.list_files(storage.join(output, "rejects"), ".parquet"):
+        t = storage.read_parquet(f, columns=["dataset", "reason"])
+        for d, r in zip(t["dataset"].to_pylist(), t["reason"].to_pylist()):
+            counts[d][f"rejected_{r}"] += 1
+    return {"datasets": {d: dict(sorted(c.items())) for d, c in sorted(counts.items())},
+            "buckets": dict(sorted(buckets.items()))}
+
+
+def run(cfg: PrecomputeJobConfig) -> dict:
+    p = cfg.precompute
+    todo = plan(cfg)
+    log.info("precompute: %d samples to encode (%s)", todo.num_rows, p.manifest)
+    t0 = time.time()
+    if todo.num_rows:
+        enc = p.encode
+        pool = ray.data.ActorPoolStrategy(min_size=enc.actors, max_size=enc.max_actors or enc.actors)
+        ds = ray.data.from_arrow(todo)
+        ds = ds.map_batches(decode_batch, fn_kwargs={"cfg": p}, batch_size=p.decode.batch_size,
+                            batch_format="pyarrow", num_cpus=p.decode.num_cpus)
+        ds = ds.map_batches(EncodeStage, fn_constructor_kwargs={"cfg": p}, batch_size=enc.batch_size,
+                            batch_format="pyarrow", num_gpus=enc.num_gpus, num_cpus=enc.num_cpus, compute=pool)
+        ds = ds.map_batches(write_shard, fn_kwargs={"output": cfg.output}, batch_size=p.shard_size,
+                            batch_format="pyarrow", num_cpus=0.5)
+        results = [json.loads(r["result"]) for r in ds.take_all()]
+        written = sum(r["written"] for r in results)
+        log.info("precompute: %d written, %d rejected in %.1fs (%.2f samples/s)", written,
+                 sum(r["rejected"] for r in results), time.time() - t0, todo.num_rows / max(time.time() - t0, 1e-9))
+    summary = summarize(cfg.output)
+    storage.write_text(storage.join(cfg.output, "summary.json"), json.dumps(summary, indent=2))
+    for d, c in summary["datasets"].items():
+        print(f"{d:<16} " + ", ".join(f"{k}={v}" for k, v in c.items()))
+    print(f"latents: {storage.join(cfg.output, 'latents')}  buckets: {summary['buckets']}")
+    return summary
