@@ -1,0 +1,151 @@
+"""`sama run jobs/filter.yaml` end to end on the ingest output of every look-alike dataset."""
+
+import json
+import os
+
+import pytest
+
+from sama import storage
+from sama.jobs import launcher
+from sama.jobs.demo import job_yaml
+from sama.pipelines.filter.job import read_verdicts
+from sama.pipelines.ingest.job import read_manifest
+from sama.testing.openai_server import FakeJudgeServer
+
+pytestmark = pytest.mark.slow
+KEY = "sk-job-test-key-9876543210"
+
+
+@pytest.fixture(scope="module")
+def ingested(ray_cluster, lookalikes, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("ingest"))
+    launcher.run(job_yaml("ingest"), [f"output={out}", *[f"ingest.datasets.{k}.root={v}" for k, v in lookalikes.roots.items()]])
+    return storage.join(out, "manifest")
+
+
+def run_filter(manifest: str, out: str, *extra: str) -> dict:
+    return launcher.run(job_yaml("filter"), [f"output={out}", f"filter.input={manifest}", "filter.shard_size=4",
+                                             "filter.checks.min_short_side=32", *extra])
+
+
+def outcome(out: str, manifest: str):
+    """Verdicts and filtered manifest, checked for the invariants every run must hold."""
+    v = read_verdicts(storage.join(out, "verdicts")).to_pandas()
+    ids = read_manifest(manifest)["sample_id"].to_pylist()
+    assert sorted(v.sample_id) == sorted(ids)  # every sample exactly one verdict: nothing lost, nothing twice
+    kept = read_manifest(storage.join(out, "manifest"))["sample_id"].to_pylist()
+    assert sorted(kept) == sorted(v.sample_id[v.verdict == "keep"])
+    return v.set_index("sample_id")
+
+
+def mtimes(out: str) -> dict:
+    return {p: os.path.getmtime(p) for p in storage.list_files(out) if "/_work/" in p or "/verdicts/" in p or "/manifest/" in p}
+
+
+def test_cheap_checks_only_rerun_resume(ingested, tmp_path):
+    out = str(tmp_path / "f")
+    s = run_filter(ingested, out, "filter.checks.min_frames=12")
+    v = outcome(out, ingested)
+    assert set(v.judge_model) == {"none:cheap-checks-only"} and v.rubric_version.isna().all()
+    short = v[v.verdict == "drop"]
+    assert set(short.dataset) == {"motionbench", "reco"} and len(short) == 9  # 9-frame clips
+    assert all(r.tolist() == ["too_short"] for r in short.reasons) and all("9 frames" in d for d in short.detail)
+    assert s["datasets"]["reco"] == {"keep": 0, "drop": 8, "error": 0, "reasons": {"too_short": 8}}
+    assert v.sharpness.notna().all() and v.edit_diff[v.task != "t2v"].gt(0.01).all()
+    report = open(os.path.join(out, "report", "index.html")).read()
+    assert "koala36m" in report and "hist-koala36m-motion.png" in report and "sheet-reco-dropped.jpg" in report
+    assert os.path.getsize(os.path.join(out, "report", "hist-koala36m-motion.png")) > 100
+
+    before = mtimes(out)
+    assert run_filter(ingested, out, "filter.checks.min_frames=12")["parts_run"] == 0
+    assert mtimes(out) == before  # nothing redone
+
+    # a run killed after a part's verdicts but before its marker: only that part is redone
+    done = sorted(p for p in before if "/_work/done/" in p)
+    os.remove(done[0])
+    assert run_filter(ingested, out, "filter.checks.min_frames=12")["parts_run"] == 1
+    outcome(out, ingested)
+
+    # new settings redo everything; a new part size leaves no stale part behind
+    s = run_filter(ingested, out, "filter.shard_size=3")
+    assert s["parts_run"] == s["parts"] and sum(d["keep"] for d in s["datasets"].values()) == len(v)
+    outcome(out, ingested)
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = FakeJudgeServer()
+    s.start()
+    yield s
+    s.stop()
+
+
+def test_judge_over_http_errors_retry_cache_and_no_key_leak(ingested, tmp_path, server, monkeypatch, capfd):
+    monkeypatch.setenv("SAMA_JUDGE_KEY", KEY)
+    out = str(tmp_path / "j")
+    args = ["filter.judge.backend=openai", f"filter.judge.base_url={server.base_url}", "filter.judge.model=fake-vlm",
+            "filter.judge.api_key_env=SAMA_JUDGE_KEY", "filter.judge.malformed_retries=1",
+            "filter.judge.backoff_base=0.01", "filter.judge.timeout=5"]
+    server.reset_stats()
+    server.script([("watercolor", ["low"]), ("snowy", ["malformed"]), ("sky purple", ["status:429:0.2", "status:500", "ok"])])
+    s = run_filter(ingested, out, *args)
+    v = outcome(out, ingested)
+    assert set(v.judge_model) == {"openai:fake-vlm"}
+    assert set(v.rubric_version) == {"video_edit-v1", "image_edit-v1", "t2v-v1"}
+    assert set(v[v.dataset == "ditto1m"].verdict) == {"drop"}
+    assert all("judge:overall<0.6" in r for r in v[v.dataset == "ditto1m"].reasons)
+    err = v[v.dataset == "pico_banana"]
+    assert set(err.verdict) == {"error"} and all(r.tolist() == ["judge_error"] for r in err.reasons)
+    assert all(e.startswith("malformed answer") for e in err.error)
+    ok = v[~v.dataset.isin(["ditto1m", "pico_banana"])]
+    assert set(ok.verdict) == {"keep"} and ok.overall.eq(1.0).all()
+    assert v[v.dataset == "x2edit"].judge_attempts.max() >= 2  # a 429 and a 500 retried, nothing lost
+    assert s["datasets"]["pico_banana"]["error"] == 2
+    first = server.requests
+
+    # rerun: only the parts holding errors run, and only their errors are asked again (the rest is cached)
+    server.script([])
+    server.reset_stats()
+    s = run_filter(ingested, out, *args)
+    assert server.requests == 2 and s["parts_run"] == 1
+    assert set(outcome(out, ingested).loc[err.index].verdict) == {"keep"}
+    server.reset_stats()
+    assert run_filter(ingested, out, *args)["judge_requests"] == 0 and server.requests == 0
+
+    # the key went to the server, and nowhere else
+    assert first > 24 and {x.auth for x in server.seen} <= {f"Bearer {KEY}"}
+    logs = capfd.readouterr()
+    assert KEY not in logs.out and KEY not in logs.err
+    for d, _, files in os.walk(out):
+        for f in files:
+            assert KEY.encode() not in open(os.path.join(d, f), "rb").read(), f
+    import ray
+
+    log_dir = ray._private.worker.global_worker.node.get_logs_dir_path()
+    for d, _, files in os.walk(log_dir):
+        for f in files:
+            with open(os.path.join(d, f), "rb") as fh:
+                assert KEY.encode() not in fh.read(), f
+
+
+def test_bad_config_fails_clearly(ingested, tmp_path, monkeypatch):
+    from sama.config import ConfigError
+
+    with pytest.raises(RuntimeError, match="backend=vllm needs ray.data.llm and vllm"):
+        run_filter(ingested, str(tmp_path / "v"), "filter.judge.backend=vllm")
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    with pytest.raises(ValueError, match="NO_SUCH_KEY_VAR is not set"):
+        run_filter(ingested, str(tmp_path / "k"), "filter.judge.backend=openai", "filter.judge.api_key_env=NO_SUCH_KEY_VAR")
+    with pytest.raises(ConfigError, match="filter.checks.skip"):
+        run_filter(ingested, str(tmp_path / "c"), "filter.checks.skip=[nonsense]")
+    with pytest.raises(FileNotFoundError, match="no manifest Parquet files"):
+        run_filter(str(tmp_path / "empty"), str(tmp_path / "e"))
+
+
+def test_demo_filters_with_the_embedded_default(ray_cluster, tmp_path):
+    from sama.jobs.demo import run_demo
+
+    res = run_demo(str(tmp_path / "demo"), n=1)
+    summary = json.loads(open(os.path.join(tmp_path, "demo", "outputs", "filter", "summary.json")).read())
+    assert summary["judge_model"] == "none:cheap-checks-only" and summary["judge_requests"] == 0
+    assert sum(d["keep"] for d in summary["datasets"].values()) > 0 and os.path.exists(res["filter report"])
