@@ -1,0 +1,126 @@
+"""Precompute throughput: the Ray Data job vs a plain single-process loop, and decode fps.
+
+    python bench/precompute_throughput.py [--samples 24]
+
+1. samples/s of the whole precompute job (decode tasks -> encoder actor -> shard writes)
+   against a plain loop over the same samples with the same tiny encoders;
+2. decode fps of our decoder (PyAV, as the job uses it) against `ffmpeg -benchmark`
+   decoding the same clip to nowhere (the decoder's limit), and decord where installed.
+Ratios are what to read; absolute numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+import time
+
+import ray
+
+from sama import storage
+from sama.buckets import make_buckets
+from sama.config import from_dict
+from sama.media import probe, read_frames
+from sama.pipelines.precompute.job import (DecodeStage, Encoders, PrecomputeJobConfig, decode_sample, run)
+from sama.schemas import MANIFEST, sample_id
+from sama.testing.media import write_video
+
+PRECOMPUTE = {
+    "buckets": {"area": 96 * 160, "multiple": 16, "max_frames": 17},
+    "decode": {"fps": 8.0, "batch_size": 2},
+    "encode": {"num_cpus": 0.5, "batch_size": 4},
+    "semantic": {"num_anchor_frames": 2, "num_local_tokens": 4},
+    "text": {"max_length": 64},
+    "shard_size": 8,
+}
+
+
+def make_manifest(root: str, n: int) -> str:
+    rows = []
+    for i in range(n):
+        tgt = write_video(os.path.join(root, f"t{i}.mp4"), frames=33, width=176, height=96, fps=16, seed=i)
+        src = write_video(os.path.join(root, f"s{i}.mp4"), frames=33, width=176, height=96, fps=16, seed=100 + i) \
+            if i % 2 else None
+        row = {"sample_id": sample_id("bench", str(i)), "dataset": "bench", "task": "video_edit" if src else "t2v",
+               "instruction": f"make it snowy {i}", "source_uri": src, "target_uri": tgt}
+        row.update(probe(tgt).as_columns("tgt"))
+        if src:
+            row.update(probe(src).as_columns("src"))
+        rows.append(row)
+    uri = os.path.join(root, "manifest", "part.parquet")
+    storage.write_parquet(uri, MANIFEST.table(rows))
+    return os.path.dirname(uri)
+
+
+def plain_loop(cfg: PrecomputeJobConfig) -> int:
+    """The same per-sample work, one process, no Ray: decode -> encode (batch of 1)."""
+    p = cfg.precompute
+    enc, buckets = Encoders(p, "cpu"), make_buckets(p.buckets)
+    n = 0
+    for row in storage.read_parquet(p.manifest).to_pylist():
+        d = decode_sample(row, p, buckets)
+        enc.encode([d["src"]], [d["tgt"]], [d["prompt"]])
+        n += 1
+    return n
+
+
+def ffmpeg_fps(path: str, frames: int, *extra: str) -> float:
+    out = subprocess.run(["ffmpeg", "-hide_banner", "-benchmark", "-i", path, *extra, "-f", "null", "-"],
+                         capture_output=True, text=True).stderr
+    rtime = float(re.search(r"rtime=([\d.]+)s", out).group(1))
+    return frames / rtime
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--samples", type=int, default=24)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as root:
+        manifest = make_manifest(root, args.samples)
+        cfg = from_dict(PrecomputeJobConfig, {"output": os.path.join(root, "out"),
+                                              "precompute": {**PRECOMPUTE, "manifest": manifest}})
+        Encoders(cfg.precompute, "cpu")  # warm the model code paths once
+        t0 = time.perf_counter()
+        n_loop = plain_loop(cfg)
+        t_loop = time.perf_counter() - t0
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        t0 = time.perf_counter()
+        summary = run(cfg)
+        t_job = time.perf_counter() - t0
+        ray.shutdown()
+        n_job = sum(d.get("written", 0) for d in summary["datasets"].values())
+        assert n_job == n_loop == args.samples, (n_job, n_loop)
+
+        clip = write_video(os.path.join(root, "480p.mp4"), frames=81, width=832, height=480, fps=16, seed=7)
+        t0 = time.perf_counter()
+        decoded = len(read_frames(clip, indices=list(range(81))))
+        ours = decoded / (time.perf_counter() - t0)
+        ff = ffmpeg_fps(clip, 81)  # decode only: the decoder's limit
+        ff_rgb = ffmpeg_fps(clip, 81, "-pix_fmt", "rgb24")  # + the RGB conversion we also do
+        try:
+            import decord
+
+            t0 = time.perf_counter()
+            vr = decord.VideoReader(clip)
+            vr.get_batch(list(range(81))).asnumpy()
+            dec = 81 / (time.perf_counter() - t0)
+        except ImportError:
+            dec = float("nan")
+
+    print(f"\n{'precompute (' + str(args.samples) + ' samples)':<34} {'samples/s':>10} {'vs loop':>8}")
+    print(f"{'plain single-process loop':<34} {n_loop / t_loop:>10.2f} {1.0:>7.2f}x")
+    print(f"{'ray data job (incl. startup)':<34} {n_job / t_job:>10.2f} {t_loop / t_job:>7.2f}x")
+    print(f"\n{'decode 832x480, 81 frames':<34} {'fps':>10} {'vs ffmpeg':>9}")
+    print(f"{'ffmpeg -benchmark, decode only':<34} {ff:>10.1f} {1.0:>8.2f}x")
+    print(f"{'ffmpeg -benchmark, to rgb24':<34} {ff_rgb:>10.1f} {ff_rgb / ff:>8.2f}x")
+    print(f"{'sama.media.read_frames (PyAV)':<34} {ours:>10.1f} {ours / ff:>8.2f}x")
+    print(f"{'decord get_batch (rgb)':<34} {dec:>10.1f} {dec / ff:>8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
