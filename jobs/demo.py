@@ -33,7 +33,7 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
     outputs = os.path.join(workdir, "outputs")
     results: dict[str, str] = {}
 
-    print("[demo] 1/2 ingest: every dataset -> manifest + rejects")
+    print("[demo] 1/3 ingest: every dataset -> manifest + rejects")
     overrides = [f"output={outputs}/ingest"] + [f"ingest.datasets.{k}.root={v}" for k, v in roots.items()]
     launcher.run(job_yaml("ingest"), overrides)
     results["manifest"] = f"{outputs}/ingest/manifest"
@@ -42,12 +42,17 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
 
     # The embedded default needs no key: cheap checks only (verdicts say judge_model "none:cheap-checks-only").
     # The sample clips are tiny (64x48), hence the lower resolution floor.
-    print("\n[demo] 2/2 filter: cheap media checks (no VLM judge) -> verdicts + filtered manifest + report")
+    print("\n[demo] 2/3 filter: cheap media checks (no VLM judge) -> verdicts + filtered manifest + report")
     launcher.run(job_yaml("filter"), [f"output={outputs}/filter", f"filter.input={outputs}/ingest/manifest",
                                       "filter.judge.backend=none", "filter.checks.min_short_side=32"])
     results["verdicts"] = f"{outputs}/filter/verdicts"
     results["filtered manifest"] = f"{outputs}/filter/manifest"
     results["filter report"] = f"{outputs}/filter/report/index.html"
+
+    print("\n[demo] 3/3 precompute: kept samples -> tiny VAE latents, SigLIP anchor tokens, text embeddings")
+    launcher.run(job_yaml("precompute"), [f"output={outputs}/precompute",
+                                          f"precompute.manifest={outputs}/filter/manifest"])
+    results["latents"] = f"{outputs}/precompute/latents"
 
     print(f"\n[demo] done in {time.time() - t0:.0f}s. Outputs:")
     for k, v in results.items():

@@ -98,3 +98,18 @@ def test_demo_runs_end_to_end(ray_cluster, tmp_path):
                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "total" in res.stdout and os.path.exists(tmp_path / "demo" / "outputs" / "ingest" / "summary.json")
+
+
+def test_changed_metadata_replaces_old_parts(ray_cluster, tmp_path):
+    """Parts from an earlier listing never linger beside the new ones (no double counting)."""
+    from sama.testing.lookalikes import make_lookalikes
+
+    looks = make_lookalikes(str(tmp_path / "data"), n=2, odd=False, only=["nhr_edit"])
+    out = str(tmp_path / "out")
+    args = [f"output={out}", "ingest.datasets=null", f"ingest.datasets.nhr_edit.root={looks.roots['nhr_edit']}"]
+    launcher.run(job_yaml("ingest"), args)
+    meta = tmp_path / "data" / "NHR-Edit" / "train" / "metadata.jsonl"
+    meta.write_text(meta.read_text().splitlines()[0] + "\n")  # the dataset shrank to one sample
+    launcher.run(job_yaml("ingest"), args)
+    assert read_manifest(storage.join(out, "manifest")).num_rows == 1
+    assert json.loads(storage.read_text(storage.join(out, "summary.json")))["nhr_edit"]["kept"] == 1

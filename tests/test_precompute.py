@@ -174,3 +174,18 @@ def test_pack_unpack_and_bucket_batches():
     assert b.text[0, 2:].abs().sum() == 0  # zero padding past each prompt
     assert list(L.bucket_batches(iter(rows), batch_size=4, drop_last=True)) and \
         all(len(x) == 4 for x in L.bucket_batches(iter(rows), batch_size=4, drop_last=True))
+
+
+def test_samples_dropped_from_the_manifest_leave_the_shards(manifest, tmp_path):
+    import pyarrow as pa
+
+    table = storage.read_parquet(manifest)
+    small = str(tmp_path / "m" / "part.parquet")
+    storage.write_parquet(small, table.filter(pa.array([t == "image_edit" for t in table["task"].to_pylist()])))
+    out = str(tmp_path / "pc")
+    run_precompute(str(tmp_path / "m"), out, "precompute.shard_size=4")
+    ids = {r["sample_id"] for r in rows_of(out)}
+    keep = sorted(ids)[: len(ids) // 2]
+    storage.write_parquet(small, table.filter(pa.array([s in keep for s in table["sample_id"].to_pylist()])))
+    run_precompute(str(tmp_path / "m"), out, "precompute.shard_size=4")
+    assert sorted(r["sample_id"] for r in rows_of(out)) == keep

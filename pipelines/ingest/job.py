@@ -220,6 +220,22 @@ def probe_chunk(item: dict, output: str, cfg: IngestConfig) -> dict:
 # --- the job ---------------------------------------------------------------------------------------
 
 
+def prune_stale(output: str, chunks: list[str]) -> list[str]:
+    """Delete manifest/rejects parts that no current listing chunk produces (e.g. the metadata
+    file or the reader config changed since they were written), so nothing counts twice."""
+    current = {(posixpath.basename(posixpath.dirname(c)), posixpath.basename(c)) for c in chunks}
+    removed = []
+    for sub in ("manifest", "rejects"):
+        for f in storage.list_files(storage.join(output, sub), ".parquet"):
+            key = (posixpath.basename(posixpath.dirname(f)), posixpath.basename(f))
+            if key not in current:
+                storage.delete(f)
+                removed.append(f)
+    if removed:
+        log.warning("ingest: removed %d stale part(s) from an earlier listing, e.g. %s", len(removed), removed[0])
+    return removed
+
+
 def summarize(output: str, listed: list[dict]) -> dict:
     """Counts per dataset from what is on storage (so a resumed run reports the whole job)."""
     summary: dict[str, dict] = {}
@@ -268,10 +284,13 @@ def run(cfg: IngestJobConfig) -> dict:
     listed = map_tasks(items, partial(list_unit, work=work), icfg.task_cpus, "list")
     chunks = sorted(c for d in listed for c in d["chunks"])
 
-    # 2. duplicates across the whole listing
+    # 2. the output holds exactly what this config lists: parts of earlier listings go
+    prune_stale(cfg.output, chunks)
+
+    # 3. duplicates across the whole listing
     dups = find_duplicates(chunks)
 
-    # 3. probe every chunk not done yet
+    # 4. probe every chunk not done yet
     todo = [{"chunk": c, "duplicates": json.dumps({str(k): v for k, v in dups.get(c, {}).items()})} for c in chunks]
     todo = [t for t in todo if not storage.exists(output_parts(cfg.output, t["chunk"])[0])]
     map_tasks(todo, partial(probe_chunk, output=cfg.output, cfg=icfg), icfg.task_cpus, "probe")

@@ -282,11 +282,26 @@ def done_ids(output: str) -> set[str]:
     return ids
 
 
+def prune_stale(output: str, wanted: set[str]) -> list[str]:
+    """Delete shards holding samples the manifest no longer lists (their other samples are
+    then simply encoded again), so training never sees a sample that was filtered out."""
+    removed = []
+    for sub in ("latents", "rejects"):
+        for f in storage.list_files(storage.join(output, sub), ".parquet"):
+            if not set(storage.read_parquet(f, columns=["sample_id"])["sample_id"].to_pylist()) <= wanted:
+                storage.delete(f)
+                removed.append(f)
+    if removed:
+        log.warning("precompute: removed %d shard(s) with samples no longer in the manifest", len(removed))
+    return removed
+
+
 def plan(cfg: PrecomputeJobConfig) -> pa.Table:
     """Manifest rows still to do, sorted by (bucket guess, sample id) so batches share shapes."""
     pc_cfg = cfg.precompute
     manifest = validate(storage.read_parquet(pc_cfg.manifest), MANIFEST, where=pc_cfg.manifest)
     manifest = manifest.filter(pc.is_in(manifest["task"], pa.array(pc_cfg.tasks)))
+    prune_stale(cfg.output, set(manifest["sample_id"].to_pylist()))
     done = done_ids(cfg.output)
     if done:
         manifest = manifest.filter(pc.invert(pc.is_in(manifest["sample_id"], pa.array(sorted(done)))))
