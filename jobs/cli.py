@@ -32,6 +32,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--submission-id", help="default: sama-<job>-<time>-<random>")
     s.add_argument("--dry-run", action="store_true", help="print what would be submitted (secrets masked)")
 
+    k = sub.add_parser("render", help="write the KubeRay manifest of a job YAML (RayJob; RayService for serve)")
+    k.add_argument("job", nargs="?", help="a job YAML (omit with --all)")
+    k.add_argument("overrides", nargs="*")
+    k.add_argument("--kuberay", action="store_true", help="KubeRay manifests (the only target, so the default)")
+    k.add_argument("-o", "--output", help="the file (with --all: the folder); default: stdout")
+    k.add_argument("--all", metavar="DIR", help="render every job YAML in DIR into -o FOLDER, removing stale ones")
+    k.add_argument("--check", action="store_true", help="with --all: write nothing, exit 1 if -o is out of date")
+    k.add_argument("--cluster", default="sama", help="the existing RayCluster a RayJob runs on (default: sama)")
+    k.add_argument("--own-cluster", action="store_true", help="embed the cluster spec: one cluster per job")
+    k.add_argument("--cluster-manifest", default="infra/kuberay/raycluster.yaml",
+                   help="the RayCluster to check requests and secrets against (and to embed)")
+    k.add_argument("--image", help="with --own-cluster: the image of every node")
+    k.add_argument("--ttl", type=int, default=600, help="with --own-cluster: seconds the cluster outlives the job")
+    k.add_argument("--name", help="metadata.name (default: sama-<yaml stem>)")
+    k.add_argument("--submission-id", help="spec.jobId (default: none, KubeRay picks one per run)")
+
     j = sub.add_parser("jobs", help="list / status / logs / stop submitted jobs")
     j.add_argument("action", choices=["list", "status", "logs", "stop"])
     j.add_argument("submission_id", nargs="?")
@@ -88,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(submit.build(args.job, args.overrides, args.submission_id).redacted(), indent=2))
                 return 0
             return submit.submit(args.job, args.overrides, args.address, args.wait, args.submission_id)
+        elif args.cmd == "render":
+            from . import render
+
+            return render.main(args)
         elif args.cmd == "jobs":
             return _jobs(args)
         elif args.cmd == "demo":
