@@ -3,7 +3,8 @@
 No KubeRay CRD schema ships on PyPI, so KubeRay's own fields are checked against the
 small hand-written JSON schemas below (only the fields we render, with the CRD's types,
 e.g. entrypointResources is a JSON *string*); the pod templates inside the RayCluster are
-core Kubernetes objects and are validated strictly with kubernetes-validate when installed.
+core Kubernetes objects and are validated strictly with kubernetes-validate when installed;
+the cluster-launcher config is validated with Ray's own schema (ray-schema.json).
 """
 
 from __future__ import annotations
@@ -184,6 +185,20 @@ def test_pod_templates_are_valid_kubernetes_strictly():
     for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
         doc = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": g["template"]}
         kubernetes_validate.validate(doc, "1.30", strict=True)
+
+
+def test_cluster_launcher_config_passes_rays_own_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    with open(os.path.join(REPO, "infra", "cluster-launcher", "aws.yaml")) as f:
+        data = yaml.safe_load(f)
+    validate_config(prepare_config(copy.deepcopy(data)))  # Ray's ray-schema.json, defaults filled in
+    k8s_image = {c["image"] for c in render._containers(cluster()["spec"])}.pop()
+    assert data["docker"]["image"].rsplit("/", 1)[-1] == k8s_image  # both launchers run the same build
+    types = data["available_node_types"]
+    assert types[data["head_node_type"]]["resources"] == {"CPU": 0} and types["gpu"]["max_workers"] >= 1
+    for t in types.values():
+        assert t.get("min_workers", 0) <= t.get("max_workers", 0) <= data["max_workers"]
 
 
 # --- rendering every job YAML -----------------------------------------------------------------
