@@ -58,6 +58,18 @@ def test_bool_is_not_an_int_and_null_only_where_optional(tmp_path):
     assert C.load(Outer, data={"opt": None}).opt is None
 
 
+def test_fixed_length_tuples():
+    @dataclass
+    class Opt:
+        betas: tuple[float, float] = (0.9, 0.999)
+
+    assert C.load(Opt, data={"betas": [0.8, 0.99]}).betas == (0.8, 0.99)
+    with pytest.raises(C.ConfigError, match="2 items"):
+        C.load(Opt, data={"betas": [0.8]})
+    with pytest.raises(C.ConfigError, match=r"betas\[1\]' must be a number"):
+        C.load(Opt, data={"betas": [0.8, "x"]})
+
+
 def test_round_trip_through_yaml(tmp_path):
     cfg = C.load(Outer, data={"opt": {"mode": "m"}})
     again = C.load(Outer, write(tmp_path, C.dump_yaml(cfg)))
