@@ -113,11 +113,25 @@ def wait(c, submission_id: str, follow: bool = True, poll_s: float = 1.0, timeou
         time.sleep(poll_s)
 
 
+def submit_with_retry(c, s: Submission, budget_s: float = 120.0) -> str:
+    """Submit; a head that has just started may not have its job agent yet, so wait for it."""
+    deadline, delay = time.time() + budget_s, 1.0
+    while True:
+        try:
+            return c.submit_job(**s.kwargs())
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.time() > deadline:
+                raise
+            print(f"[sama] the cluster's job agent is not up yet; retrying in {delay:.0f}s", file=sys.stderr)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
 def submit(path: str, overrides: Sequence[str], address: str | None, do_wait: bool,
            submission_id: str | None = None) -> int:
     s = build(path, overrides, submission_id)
     c = client(address)
-    sid = c.submit_job(**s.kwargs())
+    sid = submit_with_retry(c, s)
     print(f"[sama] submitted {sid} ({s.metadata['sama_job']}) to {c.get_address()}", file=sys.stderr)
     if not do_wait:
         print(sid)

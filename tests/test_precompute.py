@@ -136,9 +136,9 @@ def test_precompute_to_s3_and_resume_after_kill(ray_cluster, manifest, s3_bucket
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     proc = subprocess.Popen([sys.executable, "-m", "sama.jobs.cli", "run", job_yaml("precompute"), *args], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and len(storage.list_files(storage.join(out, "latents"))) < 4:
-        time.sleep(0.1)
+    deadline = time.time() + 400  # generous: CI machines can be slow to start the job
+    while time.time() < deadline and len(storage.list_files(storage.join(out, "latents"))) < 4 and proc.poll() is None:
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {r["sample_id"] for r in rows_of(out)}
