@@ -54,6 +54,23 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--address")
     j.add_argument("--follow", action="store_true", help="logs: follow until the job ends")
 
+    v = sub.add_parser("serve", help="start the edit service (a `job: serve` YAML) and block until Ctrl-C")
+    v.add_argument("job", nargs="?", default=None, help="default: the packaged jobs/serve.yaml")
+    v.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. serve.editor.num_gpus=1")
+    v.add_argument("--dry-run", action="store_true", help="resolve and validate the config, print it, do no work")
+
+    e = sub.add_parser("edit", help="edit a video through a running edit service")
+    e.add_argument("video", help="a local file to upload (or, with --remote, a path/s3:// URI the server reads)")
+    e.add_argument("instruction", help='what to change, e.g. "make the car red"')
+    e.add_argument("--endpoint", default="http://127.0.0.1:8000", help="the service URL (default: %(default)s)")
+    e.add_argument("--token", help="bearer token (default: $SAMA_SERVE_TOKEN)")
+    e.add_argument("-o", "--output", help="where to write the edited mp4 (default: VIDEO's name + .edited.mp4)")
+    e.add_argument("--remote", action="store_true", help="VIDEO is a URI on the server's side, not uploaded")
+    e.add_argument("--sync", action="store_true", help="use the synchronous endpoint (short clips)")
+    for name, kind in (("seed", int), ("steps", int), ("guidance-scale", float), ("source-guidance-scale", float),
+                       ("num-frames", int), ("height", int), ("width", int)):
+        e.add_argument(f"--{name}", type=kind)
+
     d = sub.add_parser("demo", help="run every job end to end on generated sample data")
     d.add_argument("--dir", default="sama-demo", help="work folder for data and outputs (default: sama-demo)")
     d.add_argument("-n", type=int, default=3, help="good samples per dataset")
@@ -80,6 +97,52 @@ def _jobs(args) -> int:
         print(c.get_job_logs(args.submission_id), end="")
     elif args.action == "stop":
         print("stopped" if c.stop_job(args.submission_id) else "not running")
+    return 0
+
+
+def _serve(args) -> int:
+    import os
+
+    from . import launcher
+
+    path = args.job or os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve.yaml")
+    if launcher.job_name(path, args.overrides) != "serve":
+        raise ConfigError(f"{path}: `sama serve` runs a `job: serve` YAML (use `sama run` for other jobs)")
+    if args.dry_run:
+        from sama.config import dump_yaml
+
+        cfg, _ = launcher.resolve(path, args.overrides)
+        print(dump_yaml(cfg), end="")
+        return 0
+    launcher.run(path, args.overrides)
+    return 0
+
+
+def _edit(args) -> int:
+    import os
+
+    from sama.serve.client import EditClient, EditError, EditOptions
+
+    opts = EditOptions(seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale,
+                       source_guidance_scale=args.source_guidance_scale, num_frames=args.num_frames,
+                       height=args.height, width=args.width)
+    out = args.output or os.path.splitext(os.path.basename(args.video))[0] + ".edited.mp4"
+    with EditClient(args.endpoint, args.token) as c:
+        try:
+            if args.sync:
+                with open(out, "wb") as f:
+                    f.write(c.edit_sync(args.video, args.instruction, opts, args.remote))
+            else:
+                def show(job: dict) -> None:
+                    print(f"\r[sama] {job['id'][:8]} {job['state']:<9} {job['progress'] * 100:5.1f}%",
+                          end="", file=sys.stderr, flush=True)
+
+                c.edit(args.video, args.instruction, out, opts, args.remote, on_progress=show)
+                print(file=sys.stderr)
+        except EditError as err:
+            print(f"\nsama edit: {err}", file=sys.stderr)
+            return 1
+    print(out)
     return 0
 
 
@@ -110,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             return render.main(args)
         elif args.cmd == "jobs":
             return _jobs(args)
+        elif args.cmd == "serve":
+            return _serve(args)
+        elif args.cmd == "edit":
+            return _edit(args)
         elif args.cmd == "demo":
             from .demo import run_demo
 

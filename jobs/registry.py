@@ -33,5 +33,7 @@ JOBS: dict[str, JobSpec] = {
                 summary="cheap media checks + a VLM judge: verdicts table and a filtered manifest"),
         JobSpec("precompute", "sama.pipelines.precompute.job", "PrecomputeJobConfig",
                 summary="manifest -> VAE latents, SigLIP anchor tokens, text embeddings (Parquet shards)"),
+        JobSpec("serve", "sama.serve.job", "ServeJobConfig",
+                summary="the edit service: HTTP API + web page on Ray Serve (blocks until Ctrl-C)"),
     )
 }

@@ -1,0 +1,119 @@
+"""Typed configuration of the edit service: one tree, given to ``build_app``.
+
+``ServeConfig`` is what the builder takes (from ``serve run``, a RayService
+``serveConfigV2`` ``args:`` block, or the ``serve:`` section of ``jobs/serve.yaml``);
+``ServeJobConfig`` adds what only the local launcher needs (HTTP host/port).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from sama.buckets import BucketConfig
+from sama.config import JobConfig
+from sama.models.encoders import TextEncoderConfig, VaeConfig
+from sama.models.pipeline import PipelineConfig
+from sama.models.transformer import SamaModelConfig
+
+from .settings import AuthConfig, Geometry, IngressConfig, IngressSettings, LimitsConfig, QueueConfig
+
+
+@dataclass
+class ModelConfig:
+    """What the editor loads. ``checkpoint`` fills ``pretrained`` of any part that has none."""
+
+    checkpoint: Optional[str] = None  # a SAMA pipeline folder (local or s3://); null: tiny random models
+    transformer: SamaModelConfig = field(default_factory=SamaModelConfig)
+    vae: VaeConfig = field(default_factory=VaeConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    device: str = "auto"  # auto: cuda when the replica has a GPU, else cpu
+    warmup: bool = True  # one small edit at start-up, so the first request is not the slow one
+
+    def resolved(self) -> tuple[SamaModelConfig, VaeConfig, TextEncoderConfig]:
+        import dataclasses
+
+        parts = []
+        for part in (self.transformer, self.vae, self.text):
+            if part.pretrained is None and self.checkpoint:
+                part = dataclasses.replace(part, pretrained=self.checkpoint)
+            parts.append(part)
+        return tuple(parts)  # type: ignore[return-value]
+
+
+@dataclass
+class AutoscalingConfig:
+    """Ray Serve ``autoscaling_config`` of the editor (see Ray's docs for each key)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 2
+    initial_replicas: Optional[int] = None
+    target_ongoing_requests: float = 1.0  # edits take a minute: one in flight per replica
+    upscale_delay_s: float = 30.0
+    downscale_delay_s: float = 600.0
+    metrics_interval_s: float = 10.0
+    look_back_period_s: float = 30.0
+
+    def validate(self) -> None:
+        if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
+            raise ValueError(f"need 0 <= min_replicas <= max_replicas and max_replicas >= 1, "
+                             f"got {self.min_replicas}..{self.max_replicas}")
+
+    def as_ray(self) -> dict[str, Any]:
+        import dataclasses
+
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
+class EditorConfig:
+    """The GPU deployment that runs the pipeline."""
+
+    num_gpus: float = 1.0  # per replica; 0 on CPU
+    num_cpus: float = 1.0
+    max_ongoing_requests: int = 1  # edits per replica at once (one saturates a GPU)
+    max_queued_requests: int = 64  # at the caller; a safety net under queue.max_pending
+    autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
+    health_check_period_s: float = 10.0
+    graceful_shutdown_timeout_s: float = 20.0
+
+
+@dataclass
+class ServeConfig:
+    name: str = "sama-edit"  # the Serve application
+    route_prefix: str = "/"
+    results: str = ""  # where result mp4s go (local folder or s3://); empty: a temp folder on the ingress node
+    model: ModelConfig = field(default_factory=ModelConfig)
+    editor: EditorConfig = field(default_factory=EditorConfig)
+    ingress: IngressConfig = field(default_factory=IngressConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+
+    @property
+    def buckets(self) -> BucketConfig:
+        return self.model.pipeline.buckets
+
+    def ingress_settings(self) -> IngressSettings:
+        b = self.buckets
+        return IngressSettings(self.name, self.results, self.ingress, self.queue, self.limits,
+                               Geometry(b.multiple, b.area, b.max_frames))
+
+
+@dataclass
+class HttpConfig:
+    host: str = "127.0.0.1"  # 0.0.0.0 to listen on every interface
+    port: int = 8000
+
+
+@dataclass
+class ServeJobConfig(JobConfig):
+    """``jobs/serve.yaml``: start the service on a local (embedded) Ray or join ``ray.address``."""
+
+    job: str = "serve"
+    output: str = "outputs/serve"
+    http: HttpConfig = field(default_factory=HttpConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    detach: bool = False  # false: block until Ctrl-C, then remove the app; true: deploy and return
+    generate_token: bool = True  # the token env var is empty: make a random token for this run and print it

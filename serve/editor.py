@@ -1,0 +1,158 @@
+"""The editor deployment: one pipeline per replica (a GPU each, or CPU for tests and demos).
+
+``edit`` is a streaming method: it yields ``started``, then ``progress`` events (from a
+forward hook on the transformer, so the pipeline needs no callback argument), then one
+``done`` event with the mp4 bytes, or an ``error`` event. The pipeline runs in a worker
+thread; cancelling the stream (client cancel, timeout) sets a flag the hook checks, so
+the denoising loop stops at the next transformer call and frees the replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from sama.media import MediaError
+
+from .config import ModelConfig
+from .inputs import EditRequest
+from .metrics import EditorMetrics
+from .video import encode_mp4, local_file, read_source
+
+log = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    """Raised inside the pipeline thread when its request was cancelled."""
+
+
+class Tracker:
+    """Counts transformer calls of one edit: progress, and the place to stop a cancelled one."""
+
+    def __init__(self, total_calls: int, report):
+        self.total = max(1, total_calls)
+        self.calls = 0
+        self.report = report
+        self.cancelled = threading.Event()
+
+    def on_call(self) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled()
+        self.calls += 1
+        # Denoising is most of the work: 5% for decoding the source, 90% for the steps, 5% for encoding.
+        self.report(0.05 + 0.9 * min(1.0, self.calls / self.total))
+
+
+def _replica_id() -> str:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside Serve (direct use in tests)
+        return f"pid-{os.getpid()}"
+
+
+@serve.deployment(name="Editor")
+class Editor:
+    def __init__(self, model: ModelConfig):
+        import torch
+
+        from sama.models.pipeline import SamaPipeline
+
+        device = model.device if model.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        t0 = time.time()
+        self.pipe = SamaPipeline.from_configs(*model.resolved(), model.pipeline, device=device)
+        self.device = device
+        self.max_side = max(max(b) for b in self.pipe.buckets)  # decode no larger than the largest bucket
+        self._local = threading.local()  # the Tracker of the edit running in this thread
+        self.pipe.transformer.register_forward_pre_hook(self._on_forward)
+        self.metrics = EditorMetrics()
+        if model.warmup:
+            side = min(self.pipe.buckets, key=lambda b: b.area)
+            clip = np.zeros((1, side.height, side.width, 3), np.uint8)
+            self.pipe("warm-up", clip, num_inference_steps=1, guidance_scale=1.0)
+        log.info("editor ready on %s in %.1fs", device, time.time() - t0)
+
+    def _on_forward(self, module, args) -> None:
+        tracker = getattr(self._local, "tracker", None)
+        if tracker is not None:
+            tracker.on_call()
+
+    def _calls(self, req: EditRequest) -> int:
+        """Transformer calls the pipeline will make: steps x CFG branches."""
+        cfg = self.pipe.config
+        g_txt = cfg.guidance_scale if req.guidance_scale is None else req.guidance_scale
+        g_src = cfg.source_guidance_scale if req.source_guidance_scale is None else req.source_guidance_scale
+        branches = 1 if g_txt == 1.0 and g_src is None else (2 if g_src is None else 3)
+        return (req.steps or cfg.num_inference_steps) * branches
+
+    def _run(self, req: EditRequest, tracker: Tracker) -> dict[str, Any]:
+        """Decode -> edit -> encode, in a worker thread."""
+        t0 = time.time()
+        n = min(req.num_frames or self.pipe.config.buckets.max_frames, self.pipe.config.buckets.max_frames)
+        if req.source_bytes is not None:
+            with local_file(req.source_bytes, req.source_suffix) as path:
+                frames = read_source(path, n, self.max_side)
+        else:
+            frames = read_source(req.source_uri, n, self.max_side)
+        self._local.tracker = tracker
+        try:
+            out = self.pipe(req.instruction, frames, height=req.height, width=req.width,
+                            num_inference_steps=req.steps, guidance_scale=req.guidance_scale,
+                            source_guidance_scale=req.source_guidance_scale, seed=req.seed)
+        finally:
+            self._local.tracker = None
+        # The pipeline pads to 4k+1 frames by repeating the last one: give back as many as came in.
+        video = out.video[0].cpu().numpy()[: len(frames)]
+        data = encode_mp4(video, req.fps)
+        seconds = time.time() - t0
+        self.metrics.observe(seconds, len(video))
+        t, h, w = video.shape[:3]
+        return {"video": data, "frames": int(t), "height": int(h), "width": int(w), "fps": req.fps,
+                "seconds": round(seconds, 3)}
+
+    async def edit(self, req: EditRequest) -> AsyncIterator[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        tracker = Tracker(self._calls(req), lambda p: loop.call_soon_threadsafe(events.put_nowait, p))
+        yield {"event": "started", "replica": _replica_id(), "pid": os.getpid()}
+        work = loop.run_in_executor(None, self._run, req, tracker)
+        try:
+            while True:
+                if not events.empty():  # several steps since the last event: report the latest
+                    latest = events.get_nowait()
+                    while not events.empty():
+                        latest = events.get_nowait()
+                    yield {"event": "progress", "progress": latest}
+                    continue
+                if work.done():
+                    break
+                getter = asyncio.ensure_future(events.get())
+                done, _ = await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield {"event": "progress", "progress": getter.result()}
+                else:
+                    getter.cancel()
+            try:
+                result = work.result()
+            except MediaError as e:
+                yield {"event": "error", "kind": "edit_error", "message": f"cannot read the source: {e.reason}"}
+                return
+            except Exception as e:  # the edit failed; the replica is fine
+                log.exception("edit failed")
+                yield {"event": "error", "kind": "edit_error", "message": f"{type(e).__name__}: {e}"}
+                return
+            yield {"event": "done", **result}
+        finally:
+            if not work.done():  # the stream was cancelled: stop the pipeline at its next step
+                tracker.cancelled.set()
+                await asyncio.wait({work})
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "device": self.device, "replica": _replica_id()}

@@ -1,0 +1,69 @@
+"""The torch-free part of the service config: what the ingress needs (it never loads a model).
+
+The ingress replica unpickles only these, so it starts without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class IngressConfig:
+    """The CPU deployment that speaks HTTP and owns the job table (one replica: see serve/state.py)."""
+
+    num_cpus: float = 0.5
+    max_ongoing_requests: int = 256  # polls and downloads are cheap; edits are bounded by queue.max_pending
+
+
+@dataclass
+class QueueConfig:
+    max_pending: int = 16  # accepted edits not yet finished (queued + running); more: 503
+    queue_timeout_s: float = 600.0  # waiting for a replica longer than this fails the job
+    run_timeout_s: float = 600.0  # one edit running longer than this is cancelled and failed
+    retry_after_s: int = 30  # the Retry-After header of a 503
+    keep_finished: int = 256  # finished jobs remembered (and results kept); the oldest go first
+
+
+@dataclass
+class LimitsConfig:
+    max_upload_mb: float = 64.0
+    max_duration_s: float = 30.0
+    max_source_frames: int = 1000  # frames in the source file
+    max_side: int = 1920  # of the source, pixels
+    max_pixels: int = 1920 * 1080
+    max_steps: int = 100
+    max_prompt_chars: int = 1000
+    sync_max_frames: int = 17  # the synchronous endpoint edits at most this many frames
+    allowed_roots: list[str] = field(default_factory=list)  # local folders a `uri` may point into
+    allowed_buckets: list[str] = field(default_factory=list)  # s3 buckets (names) a `uri` may point into
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@dataclass
+class AuthConfig:
+    token_env: Optional[str] = "SAMA_SERVE_TOKEN"  # env var holding the bearer token; null: no auth
+    required: bool = True  # token_env set but empty/missing: refuse to start (false: run open, with a warning)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the model edits at (from its buckets): requests are checked against it."""
+
+    multiple: int
+    area: int
+    max_frames: int
+
+
+@dataclass
+class IngressSettings:
+    name: str
+    results: str
+    ingress: IngressConfig
+    queue: QueueConfig
+    limits: LimitsConfig
+    geometry: Geometry

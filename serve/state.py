@@ -1,0 +1,99 @@
+"""The job table: every accepted edit, its state and progress, kept by the ingress.
+
+Job state lives here, outside the editor replicas, so a replica that dies takes no
+record with it: the ingress sees the broken stream and marks the job failed. The
+table is in the memory of the ingress, which therefore runs as one replica (it only
+parses requests and relays bytes; the editors do the work). The table bounds the
+work in flight (``max_pending``: queued + running), which is what turns overload
+into a clear 503 instead of an ever-growing queue.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .security import RequestError
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+
+
+@dataclass
+class Job:
+    id: str
+    instruction: str
+    mode: str  # async | sync
+    state: str = QUEUED
+    progress: float = 0.0
+    error: Optional[str] = None
+    error_kind: Optional[str] = None  # timeout | busy | replica_died | edit_error | cancelled
+    created: float = field(default_factory=time.time)
+    started: Optional[float] = None
+    finished: Optional[float] = None
+    replica: Optional[str] = None
+    result: Optional[str] = None  # storage URI of the mp4
+    video: dict[str, Any] = field(default_factory=dict)  # frames, height, width, fps of the result
+    task: Any = field(default=None, repr=False)  # the asyncio task driving it
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL
+
+    def public(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in ("id", "state", "progress", "error", "created", "started", "finished",
+                                             "replica")}
+        out["instruction"] = self.instruction
+        out["progress"] = round(self.progress, 4)
+        if self.state == SUCCEEDED:
+            out["video"] = self.video
+        return out
+
+
+class JobTable:
+    def __init__(self, max_pending: int, keep_finished: int):
+        self.max_pending = max_pending
+        self.keep_finished = keep_finished
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._finished: OrderedDict[str, None] = OrderedDict()  # finish order, for eviction
+
+    @property
+    def pending(self) -> int:
+        return len(self._jobs) - len(self._finished)
+
+    def admit(self, instruction: str, mode: str, retry_after_s: int) -> Job:
+        """A new queued job, or 503 when ``max_pending`` edits are already in flight."""
+        if self.pending >= self.max_pending:
+            raise RequestError(503, f"the server is busy ({self.pending} edits in flight, the limit is "
+                                    f"{self.max_pending}); retry later", {"Retry-After": str(retry_after_s)})
+        job = Job(id=uuid.uuid4().hex, instruction=instruction, mode=mode)
+        self._jobs[job.id] = job
+        return job
+
+    def get(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise RequestError(404, f"no edit job {job_id!r} (unknown, or finished long ago and forgotten)")
+        return job
+
+    def finish(self, job: Job, state: str, error: str | None = None, kind: str | None = None) -> list[Job]:
+        """Mark ``job`` terminal; returns the oldest finished jobs evicted beyond ``keep_finished``."""
+        if job.done:
+            return []
+        job.state, job.error, job.error_kind, job.finished = state, error, kind, time.time()
+        if state == SUCCEEDED:
+            job.progress = 1.0
+        self._finished[job.id] = None
+        evicted = []
+        while len(self._finished) > self.keep_finished:
+            old, _ = self._finished.popitem(last=False)
+            evicted.append(self._jobs.pop(old))
+        return evicted
+
+    def forget(self, job: Job) -> None:
+        """Drop a job that was never started (its request failed before running)."""
+        self._jobs.pop(job.id, None)
+        self._finished.pop(job.id, None)

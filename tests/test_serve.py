@@ -1,0 +1,384 @@
+"""The edit service over real HTTP with the tiny model, on the shared local Ray.
+
+Three small applications are deployed side by side (one Serve instance, one module):
+``edit`` (one editor replica, tight limits, a 3-edit queue bound), ``scale``
+(autoscaling 1..2 with short delays) and ``strict`` (a 2 s run timeout). Long-running
+edits (300 steps, dual CFG, ~15 s) make load; tests cancel them when done.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import av
+import httpx
+import pytest
+
+from conftest import free_port
+from sama.testing.media import write_video
+
+TOKEN = "test-token-0123456789"
+TOKEN_ENV = "SAMA_TEST_SERVE_TOKEN"
+# ~15 s on a free core (300 steps x 3 CFG branches; UniPC repeats timesteps beyond ~350): load we cancel.
+LONG = {"steps": "300", "guidance_scale": "5", "source_guidance_scale": "2"}
+
+
+def app_config(name: str, root: str, bucket: str, **sections) -> dict:
+    cfg = {
+        "name": name,
+        "route_prefix": f"/{name}",
+        "results": os.path.join(root, "results", name),
+        "model": {"text": {"max_length": 16},
+                  "pipeline": {"num_inference_steps": 2, "buckets": {"area": 4096, "multiple": 16, "max_frames": 9}}},
+        "editor": {"num_gpus": 0, "num_cpus": 0.1,
+                   "autoscaling": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}},
+        "ingress": {"num_cpus": 0.1},
+        "queue": {"max_pending": 3, "queue_timeout_s": 120, "run_timeout_s": 120, "retry_after_s": 7},
+        "limits": {"max_upload_mb": 0.25, "max_duration_s": 3.0, "max_side": 128, "max_pixels": 128 * 128,
+                   "max_steps": 300, "sync_max_frames": 5,
+                   "allowed_roots": [os.path.join(root, "allowed")], "allowed_buckets": [bucket.removeprefix("s3://")]},
+        "auth": {"token_env": TOKEN_ENV},
+    }
+    for k, v in sections.items():
+        cfg[k] = {**cfg.get(k, {}), **v}
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def service(ray_cluster, tmp_path_factory, s3_server):
+    import uuid
+
+    import boto3
+    from ray import serve
+
+    from sama.serve.app import build_app
+
+    s3_bucket = f"s3://t-serve-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=s3_bucket.removeprefix("s3://"))
+    root = str(tmp_path_factory.mktemp("serve"))
+    os.makedirs(os.path.join(root, "allowed"))
+    os.environ[TOKEN_ENV] = TOKEN  # read by build_app in this process
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    apps = {
+        "edit": app_config("edit", root, s3_bucket),
+        "scale": app_config("scale", root, s3_bucket, editor={"autoscaling": {
+            "min_replicas": 1, "max_replicas": 2, "initial_replicas": 1, "target_ongoing_requests": 1,
+            "upscale_delay_s": 0.5, "downscale_delay_s": 2.0, "metrics_interval_s": 0.5,
+            "look_back_period_s": 1.0}}, queue={"max_pending": 8}),
+        "strict": app_config("strict", root, s3_bucket, queue={"run_timeout_s": 2.0}),
+    }
+    try:
+        # Deployed together: replica start-up (importing torch) dominates, and overlaps this way.
+        serve.run_many([serve.RunTarget(build_app(c), name=n, route_prefix=c["route_prefix"]) for n, c in apps.items()])
+        yield {"port": port, "root": root, "bucket": s3_bucket, "apps": apps}
+    finally:
+        os.environ.pop(TOKEN_ENV, None)
+        serve.shutdown()
+
+
+def url(service, app: str, path: str = "") -> str:
+    return f"http://127.0.0.1:{service['port']}/{app}/{path}"
+
+
+@pytest.fixture
+def client(service):
+    with httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> str:
+    return write_video(str(tmp_path_factory.mktemp("clips") / "src.mp4"), frames=9, width=64, height=64, fps=8)
+
+
+def submit(client, service, app="edit", source=None, fields=None, expect=202) -> dict:
+    files = {"video": ("src.mp4", open(source, "rb"), "video/mp4")} if source else None
+    r = client.post(url(service, app, "v1/edits"), data={"instruction": "make it red", **(fields or {})}, files=files)
+    assert r.status_code == expect, r.text
+    return r.json()
+
+
+def wait_state(client, service, job_id: str, states, app="edit", timeout=120.0, min_progress=0.0) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.get(url(service, app, f"v1/edits/{job_id}")).json()
+        if job["state"] in states and job["progress"] >= min_progress:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still {job} after {timeout}s (wanted {states})")
+
+
+def decode(data: bytes) -> tuple[int, int, int, str]:
+    with av.open(io.BytesIO(data)) as c:
+        s = c.streams.video[0]
+        n = sum(1 for _ in c.decode(s))
+        return n, s.height, s.width, s.codec_context.name
+
+
+# ---------------------------------------------------------------------- the round trip
+
+
+def test_edit_round_trip_upload_poll_download(service, client, clip):
+    job = submit(client, service, source=clip, fields={"seed": "3"})
+    assert job["state"] == "queued" and job["id"]
+    seen = []
+    deadline = time.time() + 120
+    while job["state"] not in ("succeeded", "failed", "cancelled") and time.time() < deadline:
+        job = client.get(url(service, "edit", f"v1/edits/{job['id']}")).json()
+        seen.append(job["progress"])
+        time.sleep(0.05)
+    assert job["state"] == "succeeded", job
+    assert seen == sorted(seen) and job["progress"] == 1.0
+    assert job["video"]["frames"] == 9 and (job["video"]["height"], job["video"]["width"]) == (64, 64)
+    r = client.get(url(service, "edit", f"v1/edits/{job['id']}/result"))
+    assert r.status_code == 200 and r.headers["content-type"] == "video/mp4"
+    assert decode(r.content) == (9, 64, 64, "h264")
+    with av.open(io.BytesIO(r.content)) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
+
+
+def test_sync_edit_returns_the_mp4(service, client, tmp_path):
+    src = write_video(str(tmp_path / "s.mp4"), frames=5, width=64, height=48, fps=8)
+    r = client.post(url(service, "edit", "v1/edit"), data={"instruction": "make it blue"},
+                    files={"video": ("s.mp4", open(src, "rb"), "video/mp4")})
+    assert r.status_code == 200, r.text
+    n, h, w, codec = decode(r.content)
+    assert n == 5 and codec == "h264" and h % 2 == 0 and w % 2 == 0
+    # The synchronous endpoint only takes short clips.
+    r = client.post(url(service, "edit", "v1/edit"), data={"instruction": "x", "num_frames": "9"},
+                    files={"video": ("s.mp4", open(src, "rb"), "video/mp4")})
+    assert r.status_code == 400 and "num_frames" in r.json()["error"]
+
+
+def test_cli_edit_against_the_service(service, clip, tmp_path, capsys):
+    from sama.jobs.cli import main
+
+    out = str(tmp_path / "edited.mp4")
+    rc = main(["edit", clip, "make it green", "--endpoint", url(service, "edit"), "--token", TOKEN,
+               "-o", out, "--steps", "2"])
+    assert rc == 0 and decode(open(out, "rb").read())[0] == 9
+    rc = main(["edit", clip, "make it green", "--endpoint", url(service, "edit"), "--token", "wrong", "-o", out])
+    assert rc == 1 and "401" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- refusals
+
+
+def test_auth_is_required(service, clip):
+    with httpx.Client(timeout=30) as anon:
+        files = {"video": ("src.mp4", open(clip, "rb"), "video/mp4")}
+        r = anon.post(url(service, "edit", "v1/edits"), data={"instruction": "x"}, files=files)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        r = anon.post(url(service, "edit", "v1/edits"), data={"instruction": "x"}, files=files,
+                      headers={"Authorization": "Bearer not-the-token"})
+        assert r.status_code == 401
+        assert anon.get(url(service, "edit", "v1/edits/abc")).status_code == 401
+        assert anon.delete(url(service, "edit", "v1/edits/abc")).status_code == 401
+        assert anon.get(url(service, "edit", "v1/edits/abc/result"),
+                        headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
+        # The page and the health check are open (they hold no data).
+        assert anon.get(url(service, "edit", "healthz")).json()["status"] == "ok"
+        assert "<video" in anon.get(url(service, "edit")).text
+
+
+def test_oversized_uploads_are_refused(service, client, tmp_path):
+    big = os.urandom(300 * 1024)  # the limit is 0.25 MB
+    r = client.post(url(service, "edit", "v1/edits"), data={"instruction": "x"},
+                    files={"video": ("big.mp4", big, "video/mp4")})
+    assert r.status_code == 413, r.text
+    # Without a Content-Length (chunked), the cap holds while streaming.
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"instruction\"\r\n\r\nx\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"video\"; filename=\"a.mp4\"\r\n"
+            f"Content-Type: video/mp4\r\n\r\n").encode() + big * 4 + f"\r\n--{boundary}--\r\n".encode()
+
+    def chunks():
+        for i in range(0, len(body), 16384):
+            yield body[i:i + 16384]
+
+    r = client.post(url(service, "edit", "v1/edits"), content=chunks(),
+                    headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 413, r.text
+    # Too long, too large: refused after probing, with the limit named.
+    long = write_video(str(tmp_path / "long.mp4"), frames=40, width=64, height=48, fps=8)  # 5 s > 3 s
+    r = client.post(url(service, "edit", "v1/edits"), data={"instruction": "x"},
+                    files={"video": ("long.mp4", open(long, "rb"), "video/mp4")})
+    assert r.status_code == 422 and "3s" in r.json()["error"]
+    wide = write_video(str(tmp_path / "wide.mp4"), frames=5, width=192, height=96, fps=8)
+    r = client.post(url(service, "edit", "v1/edits"), data={"instruction": "x"},
+                    files={"video": ("wide.mp4", open(wide, "rb"), "video/mp4")})
+    assert r.status_code == 422 and "192x96" in r.json()["error"]
+
+
+@pytest.mark.parametrize("fields,files,status,words", [
+    ({"instruction": "x"}, None, 400, "exactly one source"),
+    ({}, "clip", 400, "instruction"),
+    ({"instruction": "  "}, "clip", 400, "instruction"),
+    ({"instruction": "x", "steps": "many"}, "clip", 400, "integer"),
+    ({"instruction": "x", "steps": "5000"}, "clip", 400, "out of range"),
+    ({"instruction": "x", "guidance_scale": "nan"}, "clip", 400, "out of range"),
+    ({"instruction": "x", "height": "64"}, "clip", 400, "both"),
+    ({"instruction": "x", "height": "60", "width": "64"}, "clip", 400, "multiples"),
+    ({"instruction": "x", "color": "red"}, "clip", 400, "unknown field"),
+    ({"instruction": "x", "uri": "/nope.mp4"}, "clip", 400, "exactly one source"),
+    ({"instruction": "x"}, "garbage", 422, "not a readable"),
+    ({"instruction": "x"}, "empty", 400, "empty"),
+])
+def test_malformed_requests_get_clear_4xx(service, client, clip, fields, files, status, words):
+    payload = {"clip": open(clip, "rb").read(), "garbage": b"this is not a video" * 50, "empty": b""}
+    r = client.post(url(service, "edit", "v1/edits"), data=fields,
+                    files={"video": ("v.mp4", payload[files], "video/mp4")} if files else None)
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]
+
+
+def test_malformed_bodies(service, client):
+    r = client.post(url(service, "edit", "v1/edits"), json={"instruction": "x", "uri": "/a.mp4"})
+    assert r.status_code == 415
+    r = client.post(url(service, "edit", "v1/edits"), content=b"--xx\r\nContent-Disposition: form-da",
+                    headers={"Content-Type": "multipart/form-data; boundary=xx"})
+    assert r.status_code == 400, r.text
+    assert client.get(url(service, "edit", "v1/edits/not-a-job")).status_code == 404
+
+
+@pytest.mark.parametrize("uri,status", [
+    ("http://169.254.169.254/latest/meta-data/iam/security-credentials/", 403),
+    ("https://example.com/clip.mp4", 403),
+    ("gopher://127.0.0.1:6379/_INFO", 403),
+    ("file:///etc/passwd", 403),
+    ("file://evil.example/etc/passwd", 403),
+    ("/etc/passwd", 403),
+    ("relative/clip.mp4", 403),
+    ("{allowed}/../../../../etc/passwd", 403),
+    ("{allowed}/link-out", 403),
+    ("{allowed}/missing.mp4", 404),
+    ("s3://not-allowed-bucket/clip.mp4", 403),
+    ("{bucket}/../other/clip.mp4", 403),
+    ("{bucket}/shards/a.tar::clip.mp4", 403),
+])
+def test_uri_sources_cannot_escape(service, client, uri, status):
+    allowed = os.path.join(service["root"], "allowed")
+    link = os.path.join(allowed, "link-out")
+    if not os.path.lexists(link):
+        os.symlink("/etc/passwd", link)
+    uri = uri.format(allowed=allowed, bucket=service["bucket"])
+    r = client.post(url(service, "edit", "v1/edits"), data={"instruction": "x", "uri": uri})
+    assert r.status_code == status, r.text
+
+
+def test_uri_sources_inside_allowed_places_work(service, client):
+    import boto3
+
+    from sama import storage
+
+    local = write_video(os.path.join(service["root"], "allowed", "in.mp4"), frames=5, width=64, height=64)
+    data = open(local, "rb").read()
+    key = f"{service['bucket']}/clips/in.mp4"
+    boto3.client("s3", endpoint_url=storage.endpoint_url()).put_object(
+        Bucket=service["bucket"].removeprefix("s3://"), Key="clips/in.mp4", Body=data)
+    for uri in (local, f"file://{local}", key):
+        job = submit(client, service, fields={"uri": uri})
+        job = wait_state(client, service, job["id"], ("succeeded", "failed"))
+        assert job["state"] == "succeeded", (uri, job)
+        assert job["video"]["frames"] == 5
+
+
+# ---------------------------------------------------------------------- queue, cancel, timeout, crash
+
+
+def test_cancel_stops_a_running_edit(service, client, clip):
+    job = submit(client, service, source=clip, fields=LONG)
+    wait_state(client, service, job["id"], ("running",), min_progress=0.06)
+    r = client.delete(url(service, "edit", f"v1/edits/{job['id']}"))
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    assert client.get(url(service, "edit", f"v1/edits/{job['id']}/result")).status_code == 409
+    # The replica is free again at once (the denoising loop stopped), not after 1000 steps.
+    t0 = time.time()
+    quick = submit(client, service, source=clip)
+    assert wait_state(client, service, quick["id"], ("succeeded",), timeout=20)["state"] == "succeeded"
+    assert time.time() - t0 < 20
+
+
+def test_queue_full_gets_503(service, client, clip):
+    jobs = [submit(client, service, source=clip, fields=LONG) for _ in range(3)]  # max_pending: 3
+    try:
+        r = client.post(url(service, "edit", "v1/edits"), data={"instruction": "x"},
+                        files={"video": ("src.mp4", open(clip, "rb"), "video/mp4")})
+        assert r.status_code == 503 and r.headers["retry-after"] == "7"
+        assert "busy" in r.json()["error"]
+        assert client.get(url(service, "edit", "healthz")).json()["pending"] == 3
+    finally:
+        for j in jobs:
+            client.delete(url(service, "edit", f"v1/edits/{j['id']}"))
+    states = {client.get(url(service, "edit", f"v1/edits/{j['id']}")).json()["state"] for j in jobs}
+    assert states == {"cancelled"}
+    submit(client, service, source=clip)  # room again
+
+
+def test_run_timeout_fails_the_job(service, client, clip):
+    job = submit(client, service, "strict", source=clip, fields=LONG)
+    job = wait_state(client, service, job["id"], ("failed", "succeeded"), app="strict", timeout=60)
+    assert job["state"] == "failed" and "timed out running" in job["error"]
+
+
+def test_crashed_replica_fails_its_job_and_is_replaced(service, client, clip):
+    import ray
+
+    job = submit(client, service, source=clip, fields=LONG)
+    running = wait_state(client, service, job["id"], ("running",), min_progress=0.06)
+    # Kill the replica's process mid-edit, as a segfault or the OOM killer would.
+    ray.kill(ray.get_actor(f"SERVE_REPLICA::edit#Editor#{running['replica']}", namespace="serve"), no_restart=True)
+    failed = wait_state(client, service, job["id"], ("failed", "succeeded", "cancelled"), timeout=60)
+    assert failed["state"] == "failed" and "died" in failed["error"], failed
+    # Serve replaces the replica; the next edit runs on the new one.
+    job = submit(client, service, source=clip)
+    job = wait_state(client, service, job["id"], ("succeeded", "failed"), timeout=180)
+    assert job["state"] == "succeeded", job
+    assert job["replica"] != running["replica"]
+
+
+# ---------------------------------------------------------------------- autoscaling
+
+
+def _running_replicas(app: str) -> int:
+    from ray import serve
+
+    dep = serve.status().applications[app].deployments["Editor"]
+    return dep.replica_states.get("RUNNING", 0)
+
+
+def _wait_replicas(app: str, n: int, timeout: float) -> float:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if _running_replicas(app) == n:
+            return time.time() - t0
+        time.sleep(0.25)
+    raise AssertionError(f"{app}: {_running_replicas(app)} running editor replicas after {timeout}s, wanted {n}")
+
+
+def test_autoscaling_up_under_load_and_back(service, client, clip):
+    """Keep 3 long edits in flight (target: 1 per replica) until a 2nd replica runs one; then idle."""
+    assert _running_replicas("scale") == 1
+    jobs: dict[str, dict] = {}
+    deadline = time.time() + 150
+    try:
+        while time.time() < deadline:
+            for j in list(jobs.values()):
+                if j["state"] not in ("succeeded", "failed", "cancelled"):
+                    jobs[j["id"]] = client.get(url(service, "scale", f"v1/edits/{j['id']}")).json()
+            if len({j["replica"] for j in jobs.values() if j["replica"]}) == 2 and _running_replicas("scale") == 2:
+                break
+            while sum(j["state"] in ("queued", "running") for j in jobs.values()) < 3:
+                j = submit(client, service, "scale", source=clip, fields=LONG)
+                jobs[j["id"]] = j
+            time.sleep(0.25)
+        used = {j["replica"] for j in jobs.values() if j["replica"]}
+        assert len(used) == 2 and _running_replicas("scale") == 2, (used, _running_replicas("scale"))
+        assert not any(j["state"] == "failed" for j in jobs.values())
+    finally:
+        for j in jobs.values():
+            client.delete(url(service, "scale", f"v1/edits/{j['id']}"))
+    _wait_replicas("scale", 1, timeout=90)
