@@ -140,6 +140,49 @@ VERDICTS = register(TableSchema(
 ))
 
 
+FETCH_ERRORS = (
+    "removed",  # the video or photo was taken down (or is private / an "unavailable" placeholder)
+    "geo_blocked",
+    "login_required",  # age-restricted or members-only
+    "http_403", "http_404", "http_410", "http_429", "http_5xx", "http_error",
+    "timeout", "connection",
+    "too_large",  # over the byte cap
+    "too_long",  # source video or span over the duration cap
+    "truncated",  # fewer bytes than the server announced, or a file that ends early
+    "undecodable",
+    "span_out_of_range",  # the span ends after the video does
+    "cut_failed",
+    "bad_record",  # the metadata row itself is unusable
+    "download_failed",  # anything else; the detail says what
+)
+
+FETCH = register(TableSchema(
+    "fetch",
+    1,
+    pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),  # the stable output file name (clip or image)
+            pa.field("dataset", pa.string(), nullable=False),
+            pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
+            pa.field("error", pa.string()),  # a FETCH_ERRORS value when failed
+            pa.field("detail", pa.string()),  # human-readable: names the URL, the metadata row, the measured value
+            pa.field("source_url", pa.string()),  # as the metadata lists it
+            pa.field("fetch_url", pa.string()),  # what was requested (a mirror via url_template, or a tar member)
+            pa.field("method", pa.string()),  # "http", "ytdlp" or "tar"
+            pa.field("output_uri", pa.string()),  # where the file is (or would be); null for an unusable row
+            pa.field("bytes", pa.int64()),
+            pa.field("sha256", pa.string()),  # of the output file
+            pa.field("start", pa.float64()),  # span in the source video, seconds (clips only)
+            pa.field("end", pa.float64()),
+            pa.field("duration", pa.float32()),  # probed duration of the written clip
+            pa.field("attempts", pa.int32()),  # HTTP / yt-dlp requests made for it in this run (0: reused)
+            pa.field("row", pa.string()),  # metadata file:line it came from
+            pa.field("fetched_at", pa.string()),  # ISO-8601 UTC of the run that wrote the row
+        ]
+    ),
+))
+
+
 def validate(table: pa.Table, expected: TableSchema, where: str = "<table>") -> pa.Table:
     """Check ``table`` against ``expected`` and return it cast to the exact schema.
 
