@@ -1,0 +1,1 @@
+"""The training job: SAMA stage 0 / stage 1 on Ray Train with DeepSpeed (see ``job.py``)."""

@@ -1,0 +1,72 @@
+"""The training job (``job: train``): SAMA stage 0 or stage 1 on Ray Train + DeepSpeed.
+
+    sama run jobs/train_stage0.yaml                    # tiny, CPU, 2 workers (the demo)
+    sama run jobs/train_stage1.yaml train.init_from=<stage 0 output>/stage0
+    sama submit jobs/train_stage0_wan14b.yaml          # a GPU cluster
+
+Parse -> plan data (per-rank shard files) -> TorchTrainer -> fit -> export the EMA weights.
+Outputs under ``output``: ``<run>/step_XXXXXXXX/`` checkpoints (Ray Train storage),
+``<run>/metrics/`` (TensorBoard events + metrics.jsonl), ``export/transformer/``,
+``summary.json``. Rerunning the same run continues from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from sama import storage
+
+from . import data
+from .config import ExportJobConfig, TrainJobConfig  # noqa: F401  (the registry's config classes)
+from .export import export_checkpoint
+from .loop import train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+
+def storage_target(output: str):
+    """(storage_path, storage_filesystem) for RunConfig: our configured pyarrow filesystem and a
+    bucket-relative path for s3:// (Ray fails when given both an s3:// URI and a filesystem)."""
+    if storage.is_s3(output):
+        fs, path = storage.filesystem(output)
+        return path, fs
+    return os.path.abspath(storage.filesystem(output)[1]), None
+
+
+def build_trainer(cfg: TrainJobConfig):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t, w = cfg.train, cfg.train.workers
+    batch = {s.name: t.global_batch(s.family) // w.num_workers for s in t.data.sources}
+    datasets, data_config, plan = data.build(t.data.sources, w.num_workers, t.steps, batch, t.data.read_num_cpus)
+    path, fs = storage_target(cfg.output)
+    env = {"DS_ACCELERATOR": "cpu"} if not w.use_gpu else {}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg, "plan": plan},
+        torch_config=TorchConfig(backend="nccl" if w.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=w.num_workers, use_gpu=w.use_gpu, resources_per_worker=w.resources(),
+                                     accelerator_type=w.accelerator_type, placement_strategy=w.placement_strategy),
+        run_config=RunConfig(name=t.name, storage_path=path, storage_filesystem=fs,
+                             failure_config=FailureConfig(max_failures=t.checkpoint.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoint.keep),
+                             worker_runtime_env={"env_vars": env}),
+        datasets=datasets,
+        dataset_config=data_config,
+    )
+
+
+def run(cfg: TrainJobConfig) -> dict:
+    t = cfg.train
+    result = build_trainer(cfg).fit()
+    ckpt = storage.join(cfg.output, t.name, os.path.basename(result.checkpoint.path.rstrip("/")))
+    summary = {"run": t.name, "checkpoint": ckpt, "metrics": result.metrics,
+               "metrics_dir": storage.join(cfg.output, t.name, "metrics")}
+    if t.export.enabled:
+        summary["export"] = export_checkpoint(ckpt, t.export.output or storage.join(cfg.output, "export"))
+    storage.write_text(storage.join(cfg.output, "summary.json"), json.dumps(summary, indent=2, default=str))
+    print(f"[train] stage {t.stage}: checkpoint {ckpt}" + (f", export {summary['export']}" if t.export.enabled else ""))
+    return summary
