@@ -105,16 +105,19 @@ def _serve(args) -> int:
 
     from . import launcher
 
+    overrides = list(args.overrides)
+    if args.job and "=" in args.job and not os.path.exists(args.job):  # `sama serve key=value`: no YAML given
+        overrides, args.job = [args.job, *overrides], None
     path = args.job or os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve.yaml")
-    if launcher.job_name(path, args.overrides) != "serve":
+    if launcher.job_name(path, overrides) != "serve":
         raise ConfigError(f"{path}: `sama serve` runs a `job: serve` YAML (use `sama run` for other jobs)")
     if args.dry_run:
         from sama.config import dump_yaml
 
-        cfg, _ = launcher.resolve(path, args.overrides)
+        cfg, _ = launcher.resolve(path, overrides)
         print(dump_yaml(cfg), end="")
         return 0
-    launcher.run(path, args.overrides)
+    launcher.run(path, overrides)
     return 0
 
 
@@ -154,17 +157,18 @@ def main(argv: list[str] | None = None) -> int:
             from . import launcher
 
             if args.dry_run:
-                from sama.config import dump_yaml
-
-                cfg, _ = launcher.resolve(args.job, args.overrides)
-                print(dump_yaml(cfg), end="")
+                print(launcher.dry_run(args.job, args.overrides), end="")
                 return 0
             launcher.run(args.job, args.overrides)
         elif args.cmd == "submit":
             from . import submit
 
             if args.dry_run:
+                from . import launcher
+
                 print(json.dumps(submit.build(args.job, args.overrides, args.submission_id).redacted(), indent=2))
+                checks = launcher.dry_run(args.job, args.overrides).split("# dry run: nothing was run\n")[1:]
+                print("".join(checks), end="", file=sys.stderr)
                 return 0
             return submit.submit(args.job, args.overrides, args.address, args.wait, args.submission_id)
         elif args.cmd == "render":

@@ -53,6 +53,23 @@ def resolve(path: str, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
     return C.load(cls, path, overrides, data=read_job_yaml(path)), entry
 
 
+def dry_run(path: str, overrides: Sequence[str] = ()) -> str:
+    """The resolved config plus the job's own checks (``dry_run(cfg) -> lines`` in its module,
+    e.g. resource consistency and model sizes on the meta device). Does no work."""
+    import importlib
+
+    cfg, _ = resolve(path, overrides)
+    text = C.dump_yaml(cfg)
+    check = getattr(importlib.import_module(JOBS[cfg.job].module), "dry_run", None)
+    if check is not None:
+        try:
+            lines = check(cfg)
+        except ValueError as e:
+            raise C.ConfigError(f"{path}: {e}") from e
+        text += "# dry run: nothing was run\n" + "".join(f"# {line}\n" for line in lines)
+    return text
+
+
 def connect(ray_cfg: C.RayConfig) -> bool:
     """Join ``ray.address`` / $RAY_ADDRESS, else start an embedded local Ray. True if we started it."""
     if ray.is_initialized():

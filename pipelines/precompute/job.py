@@ -354,3 +354,22 @@ def run(cfg: PrecomputeJobConfig) -> dict:
         print(f"{d:<16} " + ", ".join(f"{k}={v}" for k, v in c.items()))
     print(f"latents: {storage.join(cfg.output, 'latents')}  buckets: {summary['buckets']}")
     return summary
+
+
+def dry_run(cfg: PrecomputeJobConfig) -> list[str]:
+    """What the run would use (``sama run --dry-run``): buckets, stages, encoders."""
+    p, enc = cfg.precompute, cfg.precompute.encode
+    buckets = make_buckets(p.buckets)
+    frames = p.buckets.max_frames
+    biggest = max(b.height * b.width for b in buckets)
+    tokens = ((frames - 1) // 4 + 1) * biggest // (16 * 16)  # Wan VAE 8x, patch 2x
+    lines = [f"buckets: {len(buckets)} ({', '.join(f'{b.height}x{b.width}' for b in buckets)}), frames <= {frames}",
+             f"largest sample: {tokens} target tokens, {2 * tokens} with the source",
+             f"decode: CPU tasks of {p.decode.batch_size} samples, {p.decode.num_cpus} CPU each, at {p.decode.fps} fps",
+             f"encode: {enc.actors}..{enc.max_actors or enc.actors} actors x {enc.num_gpus} GPU, batches of "
+             f"{enc.batch_size}, stored as {enc.storage_dtype}"]
+    for name, c in (("vae", p.vae), ("semantic", p.semantic), ("text", p.text)):
+        lines.append(f"{name}: {c.pretrained or 'tiny random model'} ({c.dtype})")
+    if enc.num_gpus == 0 and any(c.pretrained for c in (p.vae, p.semantic, p.text)):
+        lines.append("warning: real encoders on CPU actors (encode.num_gpus=0) will be very slow")
+    return lines
