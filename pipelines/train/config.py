@@ -120,7 +120,7 @@ class ExportConfig:
 class DebugConfig:
     """Fault injection for tests and drills (never set in a real recipe)."""
 
-    fail_at_step: Optional[int] = None  # the last rank dies (os._exit) at this step, only in a run not resumed
+    fail_at_step: Optional[int] = None  # the last rank dies (os._exit) at this step, once (a marker on storage)
     stop_after_step: Optional[int] = None  # stop cleanly after this step (with a checkpoint): an interruption
     nan_at_steps: list[int] = field(default_factory=list)  # force a non-finite loss at these steps
 

@@ -132,8 +132,11 @@ def train_loop_per_worker(config: dict) -> None:
     try:
         while state.step < t.steps:
             step = state.step + 1
-            if step == t.debug.fail_at_step and resumed is None and rank == world - 1:
-                os._exit(1)  # a worker dies (test of FailureConfig): only in a run that did not resume
+            if step == t.debug.fail_at_step and rank == world - 1:
+                marker = storage.join(job.output, t.name, f"debug_failed_at_step_{step}")
+                if not storage.exists(marker):  # die once (a FailureConfig drill), not again after the restart
+                    storage.write_text(marker, "the last rank exited here on purpose (train.debug.fail_at_step)\n")
+                    os._exit(1)
             t0 = time.perf_counter()
             # 5. Batch: source by (seed, step), then this rank's next bucket batch of it.
             source = pick_source(names, weights, t.seed, step)

@@ -1,0 +1,202 @@
+"""Training pieces without a cluster: mixing, bucket streams and their resume position,
+the derived DeepSpeed config, the sharded EMA, the LR schedule, the per-rank data plan."""
+
+from collections import Counter
+
+import pyarrow as pa
+import pytest
+import torch
+
+from sama import config as C
+from sama import storage
+from sama.latents import batch_key
+from sama.pipelines.train.config import TrainConfig, TrainJobConfig
+from sama.pipelines.train.data import plan_files
+from sama.pipelines.train.deepspeed_config import deepspeed_config
+from sama.training.ema import ShardedEMA, assemble, deal_by_size
+from sama.training.mixing import BucketStream, SourceConfig, passes_needed, pick_source
+from sama.training.schedule import LRLambda, ScheduleConfig
+
+
+def rows(n: int, seed: int = 0) -> list[dict]:
+    buckets = ["1x48x80", "1x64x64", "1x80x48"]
+    return [{"sample_id": f"s{i:03d}", "task": "image_edit", "bucket": buckets[(i * 7 + seed) % 3],
+             "src_latent_shape": [16, 1, 6, 10]} for i in range(n)]
+
+
+def stream(data: list[dict], position=(0, 0), passes=1, seed=0, batch=4) -> BucketStream:
+    return BucketStream("img", lambda: iter(data * passes), len(data), batch, seed, rank=0,
+                        epochs_per_pass=passes, shuffle_buffer=8, position=position)
+
+
+def ids(batch: list[dict]) -> list[str]:
+    return [r["sample_id"] for r in batch]
+
+
+def test_mixing_follows_the_weights_and_is_the_same_on_every_rank():
+    names, weights = ["image_edit", "t2v"], [0.25, 0.75]
+    picks = [pick_source(names, weights, seed=3, step=s) for s in range(1, 4001)]
+    share = Counter(picks)["t2v"] / len(picks)
+    assert abs(share - 0.75) < 0.03
+    assert picks == [pick_source(names, weights, seed=3, step=s) for s in range(1, 4001)]  # any rank, any rerun
+    assert picks != [pick_source(names, weights, seed=4, step=s) for s in range(1, 4001)]
+
+
+def test_bucket_batches_share_one_shape_cover_each_epoch_and_are_deterministic():
+    data = rows(30)
+    s = stream(data)
+    epoch0 = []
+    while s.epoch == 0 or s.taken == 0:
+        b = next(s)
+        if s.epoch > 0:
+            break
+        assert len({batch_key(r) for r in b}) == 1 and 1 <= len(b) <= 4
+        epoch0 += ids(b)
+    assert sorted(epoch0) == sorted(r["sample_id"] for r in data)  # every row once per epoch
+    assert epoch0 != [r["sample_id"] for r in data]  # shuffled
+    a, b = stream(data), stream(data)
+    assert [ids(next(a)) for _ in range(25)] == [ids(next(b)) for _ in range(25)]
+    other, ref = stream(data, seed=1), stream(data)
+    assert [ids(next(other)) for _ in range(8)] != [ids(next(ref)) for _ in range(8)]  # the seed matters
+    s = stream(data)
+    epochs: dict[int, list[str]] = {}
+    for _ in range(40):
+        b = next(s)
+        epochs.setdefault(s.epoch, []).extend(ids(b))
+    assert epochs[0] != epochs[1] and sorted(epochs[0]) == sorted(epochs[1])  # each epoch its own shuffle
+
+
+@pytest.mark.parametrize("passes", [1, 3])
+def test_stream_resumes_exactly_from_its_position(passes):
+    data = rows(22)
+    full = stream(data, passes=passes)
+    seen = [ids(next(full)) for _ in range(40)]
+    for k in (0, 3, 7, 12, 21):
+        ref = stream(data, passes=passes)
+        for _ in range(k):
+            next(ref)
+        resumed = stream(data, position=ref.position, passes=passes)
+        assert [ids(next(resumed)) for _ in range(40 - k)] == seen[k:], k
+
+
+def test_passes_needed():
+    assert passes_needed(steps=10_000, share=0.5, batch_per_rank=8, rows_per_epoch=10**7) == 1
+    assert passes_needed(steps=8, share=0.5, batch_per_rank=2, rows_per_epoch=4) == 3
+    assert passes_needed(steps=10**6, share=1.0, batch_per_rank=8, rows_per_epoch=4) == 16  # capped
+
+
+def train_cfg(**over) -> TrainConfig:
+    data = {"train": {"data": {"sources": [{"name": "i", "uri": "x", "tasks": ["image_edit"]},
+                                           {"name": "v", "uri": "x", "tasks": ["t2v"]}],
+                               "image_batch": 448, "video_batch": 112}, **over}}
+    return C.load(TrainJobConfig, data=data).train
+
+
+def test_deepspeed_config_is_derived_from_the_typed_config():
+    t = train_cfg(engine={"zero_stage": 3, "offload_optimizer": True, "extra": {"zero_optimization": {"sub_group_size": 7}}},
+                  optim={"lr": 3e-4, "grad_clip": 0.5, "betas": [0.9, 0.95]}, workers={"num_workers": 16})
+    gpu = deepspeed_config(t, 16, use_gpu=True)
+    assert gpu["bf16"] == {"enabled": True} and gpu["gradient_clipping"] == 0.5
+    assert gpu["train_micro_batch_size_per_gpu"] == 28 and gpu["train_batch_size"] == 448
+    z = gpu["zero_optimization"]
+    assert z["stage"] == 3 and z["offload_optimizer"]["device"] == "cpu" and z["sub_group_size"] == 7
+    assert z["stage3_gather_16bit_weights_on_model_save"] is False
+    assert gpu["optimizer"] == {"type": "AdamW", "params": {"lr": 3e-4, "betas": [0.9, 0.95], "eps": 1e-8,
+                                                            "weight_decay": 0.01}}
+    cpu = deepspeed_config(train_cfg(engine={"zero_stage": 2}, workers={"num_workers": 2}), 2, use_gpu=False)
+    assert cpu["bf16"] == {"enabled": False} and cpu["optimizer"]["params"]["torch_adam"] is True
+    assert cpu["zero_optimization"]["stage"] == 2 and cpu["zero_optimization"]["overlap_comm"] is False
+    assert "scheduler" not in cpu  # ours, handed to deepspeed.initialize
+
+
+def test_config_rejects_bad_values_naming_the_key():
+    with pytest.raises(C.ConfigError, match="image_batch=448 is not divisible by workers.num_workers=5"):
+        train_cfg(workers={"num_workers": 5})
+    with pytest.raises(C.ConfigError, match="zero_stage"):
+        train_cfg(engine={"zero_stage": 4})
+    with pytest.raises(C.ConfigError, match="mixes image and video"):
+        C.load(TrainJobConfig, data={"train": {"data": {"sources": [{"name": "a", "uri": "x",
+                                                                      "tasks": ["image_edit", "t2v"]}]}}})
+    with pytest.raises(C.ConfigError, match="unknown key 'train.optim.lrr'"):
+        train_cfg(optim={"lrr": 1.0})
+
+
+def test_lr_schedule_warms_up_then_decays():
+    f = LRLambda(ScheduleConfig(warmup_steps=4, decay="cosine", min_lr_ratio=0.1), total_steps=14)
+    assert [f(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == pytest.approx(1.0) and f(9) == pytest.approx(0.55) and f(14) == pytest.approx(0.1)
+    assert LRLambda(ScheduleConfig(warmup_steps=0), 10)(5) == 1.0
+
+
+def model_params(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Linear(7, 3), torch.nn.LayerNorm(3))
+
+
+def test_sharded_ema_matches_a_full_ema_replicated_params():
+    model = model_params()
+    full = {n: p.detach().clone() for n, p in model.named_parameters()}
+    shards = [ShardedEMA(model.named_parameters(), 0.9, rank=r, world=2) for r in range(2)]
+    assert not set(shards[0].shadow) & set(shards[1].shadow)  # each parameter on one rank
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        for s in shards:
+            s.update()
+        for n, p in model.named_parameters():
+            full[n] = 0.9 * full[n] + 0.1 * p.detach()
+    got = assemble([s.state_dict() for s in shards])
+    assert got.keys() == full.keys()
+    for n in full:
+        torch.testing.assert_close(got[n], full[n])
+
+
+def test_sharded_ema_on_zero3_partitions_drops_the_padding():
+    weights = {"a": torch.arange(5.0), "b": torch.arange(6.0).view(2, 3)}
+    shards = []
+    for rank in range(2):
+        params = []
+        for n, w in weights.items():
+            p = torch.nn.Parameter(torch.empty(0))
+            size = -(-w.numel() // 2)
+            flat = torch.cat([w.flatten(), torch.zeros(2 * size - w.numel())])
+            p.ds_tensor, p.ds_shape = flat[rank * size:(rank + 1) * size].clone(), w.shape
+            params.append((n, p))
+        ema = ShardedEMA(params, 0.5, rank=rank, world=2)
+        assert ema.partitioned
+        shards.append(ema.state_dict())
+    got = assemble(shards)
+    for n, w in weights.items():
+        torch.testing.assert_close(got[n], w)
+    # and back: a full state dict loads into the partitions (stage 1 starting from stage 0's EMA)
+    ema = ShardedEMA(params, 0.5, rank=1, world=2)
+    ema.load_full({n: w * 2 for n, w in weights.items()})
+    torch.testing.assert_close(ema.shadow["a"], torch.tensor([6.0, 8.0, 0.0]))
+
+
+def test_deal_by_size_balances():
+    owner = deal_by_size([10, 1, 1, 8, 2], 2)
+    load = [sum(s for s, o in zip([10, 1, 1, 8, 2], owner) if o == r) for r in range(2)]
+    assert sorted(load) == [11, 11]
+
+
+def test_data_plan_gives_every_rank_its_own_files(tmp_path):
+    def shard(name, tasks):
+        table = pa.table({"task": tasks, "sample_id": [f"{name}{i}" for i in range(len(tasks))]})
+        storage.write_parquet(str(tmp_path / "latents" / f"{name}.parquet"), table)
+
+    shard("a", ["image_edit"] * 3)
+    shard("b", ["image_edit", "t2v"])
+    shard("c", ["t2v"] * 2)
+    shard("d", ["image_edit"] * 2)
+    uri = str(tmp_path / "latents")
+    srcs = [SourceConfig("img", uri, ["image_edit"]), SourceConfig("vid", uri, ["t2v"])]
+    plan = plan_files(srcs, world=2, steps=10, batch_per_rank={"img": 2, "vid": 1})
+    img = plan["img"]
+    assert sorted(f for r in img for f in r.files) == sorted(str(tmp_path / "latents" / f"{x}.parquet") for x in "abd")
+    assert sorted(r.rows for r in img) == [3, 3] and all(r.passes >= 1 for r in img)
+    assert not set(img[0].files) & set(img[1].files)
+    assert sorted(r.rows for r in plan["vid"]) == [1, 2]
+    with pytest.raises(ValueError, match="every worker needs one"):
+        plan_files(srcs, world=3, steps=10, batch_per_rank={"img": 2, "vid": 1})
