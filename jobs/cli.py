@@ -112,10 +112,7 @@ def _serve(args) -> int:
     if launcher.job_name(path, overrides) != "serve":
         raise ConfigError(f"{path}: `sama serve` runs a `job: serve` YAML (use `sama run` for other jobs)")
     if args.dry_run:
-        from sama.config import dump_yaml
-
-        cfg, _ = launcher.resolve(path, overrides)
-        print(dump_yaml(cfg), end="")
+        print(launcher.dry_run(path, overrides), end="")
         return 0
     launcher.run(path, overrides)
     return 0
@@ -126,6 +123,7 @@ def _edit(args) -> int:
 
     from sama.serve.client import EditClient, EditError, EditOptions
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
     opts = EditOptions(seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale,
                        source_guidance_scale=args.source_guidance_scale, num_frames=args.num_frames,
                        height=args.height, width=args.width)

@@ -27,13 +27,78 @@ def sample_data(workdir: str, n: int = 3) -> dict[str, str]:
     return {name: os.path.join(data, folder) for name, (folder, _) in MAKERS.items()}
 
 
+def serve_step(workdir: str, outputs: str) -> str:
+    """Deploy jobs/serve.yaml on the demo's Ray, edit one generated clip through the HTTP API, shut down."""
+    import socket
+
+    from ray import serve
+
+    from sama.serve import job as serve_job
+    from sama.serve.client import TOKEN_ENV, EditClient, EditOptions
+    from sama.testing.media import write_video
+
+    with socket.socket() as s:  # a free port, so a demo never collides with a running service
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    overrides = [f"output={outputs}/serve", f"http.port={port}", "detach=true", "serve.editor.num_cpus=0.5",
+                 "serve.ingress.num_cpus=0.1", "serve.editor.autoscaling.max_replicas=1",
+                 f"serve.results={os.path.abspath(outputs)}/serve/results"]
+    cfg, _ = launcher.resolve(job_yaml("serve"), overrides)
+    source = write_video(os.path.join(workdir, "data", "serve", "source.mp4"), frames=9, width=64, height=64)
+    out = os.path.join(outputs, "serve", "edited.mp4")
+    started = launcher.connect(cfg.ray)
+    try:
+        address = serve_job.deploy(cfg)
+        with EditClient(address, os.environ[TOKEN_ENV]) as client:
+            job = client.edit(source, "make the square red", out, EditOptions(steps=4))
+        print(f"[demo] edited {job['video']['frames']} frames in {job['video']['seconds']}s on replica {job['replica']}")
+    finally:
+        serve.shutdown()
+        if started:
+            import ray
+
+            ray.shutdown()
+    return out
+
+
+def eval_set(workdir: str, n: int = 3) -> str:
+    """A small user-format benchmark (CSV) of generated clips with known motion."""
+    import csv
+
+    from sama.testing.media import write_video
+
+    root = os.path.join(workdir, "data", "eval")
+    manifest = os.path.join(root, "manifest.csv")
+    if not os.path.exists(manifest):
+        edits = [("make the square red", "color"), ("turn it into a watercolor painting", "style"),
+                 ("remove the square", "remove"), ("make the background snowy", "background")]
+        rows = []
+        for i in range(n):
+            write_video(os.path.join(root, f"clip{i}.mp4"), frames=9, width=64, height=64, seed=100 + i)
+            instruction, category = edits[i % len(edits)]
+            rows.append([f"clip{i}.mp4", instruction, category, f"demo-{i}"])
+        with open(manifest + ".tmp", "w", newline="") as f:
+            csv.writer(f).writerows([["source", "instruction", "category", "id"], *rows])
+        os.replace(manifest + ".tmp", manifest)
+    return manifest
+
+
+def run_eval_demo(workdir: str, n: int = 3, extra: list[str] | None = None) -> dict[str, str]:
+    """Evaluate the tiny model on generated clips, metrics only (no judge key needed)."""
+    out = os.path.join(workdir, "outputs", "evaluate")
+    launcher.run(job_yaml("eval"), [f"output={out}", f"evaluate.manifest={eval_set(workdir, n)}",
+                                    "evaluate.judge.backend=none", *(extra or [])])
+    return {"eval results": f"{out}/results", "eval table": f"{out}/by_category.parquet",
+            "eval report": f"{out}/report/index.html"}
+
+
 def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
     t0 = time.time()
     roots = sample_data(workdir, n)
     outputs = os.path.join(workdir, "outputs")
     results: dict[str, str] = {}
 
-    print("[demo] 1/3 ingest: every dataset -> manifest + rejects")
+    print("[demo] 1/5 ingest: every dataset -> manifest + rejects")
     overrides = [f"output={outputs}/ingest"] + [f"ingest.datasets.{k}.root={v}" for k, v in roots.items()]
     launcher.run(job_yaml("ingest"), overrides)
     results["manifest"] = f"{outputs}/ingest/manifest"
@@ -42,17 +107,23 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
 
     # The embedded default needs no key: cheap checks only (verdicts say judge_model "none:cheap-checks-only").
     # The sample clips are tiny (64x48), hence the lower resolution floor.
-    print("\n[demo] 2/3 filter: cheap media checks (no VLM judge) -> verdicts + filtered manifest + report")
+    print("\n[demo] 2/5 filter: cheap media checks (no VLM judge) -> verdicts + filtered manifest + report")
     launcher.run(job_yaml("filter"), [f"output={outputs}/filter", f"filter.input={outputs}/ingest/manifest",
                                       "filter.judge.backend=none", "filter.checks.min_short_side=32"])
     results["verdicts"] = f"{outputs}/filter/verdicts"
     results["filtered manifest"] = f"{outputs}/filter/manifest"
     results["filter report"] = f"{outputs}/filter/report/index.html"
 
-    print("\n[demo] 3/3 precompute: kept samples -> tiny VAE latents, SigLIP anchor tokens, text embeddings")
+    print("\n[demo] 3/5 precompute: kept samples -> tiny VAE latents, SigLIP anchor tokens, text embeddings")
     launcher.run(job_yaml("precompute"), [f"output={outputs}/precompute",
                                           f"precompute.manifest={outputs}/filter/manifest"])
     results["latents"] = f"{outputs}/precompute/latents"
+
+    print("\n[demo] 4/5 serve: start the edit service (tiny model), send one edit over HTTP, save the result")
+    results["edited video"] = serve_step(workdir, outputs)
+
+    print("\n[demo] 5/5 evaluate: the tiny model edits a few clips -> metrics (judge off) + report")
+    results.update(run_eval_demo(workdir))
 
     print(f"\n[demo] done in {time.time() - t0:.0f}s. Outputs:")
     for k, v in results.items():

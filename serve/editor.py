@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from sama.media import MediaError
+from sama.media import MediaError, encode_mp4, read_clip
 
 from .config import ModelConfig
 from .inputs import EditRequest
 from .metrics import EditorMetrics
-from .video import encode_mp4, local_file, read_source
+from .video import local_file
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,9 @@ class Editor:
         n = min(req.num_frames or self.pipe.config.buckets.max_frames, self.pipe.config.buckets.max_frames)
         if req.source_bytes is not None:
             with local_file(req.source_bytes, req.source_suffix) as path:
-                frames = read_source(path, n, self.max_side)
+                frames = read_clip(path, n, self.max_side)
         else:
-            frames = read_source(req.source_uri, n, self.max_side)
+            frames = read_clip(req.source_uri, n, self.max_side)
         self._local.tracker = tracker
         try:
             out = self.pipe(req.instruction, frames, height=req.height, width=req.width,

@@ -1,4 +1,4 @@
-"""Video in and out of the service: source frames through ``sama.media``, results as H.264 mp4 bytes."""
+"""Uploaded bytes as a file for the readers (decoding and mp4 encoding live in ``sama.media``)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,6 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
-
-# The clip reader and the one mp4 writer live in the core (the evaluation job uses them too).
-from sama.media import encode_mp4  # noqa: F401
-from sama.media import read_clip as read_source  # noqa: F401
 
 
 @contextlib.contextmanager

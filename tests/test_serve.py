@@ -382,3 +382,53 @@ def test_autoscaling_up_under_load_and_back(service, client, clip):
         for j in jobs.values():
             client.delete(url(service, "scale", f"v1/edits/{j['id']}"))
     _wait_replicas("scale", 1, timeout=90)
+
+
+# ---------------------------------------------------------------------- the web page
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def test_web_page_in_headless_chromium(service, clip, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no {CHROMIUM}")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 820})
+            page.goto(url(service, "edit"))
+            assert page.title() == "SAMA video edit"
+            # A wrong token is refused, and the page says so.
+            page.fill("#token", "wrong")
+            page.set_input_files("#video", clip)
+            page.fill("#instruction", "make the square red")
+            page.click("#submit")
+            page.wait_for_function("document.querySelector('#status').textContent.includes('401')", timeout=30000)
+            # Record every status line the page shows, to see progress happen.
+            page.evaluate("""() => { window.seen = [];
+                new MutationObserver(() => window.seen.push(document.querySelector('#status').textContent))
+                  .observe(document.querySelector('#status'), {childList: true, characterData: true, subtree: true}); }""")
+            page.fill("#token", TOKEN)
+            page.fill("#steps", "40")
+            page.click("#submit")
+            page.wait_for_function("document.querySelector('#status').className === 'done' && "
+                                   "document.querySelector('#result').src.startsWith('blob:')", timeout=90000)
+            # Chromium decodes the result (H.264 in mp4) and plays it beside the source.
+            page.wait_for_function("document.querySelector('#result').readyState >= 2 && "
+                                   "document.querySelector('#source').readyState >= 2", timeout=30000)
+            size = page.evaluate("[document.querySelector('#result').videoWidth, "
+                                 "document.querySelector('#result').videoHeight]")
+            assert size == [64, 64]
+            seen = page.evaluate("window.seen")
+            assert any(s.startswith(("queued", "running")) for s in seen), seen
+            assert "done: 9 frames, 64×64" in page.text_content("#status")
+            assert page.evaluate("document.querySelector('#progress').value") == 1
+            shot = str(tmp_path / "page.png")
+            page.screenshot(path=shot, full_page=True)
+            if os.environ.get("SAMA_SCREENSHOT_DIR"):  # to look at it: SAMA_SCREENSHOT_DIR=/tmp pytest ...
+                page.screenshot(path=os.path.join(os.environ["SAMA_SCREENSHOT_DIR"], "serve-page.png"), full_page=True)
+        finally:
+            browser.close()
