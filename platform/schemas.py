@@ -224,3 +224,50 @@ def sample_id(dataset: str, *keys: str | None) -> str:
     for k in keys:
         h.update(b"\0" + (k or "").encode())
     return f"{dataset}-{h.hexdigest()[:16]}"
+
+
+EVAL_RESULTS = register(TableSchema(
+    "eval_results",
+    1,
+    pa.schema(
+        [
+            pa.field("key", pa.string(), nullable=False),  # <item id>-<edit digest>: names the edit and its files
+            pa.field("item_id", pa.string(), nullable=False),
+            pa.field("benchmark", pa.string(), nullable=False),
+            pa.field("category", pa.string(), nullable=False),
+            pa.field("instruction", pa.string(), nullable=False),
+            pa.field("source_uri", pa.string(), nullable=False),
+            pa.field("mask_uri", pa.string()),
+            pa.field("edit_uri", pa.string()),  # the edited mp4 (null when the edit failed)
+            pa.field("model", pa.string(), nullable=False),  # the checkpoint's label
+            pa.field("edit_digest", pa.string(), nullable=False),  # model + sampling settings that made the edit
+            pa.field("score_digest", pa.string(), nullable=False),  # metric + judge settings that scored it
+            pa.field("status", pa.string(), nullable=False),  # "ok" or "error" (redone on the next run)
+            pa.field("error_kind", pa.string()),  # source_error | edit_error | metrics_error | judge_error
+            pa.field("error", pa.string()),
+            pa.field("frames", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("width", pa.int32()),
+            pa.field("edit_seconds", pa.float32()),
+            # automatic metrics (null where not measurable)
+            pa.field("edited_fraction", pa.float32()),
+            pa.field("temporal_consistency", pa.float32()),  # 1 - flow-compensated frame-to-frame error
+            pa.field("flicker", pa.float32()),  # brightness jumps beyond the source's
+            pa.field("flow_epe", pa.float32()),  # source vs edit flow, pixels
+            pa.field("motion_preservation", pa.float32()),  # fraction of blocks whose flows agree
+            pa.field("motion_region", pa.string()),  # "unedited" or "all" (a global edit)
+            pa.field("fidelity_psnr", pa.float32()),  # unedited region, dB (100 = identical)
+            pa.field("fidelity_ssim", pa.float32()),
+            pa.field("semantic_score", pa.float32()),  # text-image cosine similarity
+            pa.field("semantic_model", pa.string()),  # the encoder, or "none" (not measured)
+            # the judge
+            pa.field("judge_model", pa.string(), nullable=False),  # "<backend>:<model>" or "none:off"
+            pa.field("rubrics", pa.list_(pa.string())),  # rubric versions asked
+            pa.field("judge_scores", pa.map_(pa.string(), pa.float32())),  # published aggregates, "<rubric>.<name>"
+            pa.field("judge_raw", pa.map_(pa.string(), pa.float32())),  # the answers' raw scores
+            pa.field("judge_reasons", pa.map_(pa.string(), pa.string())),  # per rubric
+            pa.field("judge_attempts", pa.int32()),
+            pa.field("sheet_uri", pa.string()),  # the source/edit contact sheet
+        ]
+    ),
+))

@@ -108,7 +108,7 @@ def api_key(cfg: JudgeConfig) -> Secret:
         return Secret("EMPTY")  # local vLLM servers accept any key
     value = os.environ.get(cfg.api_key_env)
     if not value:
-        raise ValueError(f"filter.judge.api_key_env: environment variable {cfg.api_key_env} is not set "
+        raise ValueError(f"judge.api_key_env: environment variable {cfg.api_key_env} is not set "
                          "(set it, or api_key_env=null for an endpoint without auth)")
     return Secret(value)
 
@@ -165,8 +165,7 @@ def build_messages(rubric: Rubric, instruction: str, frames: dict[str, np.ndarra
     tgt = jpeg_data_urls(frames["target"], cfg.frames, cfg.max_side, cfg.jpeg_quality)
     content: list[dict] = [{"type": "text", "text": rubric.prompt(instruction, len(src), len(tgt))}]
     content += [{"type": "image_url", "image_url": {"url": u}} for u in src + tgt]
-    return [{"role": "system", "content": "You are a strict, consistent data-quality judge. Reply with JSON only."},
-            {"role": "user", "content": content}]
+    return [{"role": "system", "content": rubric.system}, {"role": "user", "content": content}]
 
 
 def response_format(rubric: Rubric, kind: str) -> dict | None:
@@ -269,8 +268,9 @@ class Judge:
             resp = await self.client.post("/chat/completions", cast_to=self._completion, body=body)
         return resp.choices[0].message.content if resp.choices else None
 
-    async def judge(self, sample_id: str, task: str, instruction: str, frames: dict[str, np.ndarray]) -> Outcome:
-        rubric = RUBRICS[task]
+    async def judge(self, sample_id: str, task: str | Rubric, instruction: str, frames: dict[str, np.ndarray]) -> Outcome:
+        """``task`` names a filter rubric, or is a :class:`Rubric` (the evaluation job's)."""
+        rubric = task if isinstance(task, Rubric) else RUBRICS[task]
         cached = await asyncio.to_thread(self.cache.get, sample_id, rubric)
         if cached is not None:
             keep, overall, reasons = decide(cached, rubric, self.cfg.keep)

@@ -7,6 +7,13 @@
 - t2v: caption match, visual and motion quality on 1-5 + the coarse clip-filter flags
   (slideshow, synthetic, heavy text, video-in-video, ...).
 
+Benchmark rubrics for the evaluation job (``EVAL_RUBRICS``, same form):
+
+- openve: OpenVE-Bench's three 1-5 scores, the second and third capped by the first;
+- reco: ReCo-Bench's nine 0-10 sub-scores in three groups (geometric mean per group,
+  arithmetic mean of the groups overall);
+- vie: VIE-Bench's 0-10 instruction following and quality.
+
 A rubric's ``version`` is part of the judge cache key and is written with every
 verdict: change the wording or the criteria -> bump the version.
 """
@@ -35,6 +42,8 @@ class Rubric:
     criteria: tuple[Criterion, ...]
     flags: tuple[tuple[str, str], ...] = ()  # (name, yes/no question): "yes" is a defect
     capped_by: str | None = None  # every other criterion may not exceed this one (OpenVE rule)
+    groups: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (group, criteria): geometric mean per group (ReCo)
+    system: str = "You are a strict, consistent data-quality judge. Reply with JSON only."
 
     def names(self) -> list[str]:
         return [c.name for c in self.criteria]
@@ -61,6 +70,8 @@ class Rubric:
         lines += [f"- {c.name} ({c.lo}-{c.hi}): {c.description}" for c in self.criteria]
         if self.capped_by:
             lines.append(f"No other score may exceed {self.capped_by}.")
+        for group, names in self.groups:
+            lines.append(f"({group}: {', '.join(names)})")
         if self.flags:
             lines += ["", "Answer each flag true (the defect is present) or false:"]
             lines += [f"- {n}: {q}" for n, q in self.flags]
@@ -124,6 +135,59 @@ RUBRICS: dict[str, Rubric] = {
                 ("abrupt_camera", "Are there abrupt camera jumps or shaky motion?"),
                 ("unnatural_speed", "Does it play at an unnatural speed (sped up, slowed down)?"),
             ),
+        ),
+    )
+}
+
+
+EVAL_SYSTEM = "You are a strict, consistent judge of video edits for a benchmark. Reply with JSON only."
+
+EVAL_RUBRICS: dict[str, Rubric] = {
+    r.task: r
+    for r in (
+        Rubric(
+            "openve", "openve-v1",
+            "You judge an instruction-guided video edit for a benchmark: a source video, an edit instruction "
+            "and the edited video. Judge the edited video against both.",
+            (
+                Criterion("instruction_compliance", "the edit carries out the instruction, fully and only it", 1, 5),
+                Criterion("detail_fidelity", "consistency and detail fidelity: what the instruction does not touch "
+                          "(identity, layout, background, motion, fine detail) is preserved from the source", 1, 5),
+                Criterion("visual_quality", "visual quality and stability: sharp, natural, no artifacts, no flicker "
+                          "or drift over time", 1, 5),
+            ),
+            capped_by="instruction_compliance", system=EVAL_SYSTEM,
+        ),
+        Rubric(
+            "reco", "reco-v1",
+            "You judge an instruction-guided video edit for a benchmark: a source video, an edit instruction "
+            "and the edited video. Score each aspect from 0 (fails entirely) to 10 (perfect).",
+            (
+                Criterion("semantic_accuracy", "the edited content is what the instruction asks for", 0, 10),
+                Criterion("scope_precision", "only the region or attribute named by the instruction changed", 0, 10),
+                Criterion("content_preservation", "everything else is identical to the source", 0, 10),
+                Criterion("appearance", "the edited content looks natural: lighting, colour, texture", 0, 10),
+                Criterion("scale", "the edited content has plausible size and perspective in the scene", 0, 10),
+                Criterion("motion", "the edited content moves naturally and with the scene", 0, 10),
+                Criterion("fidelity", "the frames are sharp and free of artifacts", 0, 10),
+                Criterion("temporal_stability", "the video is stable over time: no flicker, no jitter", 0, 10),
+                Criterion("edit_stability", "the edit itself stays consistent across frames (no drift, no popping)", 0, 10),
+            ),
+            groups=(("edit_accuracy", ("semantic_accuracy", "scope_precision", "content_preservation")),
+                    ("naturalness", ("appearance", "scale", "motion")),
+                    ("quality", ("fidelity", "temporal_stability", "edit_stability"))),
+            system=EVAL_SYSTEM,
+        ),
+        Rubric(
+            "vie", "vie-v1",
+            "You judge an instruction-guided video edit for a benchmark: a source video, an edit instruction "
+            "and the edited video. Score from 0 (fails entirely) to 10 (perfect).",
+            (
+                Criterion("instruction_following", "the edit does what the instruction asks, and nothing else", 0, 10),
+                Criterion("quality", "the edited video is natural, sharp, temporally coherent and preserves the "
+                          "source where it should", 0, 10),
+            ),
+            system=EVAL_SYSTEM,
         ),
     )
 }
