@@ -35,7 +35,7 @@ from starlette.datastructures import UploadFile
 from sama import media, storage
 
 from .inputs import FIELDS, EditRequest, check_media, parse_params, upload_suffix
-from .metrics import IngressMetrics
+from .metrics import IngressMetrics, rejected
 from .security import RequestError, bearer_ok, resolve_source_uri
 from .settings import IngressSettings
 from .state import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, JobTable
@@ -44,7 +44,6 @@ from .video import local_file
 log = logging.getLogger(__name__)
 
 api = FastAPI(title="SAMA video edit", docs_url=None, redoc_url=None, openapi_url=None)
-_metrics: "IngressMetrics | None" = None  # set by the replica (one per process)
 
 # HTTP status of a failed synchronous edit, by what went wrong.
 SYNC_STATUS = {"timeout": 504, "busy": 503, "replica_died": 502, "edit_error": 422, "cancelled": 499}
@@ -52,8 +51,7 @@ SYNC_STATUS = {"timeout": 504, "busy": 503, "replica_died": 502, "edit_error": 4
 
 @api.exception_handler(RequestError)
 async def _refused(request: Request, exc: RequestError) -> JSONResponse:
-    if _metrics is not None:
-        _metrics.rejected.inc(tags={"status": str(exc.status)})
+    rejected().inc(tags={"status": str(exc.status)})
     return JSONResponse({"error": exc.message, "status": exc.status}, exc.status, headers=exc.headers)
 
 
@@ -65,14 +63,13 @@ def _page() -> str:
 @serve.ingress(api)
 class Ingress:
     def __init__(self, editor: DeploymentHandle, cfg: IngressSettings, token: str | None):
-        global _metrics
         self.editor = editor.options(stream=True)
         self.cfg = cfg
         self.token = token
         self.table = JobTable(cfg.queue.max_pending, cfg.queue.keep_finished)
         self.results = cfg.results or os.path.join(tempfile.gettempdir(), f"sama-serve-{cfg.name}")
         self.page = _page()
-        self.metrics = _metrics = IngressMetrics()
+        self.metrics = IngressMetrics()
 
     # ------------------------------------------------------------------ plumbing
 

@@ -6,16 +6,22 @@ these add what is specific to edits. Metric objects must be created inside the r
 
 from __future__ import annotations
 
+import functools
+
 from ray.serve import metrics
 
 SECONDS = [0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800]
 
 
+@functools.cache
+def rejected() -> metrics.Counter:
+    """One per process, reachable from the FastAPI error handler (which has no replica object)."""
+    return metrics.Counter("sama_edit_rejected", "requests refused, by HTTP status", tag_keys=("status",))
+
+
 class IngressMetrics:
     def __init__(self):
         self.requests = metrics.Counter("sama_edit_requests", "edit requests accepted", tag_keys=("mode",))
-        self.rejected = metrics.Counter("sama_edit_rejected", "requests refused, by HTTP status",
-                                        tag_keys=("status",))
         self.finished = metrics.Counter("sama_edit_jobs_finished", "edit jobs finished, by final state",
                                         tag_keys=("state",))
         self.queue_seconds = metrics.Histogram("sama_edit_queue_seconds", "time from accepted to started",
