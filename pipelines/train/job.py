@@ -27,11 +27,13 @@ log = logging.getLogger(__name__)
 
 
 def storage_target(output: str):
-    """(storage_path, storage_filesystem) for RunConfig: our configured pyarrow filesystem and a
-    bucket-relative path for s3:// (Ray fails when given both an s3:// URI and a filesystem)."""
+    """(storage_path, storage_filesystem) for RunConfig. s3://: a bucket-relative path and our
+    filesystem (Ray fails when given both an s3:// URI and a filesystem), whose writes go
+    through boto3 (``sama.training.s3_filesystem``)."""
     if storage.is_s3(output):
-        fs, path = storage.filesystem(output)
-        return path, fs
+        from sama.training.s3_filesystem import s3_filesystem
+
+        return storage.filesystem(output)[1], s3_filesystem()
     return os.path.abspath(storage.filesystem(output)[1]), None
 
 

@@ -158,6 +158,7 @@ def train_loop_per_worker(config: dict) -> None:
                 torch.tensor(t_data, device=device)])
             dist.all_reduce(stats)
 
+            lr = scheduler.get_last_lr()[0]  # the LR this step uses (the scheduler moves in engine.step)
             # 7. Skip on every rank together (ZeRO reduces gradients inside backward), or step.
             if stats[0].item() > 0:
                 state.skipped += 1
@@ -181,7 +182,7 @@ def train_loop_per_worker(config: dict) -> None:
 
             if logger is not None:
                 m = {"loss": stats[1].item() / world, "loss_fm": stats[2].item() / world,
-                     "loss_sa": stats[3].item() / world, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                     "loss_sa": stats[3].item() / world, "lr": lr, "grad_norm": grad_norm,
                      "samples_per_s": stats[4].item() / dt, "tokens_per_s": stats[5].item() / dt,
                      "data_wait_frac": min(1.0, stats[6].item() / world / dt), "step_time_s": dt,
                      "skipped_steps": float(state.skipped), f"source/{source}": 1.0}
