@@ -198,5 +198,15 @@ def test_data_plan_gives_every_rank_its_own_files(tmp_path):
     assert sorted(r.rows for r in img) == [3, 3] and all(r.passes >= 1 for r in img)
     assert not set(img[0].files) & set(img[1].files)
     assert sorted(r.rows for r in plan["vid"]) == [1, 2]
-    with pytest.raises(ValueError, match="every worker needs one"):
-        plan_files(srcs, world=3, steps=10, batch_per_rank={"img": 2, "vid": 1})
+    # fewer files than workers: split by rows, every rank keeps every world-th matching row
+    with pytest.raises(ValueError, match="every worker needs at least one"):
+        plan_files(srcs, world=4, steps=10, batch_per_rank={"img": 2, "vid": 1})
+    split = plan_files([srcs[1]], world=3, steps=10, batch_per_rank={"vid": 1})["vid"]
+    assert [r.rows for r in split] == [1, 1, 1] and all(r.offsets == [0, 1] for r in split)
+    from sama.pipelines.train.data import read_shards
+
+    got = []
+    for r in split:
+        items = pa.table({"path": r.files, "offset": r.offsets, "world": [3] * 2, "rank": [r.rank] * 2})
+        got.append(read_shards(items, ["t2v"])["sample_id"].to_pylist())
+    assert sorted(sum(got, [])) == ["b1", "c0", "c1"] and all(len(g) == 1 for g in got)

@@ -29,14 +29,20 @@ class RankData:
     """What one rank streams of one source."""
 
     files: list[str]
-    rows: int  # matching rows in those files: one epoch
+    rows: int  # matching rows this rank keeps from those files: one epoch
     passes: int  # epochs streamed per Ray Data execution (the file list repeated)
+    offsets: list[int] | None = None  # row-split fallback: matching rows before each file
+    world: int = 1  # ... and the split: keep matching rows whose running index % world == rank
+    rank: int = 0
 
 
 Plan = dict[str, list[RankData]]  # source name -> per rank
 
 
 def plan_files(sources: list[SourceConfig], world: int, steps: int, batch_per_rank: dict[str, int]) -> Plan:
+    """Deal each source's files to ranks, balanced by matching rows. A source with fewer files
+    than ranks (a tiny demo set) is split by rows instead: every rank reads its files and keeps
+    every ``world``-th matching row."""
     plan: Plan = {}
     total_weight = sum(s.weight for s in sources)
     for s in sources:
@@ -47,17 +53,22 @@ def plan_files(sources: list[SourceConfig], world: int, steps: int, batch_per_ra
             if n:
                 files.append(f)
                 counts.append(n)
-        owner = deal_by_size(counts, world)
+        if sum(counts) < world:
+            raise ValueError(f"data source {s.name!r}: {sum(counts)} {s.tasks} row(s) under {s.uri} for {world} "
+                             "workers; every worker needs at least one")
+        share, batch = s.weight / total_weight, batch_per_rank[s.name]
         ranks = []
-        for rank in range(world):
-            mine = [(f, n) for f, n, r in zip(files, counts, owner) if r == rank]
-            if not mine:
-                raise ValueError(f"data source {s.name!r}: {len(files)} shard file(s) with {s.tasks} rows under "
-                                 f"{s.uri} for {world} workers; every worker needs one (precompute with a smaller "
-                                 "shard_size)")
-            rows = sum(n for _, n in mine)
-            passes = passes_needed(steps, s.weight / total_weight, batch_per_rank[s.name], rows)
-            ranks.append(RankData([f for f, _ in mine], rows, passes))
+        if len(files) < world:
+            offsets = [sum(counts[:i]) for i in range(len(files))]
+            for rank in range(world):
+                rows = len(range(rank, sum(counts), world))
+                ranks.append(RankData(files, rows, passes_needed(steps, share, batch, rows), offsets, world, rank))
+        else:
+            owner = deal_by_size(counts, world)
+            for rank in range(world):
+                mine = [(f, n) for f, n, r in zip(files, counts, owner) if r == rank]
+                rows = sum(n for _, n in mine)
+                ranks.append(RankData([f for f, _ in mine], rows, passes_needed(steps, share, batch, rows)))
         plan[s.name] = ranks
     return plan
 
@@ -66,15 +77,21 @@ def read_shards(batch: pa.Table, tasks: list[str]) -> pa.Table:
     """Ray Data UDF: shard paths -> their rows of ``tasks`` (a task, not an actor, so no CPU is held
     between reads; one operator, so a stream starts quickly)."""
     tables = []
-    for path in batch["path"].to_pylist():
+    for path, offset, world, rank in zip(*(batch[c].to_pylist() for c in ("path", "offset", "world", "rank"))):
         t = storage.read_parquet(path)
-        tables.append(t.filter(pc.is_in(t["task"], pa.array(tasks))))
+        t = t.filter(pc.is_in(t["task"], pa.array(tasks)))
+        if world > 1:  # row-split fallback
+            t = t.take(pa.array([i for i in range(t.num_rows) if (offset + i) % world == rank], pa.int64()))
+        tables.append(t)
     return pa.concat_tables(tables)
 
 
 def read_rank(data: RankData, tasks: list[str], read_num_cpus: float) -> "ray.data.Dataset":
     """The rank's files, listed ``passes`` times, read one file per block, in order."""
-    items = [{"path": f} for _ in range(data.passes) for f in data.files]
+    offsets = data.offsets or [0] * len(data.files)
+    one = [{"path": f, "offset": o, "world": data.world if data.offsets else 1, "rank": data.rank}
+           for f, o in zip(data.files, offsets)]
+    items = one * data.passes
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     return ds.map_batches(read_shards, fn_kwargs={"tasks": tasks}, batch_size=1, batch_format="pyarrow",
                           num_cpus=read_num_cpus)
