@@ -22,16 +22,16 @@ ITEMS = [("a", "make the square red", "color"), ("b", "make it night", "color"),
          ("c", "add a hat", "add"), ("d", "remove the square", "remove")]
 
 
-def write_set(root: str, items=ITEMS) -> str:
+def write_set(root: str, items=ITEMS, extra: list[list[str]] = ()) -> str:
     rows = []
     for i, (item_id, instruction, category) in enumerate(items):
         src = os.path.join(root, f"{item_id}.mp4")
         if not os.path.exists(src):
             write_video(src, frames=5, width=64, height=64, seed=i)
         rows.append([f"{item_id}.mp4", instruction, category, item_id])
-    path = os.path.join(root, f"set{len(items)}.csv")
+    path = os.path.join(root, f"set{len(items)}{'x' if extra else ''}.csv")
     with open(path, "w", newline="") as f:
-        csv.writer(f).writerows([["source", "instruction", "category", "id"], *rows])
+        csv.writer(f).writerows([["source", "instruction", "category", "id"], *rows, *extra])
     return path
 
 
@@ -116,7 +116,8 @@ def test_judged_run_tables_rerun_and_report(ray_cluster, bench, server, tmp_path
 def test_compare_two_checkpoints_metrics_only(ray_cluster, bench, tmp_path):
     from sama.models.tiny import save_tiny_checkpoint
 
-    manifest = write_set(bench)
+    # + an item whose source is missing: that item's error, not the run's
+    manifest = write_set(bench, extra=[["missing.mp4", "make it blue", "color", "gone"]])
     ckpt = save_tiny_checkpoint(str(tmp_path / "ckpt-seed1"), seed=1)
     a, b, cmp = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "cmp")
     sa = run_eval(manifest, a)  # the YAML's default: judge off, metrics only
@@ -124,16 +125,18 @@ def test_compare_two_checkpoints_metrics_only(ray_cluster, bench, tmp_path):
     sb = run_eval(manifest, b, f"evaluate.model.checkpoint={ckpt}", "evaluate.model.transformer.semantic_dim=32",
                   "evaluate.model.transformer.semantic_hidden_dim=32")
     assert sa["judge_model"] == "none:off" and sb["model"] == "ckpt-seed1" and sa["edit_digest"] != sb["edit_digest"]
-    ra = read_results(a)
-    assert set(ra.status) == {"ok"} and ra.judge_scores.isna().all() and set(ra.rubrics.map(len)) == {0}
+    ra = read_results(a).set_index("item_id")
+    assert ra.judge_scores.isna().all() and set(ra.rubrics.map(len)) == {0}
+    assert (ra.status == "ok").sum() == 4 and ra.at["gone", "error_kind"] == "source_error"
+    assert "missing.mp4 does not exist" in ra.at["gone", "error"] and pd.isna(ra.at["gone", "edit_uri"])
 
     s = launcher.run(job_yaml("eval_compare"), [f"output={cmp}", f"compare.a={a}", f"compare.b={b}"])
-    assert s["labels"] == ["tiny", "ckpt-seed1"] and s["paired_items"] == 4
+    assert s["labels"] == ["tiny", "ckpt-seed1"] and s["paired_items"] == 4  # the missing one has no edits
     long = pd.read_parquet(os.path.join(cmp, "compare.parquet"))
     row = long[(long.category == "overall") & (long.metric == "temporal_consistency")].iloc[0]
     assert row.delta == pytest.approx(row.b - row.a)
     ta = pd.read_parquet(os.path.join(a, "by_category.parquet")).set_index("category")
-    assert row.a == pytest.approx(ta.at["overall", "temporal_consistency"])
+    assert row.a == pytest.approx(ta.at["overall", "temporal_consistency"]) and ta.at["color", "errors"] == 1
     assert set(long.category) == {"color", "add", "remove", "overall"}
     sheets = storage.list_files(os.path.join(cmp, "report", "sheets"), ".jpg")
     assert len(sheets) == 4 and "ckpt-seed1" in open(s["report"]).read()
@@ -163,10 +166,3 @@ def test_bad_inputs_fail_clearly(ray_cluster, bench, tmp_path, monkeypatch):
         run_eval(manifest, str(tmp_path / "k"), "evaluate.judge.backend=openai", "evaluate.judge.api_key_env=NO_SUCH_EVAL_KEY")
     with pytest.raises(ManifestError, match="does not exist"):
         run_eval(str(tmp_path / "none.csv"), str(tmp_path / "n"))
-    # a missing source file is that item's error, not the run's
-    bad = tmp_path / "bad.csv"
-    bad.write_text(f"source,instruction,category,id\n{bench}/a.mp4,x,c,ok1\n{bench}/missing.mp4,y,c,gone\n")
-    run_eval(str(bad), str(tmp_path / "m"))
-    r = read_results(str(tmp_path / "m")).set_index("item_id")
-    assert r.at["ok1", "status"] == "ok" and r.at["gone", "error_kind"] == "source_error"
-    assert "missing.mp4 does not exist" in r.at["gone", "error"]

@@ -72,7 +72,7 @@ def run(cfg: CompareJobConfig) -> dict:
             name = item_key(r.item_id, f"{r.edit_digest_a}-{r.edit_digest_b}") + ".jpg"
             uri = storage.join(sheets, name)
             if not storage.exists(uri):
-                row = {"edit_uri": r.edit_uri_a, "frames": r.frames_a, "source_uri": r.source_uri_a, "mask_uri": None}
+                row = {"edit_uri": r.edit_uri_a, "frames": int(r.frames_a), "source_uri": r.source_uri_a, "mask_uri": None}
                 src, ea, _ = aligned_clips(row, int(r.frames_a), None)
                 eb = read_frames(r.edit_uri_b, indices=list(range(int(r.frames_b))))
                 caption = f"{r.item_id} [{r.category_a}] {r.instruction_a}"

@@ -246,7 +246,7 @@ def aligned_clips(row: dict, max_frames: int, decode_side: int | None) -> tuple[
     edit's bucket exactly as the pipeline did, so pixels line up)."""
     from sama.buckets import Bucket, BucketConfig, fit_to_bucket
 
-    edit = read_frames(row["edit_uri"], indices=list(range(row["frames"])))
+    edit = read_frames(row["edit_uri"], indices=list(range(int(row["frames"]))))
     t, h, w = edit.shape[:3]
     cfg = BucketConfig(max_frames=max(max_frames, 1), frame_policy="pad")
     src, _ = fit_to_bucket(read_clip(row["source_uri"], max_frames, decode_side), cfg, bucket=Bucket(h, w))
