@@ -61,6 +61,24 @@ def serve_step(workdir: str, outputs: str) -> str:
     return out
 
 
+def train_steps(outputs: str) -> dict[str, str]:
+    """Stage 0 then stage 1 (from stage 0's newest checkpoint) on the demo's latents; EMA exports."""
+    latents = f"{outputs}/precompute/latents"
+    print("\n[demo] 4/7 train stage 0: image edits + t2v with pretexts, 2 CPU workers (Ray Train + DeepSpeed)")
+    launcher.run(job_yaml("train_stage0"), [
+        f"output={outputs}/train_stage0",
+        f"train.data.sources=[{{name: image_edit, uri: {latents}, tasks: [image_edit]}}, "
+        f"{{name: t2v, uri: {latents}, tasks: [t2v]}}]"])
+    print("\n[demo] 5/7 train stage 1: video edits + some image edits, from stage 0's checkpoint; EMA export")
+    launcher.run(job_yaml("train_stage1"), [
+        f"output={outputs}/train_stage1", f"train.init_from={outputs}/train_stage0/stage0",
+        f"train.data.sources=[{{name: video_edit, uri: {latents}, tasks: [video_edit], weight: 0.8}}, "
+        f"{{name: image_edit, uri: {latents}, tasks: [image_edit], weight: 0.2}}]"])
+    return {"stage 0 run": f"{outputs}/train_stage0/stage0", "stage 1 run": f"{outputs}/train_stage1/stage1",
+            "trained model": f"{outputs}/train_stage1/export/transformer",
+            "train metrics": f"{outputs}/train_stage1/stage1/metrics"}
+
+
 def eval_set(workdir: str, n: int = 3) -> str:
     """A small user-format benchmark (CSV) of generated clips with known motion."""
     import csv
@@ -98,7 +116,7 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
     outputs = os.path.join(workdir, "outputs")
     results: dict[str, str] = {}
 
-    print("[demo] 1/5 ingest: every dataset -> manifest + rejects")
+    print("[demo] 1/7 ingest: every dataset -> manifest + rejects")
     overrides = [f"output={outputs}/ingest"] + [f"ingest.datasets.{k}.root={v}" for k, v in roots.items()]
     launcher.run(job_yaml("ingest"), overrides)
     results["manifest"] = f"{outputs}/ingest/manifest"
@@ -107,22 +125,25 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
 
     # The embedded default needs no key: cheap checks only (verdicts say judge_model "none:cheap-checks-only").
     # The sample clips are tiny (64x48), hence the lower resolution floor.
-    print("\n[demo] 2/5 filter: cheap media checks (no VLM judge) -> verdicts + filtered manifest + report")
+    print("\n[demo] 2/7 filter: cheap media checks (no VLM judge) -> verdicts + filtered manifest + report")
     launcher.run(job_yaml("filter"), [f"output={outputs}/filter", f"filter.input={outputs}/ingest/manifest",
                                       "filter.judge.backend=none", "filter.checks.min_short_side=32"])
     results["verdicts"] = f"{outputs}/filter/verdicts"
     results["filtered manifest"] = f"{outputs}/filter/manifest"
     results["filter report"] = f"{outputs}/filter/report/index.html"
 
-    print("\n[demo] 3/5 precompute: kept samples -> tiny VAE latents, SigLIP anchor tokens, text embeddings")
-    launcher.run(job_yaml("precompute"), [f"output={outputs}/precompute",
+    print("\n[demo] 3/7 precompute: kept samples -> tiny VAE latents, SigLIP anchor tokens, text embeddings")
+    # shard_size 4: the training step gives every worker shard files of its own
+    launcher.run(job_yaml("precompute"), [f"output={outputs}/precompute", "precompute.shard_size=4",
                                           f"precompute.manifest={outputs}/filter/manifest"])
     results["latents"] = f"{outputs}/precompute/latents"
 
-    print("\n[demo] 4/5 serve: start the edit service (tiny model), send one edit over HTTP, save the result")
+    results.update(train_steps(outputs))
+
+    print("\n[demo] 6/7 serve: start the edit service (tiny model), send one edit over HTTP, save the result")
     results["edited video"] = serve_step(workdir, outputs)
 
-    print("\n[demo] 5/5 evaluate: the tiny model edits a few clips -> metrics (judge off) + report")
+    print("\n[demo] 7/7 evaluate: the tiny model edits a few clips -> metrics (judge off) + report")
     results.update(run_eval_demo(workdir))
 
     print(f"\n[demo] done in {time.time() - t0:.0f}s. Outputs:")
