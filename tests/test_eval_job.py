@@ -145,13 +145,18 @@ def test_compare_two_checkpoints_metrics_only(ray_cluster, bench, tmp_path):
     assert mtimes(cmp, "report/sheets") == before  # reused, not redrawn
 
 
-def test_demo_step_metrics_only(ray_cluster, tmp_path):
+def test_demo_step_metrics_only_with_a_semantic_encoder(ray_cluster, tmp_path):
+    from test_eval_metrics import save_tiny_clip
+
     from sama.jobs.demo import run_eval_demo
 
-    res = run_eval_demo(str(tmp_path / "demo"), n=2)
+    clip = save_tiny_clip(str(tmp_path / "clip"))
+    res = run_eval_demo(str(tmp_path / "demo"), n=2, extra=[f"evaluate.metrics.semantic.model={clip}"])
     summary = json.loads(open(os.path.join(tmp_path, "demo", "outputs", "evaluate", "summary.json")).read())
     assert summary["judge_model"] == "none:off" and summary["items"] == 2 and summary["errors"] == 0
     assert os.path.exists(res["eval report"]) and os.path.exists(res["eval table"])
+    r = read_results(res["eval results"].rsplit("/", 1)[0])
+    assert set(r.semantic_model) == {clip} and r.semantic_score.between(-1, 1).all()
 
 
 def test_bad_inputs_fail_clearly(ray_cluster, bench, tmp_path, monkeypatch):

@@ -180,3 +180,37 @@ def test_manifest_errors_are_clear(tmp_path):
     with pytest.raises(ManifestError, match="does not exist"):
         read_manifest(str(tmp_path / "nope.csv"))
     assert math.isfinite(0.0)
+
+
+# --- semantic agreement with a (tiny, random) CLIP --------------------------------------------------
+
+
+def save_tiny_clip(path: str) -> str:
+    """A CLIP with both towers in the Hugging Face layout, small enough for CPU tests."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from sama.models.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=64, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, bos_token_id=0),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(cfg).eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_semantic_scorer_with_a_clip_checkpoint(tmp_path):
+    from sama.pipelines.evaluate.metrics import SemanticMetricConfig, SemanticScorer
+
+    scorer = SemanticScorer(SemanticMetricConfig(model=save_tiny_clip(str(tmp_path / "clip")), frames=2, device="cpu"))
+    clip = moving_square()
+    a = scorer.score("make the cat red", clip)
+    assert -1.0 <= a <= 1.0 and a == scorer.score("make the cat red", clip)
+    assert a != scorer.score("a dog in the snow", clip)
