@@ -20,6 +20,7 @@ from sama import storage
 
 from . import data
 from .config import ExportJobConfig, TrainJobConfig  # noqa: F401  (the registry's config classes)
+from .dryrun import dry_run  # noqa: F401  (sama run --dry-run)
 from .export import export_checkpoint
 from .loop import train_loop_per_worker
 

@@ -422,6 +422,7 @@ class SamaModelConfig:
 
     pretrained: Optional[str] = None
     subfolder: Optional[str] = "transformer"  # the transformer's folder inside a pipeline checkpoint
+    architecture: Optional[str] = None  # wan2.1-1.3b | wan2.1-14b: sizes the model offline (dry runs)
     dtype: str = "float32"  # float32 | bfloat16 | float16
     semantic_dim: int = 1152  # SigLIP so400m hidden size
     semantic_hidden_dim: int = 1024
