@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -32,8 +33,6 @@ class ModelConfig:
     warmup: bool = True  # one small edit at start-up, so the first request is not the slow one
 
     def resolved(self) -> tuple[SamaModelConfig, VaeConfig, TextEncoderConfig]:
-        import dataclasses
-
         parts = []
         for part in (self.transformer, self.vae, self.text):
             if part.pretrained is None and self.checkpoint:
@@ -61,8 +60,6 @@ class AutoscalingConfig:
                              f"got {self.min_replicas}..{self.max_replicas}")
 
     def as_ray(self) -> dict[str, Any]:
-        import dataclasses
-
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 

@@ -153,6 +153,3 @@ class Editor:
             if not work.done():  # the stream was cancelled: stop the pipeline at its next step
                 tracker.cancelled.set()
                 await asyncio.wait({work})
-
-    def info(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "device": self.device, "replica": _replica_id()}

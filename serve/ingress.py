@@ -102,25 +102,28 @@ class Ingress:
             form = await request.form(max_files=1, max_fields=len(FIELDS))
         except Exception as e:  # Starlette raises its own (multipart) errors for malformed bodies
             raise RequestError(400, f"malformed form body: {e}") from None
-        req = parse_params(form, self.cfg, sync)
-        upload, uri = form.get("video"), form.get("uri")
-        if (upload is None) == (uri is None):
-            raise RequestError(400, "give exactly one source: a 'video' file or a 'uri'")
-        if upload is not None:
-            if not isinstance(upload, UploadFile):
-                raise RequestError(400, "'video' must be a file part")
-            req.source_bytes = await upload.read()
-            if not req.source_bytes:
-                raise RequestError(400, "the uploaded file is empty")
-            if len(req.source_bytes) > self.cfg.limits.max_upload_bytes:
-                raise RequestError(413, f"the upload is larger than {self.cfg.limits.max_upload_mb:g} MB")
-            req.source_suffix = upload_suffix(upload.filename)
-            info = await asyncio.to_thread(self._probe_bytes, req.source_bytes, req.source_suffix)
-        else:
-            if not isinstance(uri, str):
-                raise RequestError(400, "'uri' must be a plain form field")
-            req.source_uri = resolve_source_uri(uri, self.cfg.limits)
-            info = await asyncio.to_thread(self._probe_uri, req.source_uri)
+        try:
+            req = parse_params(form, self.cfg, sync)
+            upload, uri = form.get("video"), form.get("uri")
+            if (upload is None) == (uri is None):
+                raise RequestError(400, "give exactly one source: a 'video' file or a 'uri'")
+            if upload is not None:
+                if not isinstance(upload, UploadFile):
+                    raise RequestError(400, "'video' must be a file part")
+                req.source_bytes = await upload.read()
+                if not req.source_bytes:
+                    raise RequestError(400, "the uploaded file is empty")
+                if len(req.source_bytes) > self.cfg.limits.max_upload_bytes:
+                    raise RequestError(413, f"the upload is larger than {self.cfg.limits.max_upload_mb:g} MB")
+                req.source_suffix = upload_suffix(upload.filename)
+                info = await asyncio.to_thread(self._probe_bytes, req.source_bytes, req.source_suffix)
+            else:
+                if not isinstance(uri, str):
+                    raise RequestError(400, "'uri' must be a plain form field")
+                req.source_uri = resolve_source_uri(uri, self.cfg.limits)
+                info = await asyncio.to_thread(self._probe_uri, req.source_uri)
+        finally:
+            await form.close()  # spooled upload parts
         check_media(info, self.cfg)
         req.fps = info.fps if info.fps > 0 else 16.0
         return req
