@@ -45,8 +45,8 @@ def timed(fn) -> tuple[float, object]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--files", type=int, default=160)
-    ap.add_argument("--chunk", type=int, default=10)
+    ap.add_argument("--files", type=int, default=240)
+    ap.add_argument("--chunk", type=int, default=40)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as root:
         print(f"generating {args.files} files ...", flush=True)
