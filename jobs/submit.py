@@ -120,8 +120,13 @@ def submit_with_retry(c, s: Submission, budget_s: float = 120.0) -> str:
         try:
             return c.submit_job(**s.kwargs())
         except RuntimeError as e:
-            if "No available agent" not in str(e) or time.time() > deadline:
+            if "No available agent" not in str(e):
                 raise
+            if time.time() > deadline:
+                raise RuntimeError(
+                    f"no job agent on the cluster at {c.get_address()} after {budget_s:.0f}s; the head's "
+                    "dashboard agent did not start (a second Ray on the same host holds its port 52365? "
+                    "start the head with --dashboard-agent-listen-port=<free port>)") from e
             print(f"[sama] the cluster's job agent is not up yet; retrying in {delay:.0f}s", file=sys.stderr)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)

@@ -26,10 +26,15 @@ def ray_head(tmp_path_factory):
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     env.pop("RAY_ADDRESS", None)
     port, dash = free_port(), free_port()
+    # The session's own Ray (ray_cluster) holds the agent's fixed default port 52365, so every
+    # port this head would share with it is picked free here.
+    agent_ports = {flag: str(free_port()) for flag in (
+        "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+        "--metrics-export-port")}
     proc = subprocess.Popen(
         ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
-         "--temp-dir", str(tmp / "ray")],
+         "--temp-dir", str(tmp / "ray"), *(x for kv in agent_ports.items() for x in kv)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dash}"
