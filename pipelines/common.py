@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import ray
 
@@ -22,3 +22,22 @@ def map_tasks(items: list[dict], fn: Callable[[dict], dict], cpus: float, label:
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     log.info("%s: %d tasks", label, len(items))
     return [json.loads(r["result"]) for r in ds.map(fn, num_cpus=cpus, **ray_args).take_all()]
+
+
+def count_table(summary: Mapping[str, dict], columns: Mapping[str, Callable[[dict], float]], total: bool = True,
+                note: Callable[[dict], str] = lambda s: "") -> str:
+    """A job's end-of-run table: one line per dataset with its counts and its reasons
+    (``s["reasons"]``: reason -> count), then the column totals."""
+    widths = [max(len(h), 8) for h in columns]
+
+    def line(name: str, cells: list, tail: str = "") -> str:
+        cells = [f"{c:.1f}" if isinstance(c, float) else str(c) for c in cells]
+        return f"{name:<16} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths)) + (f"  {tail}" if tail else "")
+
+    lines = [line("dataset", list(columns), "reasons")]
+    for name, s in summary.items():
+        reasons = ", ".join(f"{k}={v}" for k, v in s.get("reasons", {}).items()) or "-"
+        lines.append(line(name, [f(s) for f in columns.values()], reasons + note(s)))
+    if total:
+        lines.append(line("total", [sum(f(s) for s in summary.values()) for f in columns.values()]))
+    return "\n".join(lines)

@@ -13,32 +13,17 @@ from typing import Any, Optional
 
 from sama.buckets import BucketConfig
 from sama.config import JobConfig
-from sama.models.encoders import TextEncoderConfig, VaeConfig
-from sama.models.pipeline import PipelineConfig
-from sama.models.transformer import SamaModelConfig
+from sama.models.pipeline import EditModelConfig
 
 from .settings import AuthConfig, Geometry, IngressConfig, IngressSettings, LimitsConfig, QueueConfig
 
 
 @dataclass
-class ModelConfig:
-    """What the editor loads. ``checkpoint`` fills ``pretrained`` of any part that has none."""
+class ModelConfig(EditModelConfig):
+    """What the editor loads (``EditModelConfig``) and where it runs."""
 
-    checkpoint: Optional[str] = None  # a SAMA pipeline folder (local or s3://); null: tiny random models
-    transformer: SamaModelConfig = field(default_factory=SamaModelConfig)
-    vae: VaeConfig = field(default_factory=VaeConfig)
-    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     device: str = "auto"  # auto: cuda when the replica has a GPU, else cpu
     warmup: bool = True  # one small edit at start-up, so the first request is not the slow one
-
-    def resolved(self) -> tuple[SamaModelConfig, VaeConfig, TextEncoderConfig]:
-        parts = []
-        for part in (self.transformer, self.vae, self.text):
-            if part.pretrained is None and self.checkpoint:
-                part = dataclasses.replace(part, pretrained=self.checkpoint)
-            parts.append(part)
-        return tuple(parts)  # type: ignore[return-value]
 
 
 @dataclass

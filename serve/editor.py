@@ -63,11 +63,9 @@ class Editor:
     def __init__(self, model: ModelConfig):
         import torch
 
-        from sama.models.pipeline import SamaPipeline
-
         device = model.device if model.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         t0 = time.time()
-        self.pipe = SamaPipeline.from_configs(*model.resolved(), model.pipeline, device=device)
+        self.pipe = model.load(device)
         self.device = device
         self.max_side = max(max(b) for b in self.pipe.buckets)  # decode no larger than the largest bucket
         self._local = threading.local()  # the Tracker of the edit running in this thread

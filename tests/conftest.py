@@ -80,3 +80,14 @@ def lookalikes(tmp_path_factory):
     from sama.testing.lookalikes import make_lookalikes
 
     return make_lookalikes(str(tmp_path_factory.mktemp("datasets")), n=2, odd=True)
+
+
+@pytest.fixture(scope="module")
+def judge_server():
+    """A scriptable OpenAI-compatible chat server on 127.0.0.1 (the VLM judge's peer)."""
+    from sama.testing.openai_server import FakeJudgeServer
+
+    s = FakeJudgeServer()
+    s.start()
+    yield s
+    s.stop()

@@ -14,7 +14,6 @@ from sama.jobs import launcher
 from sama.jobs.demo import job_yaml
 from sama.pipelines.evaluate.job import read_results
 from sama.testing.media import write_video
-from sama.testing.openai_server import FakeJudgeServer
 
 pytestmark = pytest.mark.slow
 KEY = "sk-eval-test-key-0123456789"
@@ -40,14 +39,6 @@ def bench(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("bench"))
 
 
-@pytest.fixture(scope="module")
-def server():
-    s = FakeJudgeServer()
-    s.start()
-    yield s
-    s.stop()
-
-
 def run_eval(manifest: str, out: str, *extra: str) -> dict:
     return launcher.run(job_yaml("eval"), [f"output={out}", f"evaluate.manifest={manifest}", "evaluate.score.batch_size=4",
                                            *extra])
@@ -57,14 +48,14 @@ def mtimes(out: str, sub: str) -> dict:
     return {p: os.path.getmtime(p) for p in storage.list_files(os.path.join(out, sub))}
 
 
-def test_judged_run_tables_rerun_and_report(ray_cluster, bench, server, tmp_path, monkeypatch, capfd):
+def test_judged_run_tables_rerun_and_report(ray_cluster, bench, judge_server, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("SAMA_EVAL_KEY", KEY)
     manifest, out = write_set(bench), str(tmp_path / "run")
-    judge = ["evaluate.judge.backend=openai", f"evaluate.judge.base_url={server.base_url}",
+    judge = ["evaluate.judge.backend=openai", f"evaluate.judge.base_url={judge_server.base_url}",
              "evaluate.judge.model=fake-vlm", "evaluate.judge.api_key_env=SAMA_EVAL_KEY",
              "evaluate.judge.malformed_retries=0", "evaluate.judge.backoff_base=0.01", "evaluate.judge.timeout=10"]
-    server.reset_stats()
-    server.script([("make it night", ["low"]), ("add a hat", ["malformed"]), ("remove the square", ["status:503", "ok"])])
+    judge_server.reset_stats()
+    judge_server.script([("make it night", ["low"]), ("add a hat", ["malformed"]), ("remove the square", ["status:503", "ok"])])
     s = run_eval(manifest, out, *judge)
     r = read_results(out).set_index("item_id").sort_index()
     assert list(r.index) == ["a", "b", "c", "d"] and set(r.judge_model) == {"openai:fake-vlm"}
@@ -94,15 +85,15 @@ def test_judged_run_tables_rerun_and_report(ray_cluster, bench, server, tmp_path
 
     # rerun: only the failed item is scored again (its edit reused), its 3 rubrics asked once each
     edits = mtimes(out, "edits")
-    server.script([])
-    server.reset_stats()
+    judge_server.script([])
+    judge_server.reset_stats()
     s = run_eval(manifest, out, *judge)
-    assert s["items_run"] == 1 and server.requests == 3 and s["errors"] == 0
+    assert s["items_run"] == 1 and judge_server.requests == 3 and s["errors"] == 0
     assert mtimes(out, "edits") == edits
     r2 = read_results(out)
     assert sorted(r2.item_id) == ["a", "b", "c", "d"] and len(storage.list_files(os.path.join(out, "results"))) == 4
-    server.reset_stats()
-    assert run_eval(manifest, out, *judge)["items_run"] == 0 and server.requests == 0
+    judge_server.reset_stats()
+    assert run_eval(manifest, out, *judge)["items_run"] == 0 and judge_server.requests == 0
 
     # a smaller manifest: the dropped item's files go, nothing stale stays in the tables
     s = run_eval(write_set(bench, ITEMS[:3]), out, *judge)

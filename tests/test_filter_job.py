@@ -10,7 +10,6 @@ from sama.jobs import launcher
 from sama.jobs.demo import job_yaml
 from sama.pipelines.filter.job import read_verdicts
 from sama.pipelines.ingest.job import read_manifest
-from sama.testing.openai_server import FakeJudgeServer
 
 pytestmark = pytest.mark.slow
 KEY = "sk-job-test-key-9876543210"
@@ -72,22 +71,14 @@ def test_cheap_checks_only_rerun_resume(ingested, tmp_path):
     outcome(out, ingested)
 
 
-@pytest.fixture(scope="module")
-def server():
-    s = FakeJudgeServer()
-    s.start()
-    yield s
-    s.stop()
-
-
-def test_judge_over_http_errors_retry_cache_and_no_key_leak(ingested, tmp_path, server, monkeypatch, capfd):
+def test_judge_over_http_errors_retry_cache_and_no_key_leak(ingested, tmp_path, judge_server, monkeypatch, capfd):
     monkeypatch.setenv("SAMA_JUDGE_KEY", KEY)
     out = str(tmp_path / "j")
-    args = ["filter.judge.backend=openai", f"filter.judge.base_url={server.base_url}", "filter.judge.model=fake-vlm",
+    args = ["filter.judge.backend=openai", f"filter.judge.base_url={judge_server.base_url}", "filter.judge.model=fake-vlm",
             "filter.judge.api_key_env=SAMA_JUDGE_KEY", "filter.judge.malformed_retries=1",
             "filter.judge.backoff_base=0.01", "filter.judge.timeout=5"]
-    server.reset_stats()
-    server.script([("watercolor", ["low"]), ("snowy", ["malformed"]), ("sky purple", ["status:429:0.2", "status:500", "ok"])])
+    judge_server.reset_stats()
+    judge_server.script([("watercolor", ["low"]), ("snowy", ["malformed"]), ("sky purple", ["status:429:0.2", "status:500", "ok"])])
     s = run_filter(ingested, out, *args)
     v = outcome(out, ingested)
     assert set(v.judge_model) == {"openai:fake-vlm"}
@@ -101,19 +92,19 @@ def test_judge_over_http_errors_retry_cache_and_no_key_leak(ingested, tmp_path, 
     assert set(ok.verdict) == {"keep"} and ok.overall.eq(1.0).all()
     assert v[v.dataset == "x2edit"].judge_attempts.max() >= 2  # a 429 and a 500 retried, nothing lost
     assert s["datasets"]["pico_banana"]["error"] == 2
-    first = server.requests
+    first = judge_server.requests
 
     # rerun: only the parts holding errors run, and only their errors are asked again (the rest is cached)
-    server.script([])
-    server.reset_stats()
+    judge_server.script([])
+    judge_server.reset_stats()
     s = run_filter(ingested, out, *args)
-    assert server.requests == 2 and s["parts_run"] == 1
+    assert judge_server.requests == 2 and s["parts_run"] == 1
     assert set(outcome(out, ingested).loc[err.index].verdict) == {"keep"}
-    server.reset_stats()
-    assert run_filter(ingested, out, *args)["judge_requests"] == 0 and server.requests == 0
+    judge_server.reset_stats()
+    assert run_filter(ingested, out, *args)["judge_requests"] == 0 and judge_server.requests == 0
 
     # the key went to the server, and nowhere else
-    assert first > 24 and {x.auth for x in server.seen} <= {f"Bearer {KEY}"}
+    assert first > 24 and {x.auth for x in judge_server.seen} <= {f"Bearer {KEY}"}
     logs = capfd.readouterr()
     assert KEY not in logs.out and KEY not in logs.err
     for d, _, files in os.walk(out):

@@ -3,32 +3,22 @@
 import asyncio
 import time
 
-import numpy as np
 import pytest
 
 from sama.pipelines.filter.judge import Judge, JudgeConfig, Secret
 from sama.pipelines.filter.rubrics import RUBRICS, Answer, KeepRule, MalformedAnswer, decide, parse_answer
 from sama.testing.media import frames_array
-from sama.testing.openai_server import FakeJudgeServer
 
 KEY = "sk-test-0123456789-secret"
 FRAMES = {"source": frames_array(6, 64, 48, seed=1), "target": frames_array(6, 64, 48, seed=2)}
 
 
-@pytest.fixture(scope="module")
-def server():
-    s = FakeJudgeServer()
-    s.start()
-    yield s
-    s.stop()
-
-
 @pytest.fixture
-def fake(server):
-    server.script([])
-    server.reset_stats()
-    server.latency = 0.0
-    return server
+def fake(judge_server):
+    judge_server.script([])
+    judge_server.reset_stats()
+    judge_server.latency = 0.0
+    return judge_server
 
 
 def cfg(server, **kw) -> JudgeConfig:

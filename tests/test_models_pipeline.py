@@ -8,7 +8,7 @@ import torch
 
 from sama.buckets import BucketConfig
 from sama.models.encoders import TextEncoderConfig, VaeConfig, load_text_encoder, load_vae
-from sama.models.pipeline import PipelineConfig, SamaPipeline
+from sama.models.pipeline import EditModelConfig, PipelineConfig, SamaPipeline
 from sama.models.tiny import save_tiny_checkpoint, tiny_transformer
 from sama.models.transformer import SamaModelConfig
 
@@ -98,6 +98,23 @@ def test_pipeline_from_configs_on_a_saved_checkpoint(tmp_path):
     out = pipe("make the cat red", _clip(5), output_type="tensor")
     assert out.video.shape == (1, 3, 5, 64, 96) and out.video.dtype == torch.float32
     assert out.semantic.shape == (1, 5, 32)
+
+
+def test_edit_model_config_fills_every_part_from_one_checkpoint(tmp_path):
+    root = save_tiny_checkpoint(str(tmp_path / "tiny"), seed=1)
+    other = save_tiny_checkpoint(str(tmp_path / "other"), seed=2)
+    # No SAMA sizes given: the exported checkpoint's own config (tiny: 32-wide, 10 tokens) is used.
+    cfg = EditModelConfig(checkpoint=root, vae=VaeConfig(pretrained=other),
+                          pipeline=PipelineConfig(num_inference_steps=2, buckets=SMALL))
+    transformer, vae, text = cfg.resolved()
+    assert (transformer.pretrained, vae.pretrained, text.pretrained) == (root, other, root)  # a set part wins
+    pipe = cfg.load()
+    saved = SamaPipeline.from_configs(SamaModelConfig(pretrained=root), VaeConfig(pretrained=other),
+                                      TextEncoderConfig(pretrained=root), cfg.pipeline)
+    for a, b in ((pipe.transformer, saved.transformer), (pipe.vae, saved.vae)):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert pipe.transformer.config.semantic_dim == 32 and pipe.transformer.config.num_semantic_tokens == 10
+    assert EditModelConfig().resolved()[0].pretrained is None  # no checkpoint: the tiny random models
 
 
 @pytest.mark.parametrize("sampler", ["euler", "unipc"])

@@ -25,7 +25,6 @@ Output under ``output``::
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import re
@@ -39,9 +38,7 @@ import numpy as np
 from sama import storage
 from sama.config import JobConfig, to_dict
 from sama.media import MediaError, probe, read_clip, read_frames, write_mp4
-from sama.models.encoders import TextEncoderConfig, VaeConfig
-from sama.models.pipeline import PipelineConfig
-from sama.models.transformer import SamaModelConfig
+from sama.models.pipeline import EditModelConfig
 from sama.schemas import EVAL_RESULTS, validate
 
 from ..filter.judge import Judge, JudgeConfig, Secret, api_key
@@ -56,23 +53,10 @@ JUDGE_OFF = "none:off"
 
 
 @dataclass
-class EvalModelConfig:
-    """The checkpoint under evaluation. ``checkpoint`` fills ``pretrained`` of any part that has none."""
+class EvalModelConfig(EditModelConfig):
+    """The checkpoint under evaluation (``EditModelConfig``) and its name in tables and reports."""
 
-    checkpoint: Optional[str] = None  # a SAMA pipeline folder (local or s3://); null: tiny random models
-    label: Optional[str] = None  # its name in tables and reports; null: the checkpoint's folder name, or "tiny"
-    transformer: SamaModelConfig = field(default_factory=SamaModelConfig)
-    vae: VaeConfig = field(default_factory=VaeConfig)
-    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-
-    def resolved(self) -> tuple[SamaModelConfig, VaeConfig, TextEncoderConfig]:
-        parts = []
-        for part in (self.transformer, self.vae, self.text):
-            if part.pretrained is None and self.checkpoint:
-                part = dataclasses.replace(part, pretrained=self.checkpoint)
-            parts.append(part)
-        return tuple(parts)  # type: ignore[return-value]
+    label: Optional[str] = None  # null: the checkpoint's folder name, or "tiny"
 
     @property
     def name(self) -> str:
@@ -195,12 +179,9 @@ class EditStage:
     def _load(self):
         import torch
 
-        from sama.models.pipeline import SamaPipeline
-
         gpu = self.cfg.edit.num_gpus > 0 and torch.cuda.is_available()
         t0 = time.time()
-        self.pipe = SamaPipeline.from_configs(*self.cfg.model.resolved(), self.cfg.model.pipeline,
-                                              device="cuda" if gpu else "cpu")
+        self.pipe = self.cfg.model.load("cuda" if gpu else "cpu")
         log.info("evaluate: %s loaded on %s in %.1fs", self.cfg.model.name, self.pipe.device, time.time() - t0)
 
     def edit(self, item: dict) -> dict:

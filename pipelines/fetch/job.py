@@ -41,7 +41,7 @@ from sama import storage
 from sama.config import JobConfig
 from sama.schemas import FETCH, validate
 
-from ..common import map_tasks
+from ..common import count_table, map_tasks
 from .fetcher import FetchConfig, Fetcher, part_name
 from .limits import Gate, start_gate_actor
 from .sources import ITEM, KoalaSource, PicoSource, chunked, tar_index_rows
@@ -176,11 +176,8 @@ def summarize(output: str, datasets: list[str]) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{'dataset':<14} {'ok':>8} {'failed':>8} {'MB':>9}  reasons"]
-    for name, s in summary.items():
-        reasons = ", ".join(f"{k}={v}" for k, v in s["reasons"].items()) or "-"
-        lines.append(f"{name:<14} {s['ok']:>8} {s['failed']:>8} {s['bytes'] / 1e6:>9.1f}  {reasons}")
-    return "\n".join(lines)
+    return count_table(summary, {"ok": lambda s: s["ok"], "failed": lambda s: s["failed"],
+                                 "MB": lambda s: s["bytes"] / 1e6})
 
 
 def run(cfg: FetchJobConfig) -> dict:

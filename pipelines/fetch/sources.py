@@ -23,7 +23,8 @@ import pyarrow as pa
 from sama import storage
 
 from ..ingest.readers import (
-    IngestError, KoalaReader, PicoBananaReader, koala_clip_name, parse_span, pick, read_csv, read_jsonl, require_columns,
+    IngestError, KoalaReader, PicoBananaReader, koala_clip_name, manifest_files, parse_span, pick, read_csv, read_jsonl,
+    require_columns,
 )
 from .ytdlp import route
 
@@ -129,11 +130,7 @@ class PicoSource:
         self.sources = storage.normalize(cfg.sources) if cfg.sources else storage.join(self.root, "sources")
 
     def units(self) -> list[str]:
-        units = [storage.join(self.root, m) for m in self.cfg.manifests]
-        missing = [u for u in units if not storage.exists(u)]
-        if missing:
-            raise IngestError(f"{self.name}: missing manifest(s) {missing}")
-        return units
+        return manifest_files(self.name, self.root, self.cfg.manifests)
 
     def items(self, unit: str) -> Iterator[dict]:
         seen: set[str] = set()  # many edits share a source image: fetch it once

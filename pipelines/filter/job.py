@@ -28,7 +28,7 @@ import dataclasses
 import json
 import logging
 import posixpath
-from collections import Counter, defaultdict
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -41,7 +41,7 @@ from sama.config import JobConfig
 from sama.media import MediaError, read_frames
 from sama.schemas import MANIFEST, VERDICTS, validate
 
-from ..common import map_tasks
+from ..common import count_table, map_tasks
 from .checks import ChecksConfig, run_checks
 from .judge import Judge, JudgeConfig, Secret, api_key, require_vllm
 from .rubrics import RUBRICS
@@ -260,13 +260,8 @@ def summarize(output: str) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{'dataset':<16} {'kept':>6} {'dropped':>8} {'errors':>7}  reasons"]
-    for name, s in summary.items():
-        reasons = ", ".join(f"{k}={v}" for k, v in s["reasons"].items()) or "-"
-        lines.append(f"{name:<16} {s['keep']:>6} {s['drop']:>8} {s['error']:>7}  {reasons}")
-    lines.append(f"{'total':<16} {sum(s['keep'] for s in summary.values()):>6} "
-                 f"{sum(s['drop'] for s in summary.values()):>8} {sum(s['error'] for s in summary.values()):>7}")
-    return "\n".join(lines)
+    return count_table(summary, {"kept": lambda s: s["keep"], "dropped": lambda s: s["drop"],
+                                 "errors": lambda s: s["error"]})
 
 
 def run(cfg: FilterJobConfig) -> dict:

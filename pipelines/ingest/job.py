@@ -40,8 +40,8 @@ from sama.config import JobConfig, from_dict
 from sama.media import MediaError, MediaInfo, ProbeConfig, probe
 from sama.schemas import MANIFEST, REJECTS, validate
 
-from ..common import map_tasks
-from .readers import READERS, DatasetsConfig, Reader, RawSample
+from ..common import count_table, map_tasks
+from .readers import READERS, DatasetsConfig, Reader
 
 log = logging.getLogger(__name__)
 
@@ -256,15 +256,8 @@ def summarize(output: str, listed: list[dict]) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{'dataset':<16} {'kept':>8} {'rejected':>9}  reasons"]
-    for name, s in summary.items():
-        reasons = ", ".join(f"{k}={v}" for k, v in s["reasons"].items()) or "-"
-        extra = "".join(f"  ({v} {k})" for k, v in s["not_listed"].items())
-        lines.append(f"{name:<16} {s['kept']:>8} {s['rejected']:>9}  {reasons}{extra}")
-    total_k = sum(s["kept"] for s in summary.values())
-    total_r = sum(s["rejected"] for s in summary.values())
-    lines.append(f"{'total':<16} {total_k:>8} {total_r:>9}")
-    return "\n".join(lines)
+    return count_table(summary, {"kept": lambda s: s["kept"], "rejected": lambda s: s["rejected"]},
+                       note=lambda s: "".join(f"  ({v} {k})" for k, v in s["not_listed"].items()))
 
 
 def run(cfg: IngestJobConfig) -> dict:

@@ -33,6 +33,15 @@ class IngestError(RuntimeError):
     """Metadata that cannot be read at all; the message names the file."""
 
 
+def manifest_files(dataset: str, root: str, names: Sequence[str]) -> list[str]:
+    """The dataset's manifest files under ``root``; all of them must exist."""
+    files = [storage.join(root, m) for m in names]
+    missing = [f for f in files if not storage.exists(f)]
+    if missing:
+        raise IngestError(f"{dataset}: missing manifest(s) {missing}")
+    return files
+
+
 @dataclass
 class RawSample:
     dataset: str
@@ -590,11 +599,7 @@ class PicoBananaReader(Reader):
     PROMPT = ("text", "instruction", "prompt", "edit_instruction")
 
     def units(self) -> list[str]:
-        units = [storage.join(self.root, m) for m in self.cfg.manifests]
-        missing = [u for u in units if not storage.exists(u)]
-        if missing:
-            raise IngestError(f"{self.name}: missing manifest(s) {missing}")
-        return units
+        return manifest_files(self.name, self.root, self.cfg.manifests)
 
     def read_unit(self, unit: str) -> Iterator[RawSample]:
         sources = storage.normalize(self.cfg.sources) if self.cfg.sources else storage.join(self.root, "sources")

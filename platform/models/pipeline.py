@@ -21,6 +21,7 @@ bucket and its frames made 4k+1 (``sama.buckets.fit_to_bucket``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -57,6 +58,32 @@ class PipelineConfig:
     image_tag: str = IMAGE_EDIT_TAG
     t2v_tag: str = ""
     buckets: BucketConfig = field(default_factory=BucketConfig)
+
+
+@dataclass
+class EditModelConfig:
+    """A whole editor (transformer, VAE, text encoder, sampling) as serving and evaluation load it.
+
+    ``checkpoint`` fills ``pretrained`` of any part that has none, so one exported SAMA
+    folder configures everything; a part can still point elsewhere.
+    """
+
+    checkpoint: Optional[str] = None  # a SAMA pipeline folder (local or s3://); null: tiny random models
+    transformer: SamaModelConfig = field(default_factory=SamaModelConfig)
+    vae: VaeConfig = field(default_factory=VaeConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+    def resolved(self) -> tuple[SamaModelConfig, VaeConfig, TextEncoderConfig]:
+        parts = []
+        for part in (self.transformer, self.vae, self.text):
+            if part.pretrained is None and self.checkpoint:
+                part = dataclasses.replace(part, pretrained=self.checkpoint)
+            parts.append(part)
+        return tuple(parts)  # type: ignore[return-value]
+
+    def load(self, device: str | torch.device = "cpu") -> "SamaPipeline":
+        return SamaPipeline.from_configs(*self.resolved(), self.pipeline, device=device)
 
 
 @dataclass

@@ -424,24 +424,23 @@ class SamaModelConfig:
     subfolder: Optional[str] = "transformer"  # the transformer's folder inside a pipeline checkpoint
     architecture: Optional[str] = None  # wan2.1-1.3b | wan2.1-14b: sizes the model offline (dry runs)
     dtype: str = "float32"  # float32 | bfloat16 | float16
-    semantic_dim: int = 1152  # SigLIP so400m hidden size
-    semantic_hidden_dim: int = 1024
-    num_semantic_tokens: int = 65  # M anchor frames x (K local + 1 global)
-    source_timestep: str = "shared"  # shared | zero (see the transformer module docstring)
-    source_attention_mask: bool = False
-    type_embed_init_std: float = 0.02
+    # The SAMA hyper-parameters below: None takes the checkpoint's own value (a SAMA export),
+    # else the model's default (a plain Wan2.1 release: SigLIP so400m width 1152, 1024, 65
+    # tokens = M anchor frames x (K local + 1 global), shared timestep, no mask, std 0.02).
+    semantic_dim: Optional[int] = None
+    semantic_hidden_dim: Optional[int] = None
+    num_semantic_tokens: Optional[int] = None
+    source_timestep: Optional[str] = None  # shared | zero (see the transformer module docstring)
+    source_attention_mask: Optional[bool] = None
+    type_embed_init_std: Optional[float] = None
     attention_backend: str = "auto"  # auto | sdpa | flash | math
     gradient_checkpointing: bool = False
 
     def sama_kwargs(self) -> dict[str, Any]:
-        return dict(
-            semantic_dim=self.semantic_dim,
-            semantic_hidden_dim=self.semantic_hidden_dim,
-            num_semantic_tokens=self.num_semantic_tokens,
-            source_timestep=self.source_timestep,
-            source_attention_mask=self.source_attention_mask,
-            type_embed_init_std=self.type_embed_init_std,
-        )
+        """The SAMA hyper-parameters set here (overrides of the checkpoint's config)."""
+        names = ("semantic_dim", "semantic_hidden_dim", "num_semantic_tokens", "source_timestep",
+                 "source_attention_mask", "type_embed_init_std")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
 def torch_dtype(name: str) -> torch.dtype:
