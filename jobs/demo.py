@@ -112,6 +112,7 @@ def run_eval_demo(workdir: str, n: int = 3, extra: list[str] | None = None) -> d
 
 def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
     t0 = time.time()
+    workdir = os.path.abspath(workdir)  # every job's workers see the same paths, wherever they run
     roots = sample_data(workdir, n)
     outputs = os.path.join(workdir, "outputs")
     results: dict[str, str] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -84,6 +85,9 @@ def connect(ray_cfg: C.RayConfig) -> bool:
 
 def run(path: str, overrides: Sequence[str] = ()) -> Any:
     cfg, entry = resolve(path, overrides)
+    # Workers may run in another directory (an existing cluster's, Ray Train's): a relative
+    # local output would land there, so it is made absolute here, against the caller's cwd.
+    cfg = dataclasses.replace(cfg, output=storage.normalize(cfg.output))
     storage.write_text(storage.join(cfg.output, "config.yaml"), C.dump_yaml(cfg))
     started = connect(cfg.ray)
     t0 = time.time()

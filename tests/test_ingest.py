@@ -94,10 +94,13 @@ def test_ingest_resumes_after_kill(ray_cluster, lookalikes, tmp_path):
 
 def test_demo_runs_end_to_end(ray_cluster, tmp_path):
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
-    res = subprocess.run([sys.executable, "-m", "sama.jobs.cli", "demo", "--dir", str(tmp_path / "demo"), "-n", "1"],
+    # A relative --dir, as a user types it: every job must resolve it against the caller's cwd
+    # (Ray Train workers, for one, run elsewhere).
+    res = subprocess.run([sys.executable, "-m", "sama.jobs.cli", "demo", "--dir", "demo", "-n", "1"],
                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "total" in res.stdout and os.path.exists(tmp_path / "demo" / "outputs" / "ingest" / "summary.json")
+    assert os.path.isdir(tmp_path / "demo" / "outputs" / "train_stage1" / "export" / "transformer")
 
 
 def test_changed_metadata_replaces_old_parts(ray_cluster, tmp_path):

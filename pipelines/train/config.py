@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from sama import storage
 from sama.config import JobConfig
 from sama.models.losses import LossConfig
 from sama.models.transformer import SamaModelConfig
@@ -161,6 +163,21 @@ class TrainConfig:
 
     def global_batch(self, family: str) -> int:
         return self.data.image_batch if family == "image" else self.data.video_batch
+
+
+def absolute_paths(cfg: "TrainJobConfig") -> "TrainJobConfig":
+    """The config with every local path made absolute: Ray Train workers do not run in the
+    driver's working directory, so a relative ``init_from`` or ``pretrained`` would miss there."""
+    t = cfg.train
+
+    def fix(uri: Optional[str]) -> Optional[str]:
+        return storage.normalize(uri) if uri else uri
+
+    t = dataclasses.replace(
+        t, init_from=fix(t.init_from), model=dataclasses.replace(t.model, pretrained=fix(t.model.pretrained)),
+        export=dataclasses.replace(t.export, output=fix(t.export.output)),
+        data=dataclasses.replace(t.data, sources=[dataclasses.replace(s, uri=fix(s.uri)) for s in t.data.sources]))
+    return dataclasses.replace(cfg, output=fix(cfg.output), train=t)
 
 
 @dataclass

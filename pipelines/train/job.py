@@ -19,7 +19,7 @@ import os
 from sama import storage
 
 from . import data
-from .config import ExportJobConfig, TrainJobConfig  # noqa: F401  (the registry's config classes)
+from .config import ExportJobConfig, TrainJobConfig, absolute_paths  # noqa: F401  (the registry's config classes)
 from .dryrun import dry_run  # noqa: F401  (sama run --dry-run)
 from .export import export_checkpoint
 from .loop import train_loop_per_worker
@@ -63,6 +63,7 @@ def build_trainer(cfg: TrainJobConfig):
 
 
 def run(cfg: TrainJobConfig) -> dict:
+    cfg = absolute_paths(cfg)
     t = cfg.train
     result = build_trainer(cfg).fit()
     ckpt = storage.join(cfg.output, t.name, os.path.basename(result.checkpoint.path.rstrip("/")))
