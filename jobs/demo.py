@@ -148,6 +148,7 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
     results.update(run_eval_demo(workdir))
 
     print(f"\n[demo] done in {time.time() - t0:.0f}s. Outputs:")
+    width = max(map(len, results))
     for k, v in results.items():
-        print(f"  {k:<16} {os.path.abspath(v)}")
+        print(f"  {k:<{width}}  {os.path.abspath(v)}")
     return results
