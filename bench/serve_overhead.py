@@ -81,7 +81,7 @@ def service(port: int, steps: int, results: str):
     cfg = {"name": "bench", "route_prefix": "/", "results": results,
            "model": {"warmup": True, "text": {"max_length": 16},
                      "pipeline": {"num_inference_steps": steps, "buckets": BUCKETS}},
-           "editor": {"num_gpus": 0, "num_cpus": 1, "max_ongoing_requests": 1,
+           "editor": {"num_gpus": 0, "num_cpus": 1,  # one edit at a time, as the job default
                       "autoscaling": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}},
            "ingress": {"num_cpus": 0.5},
            "queue": {"max_pending": 32},

@@ -83,7 +83,7 @@ def build_app(args: ServeConfig | Mapping[str, Any] | None = None) -> Applicatio
         autoscaling_config=ed.autoscaling.as_ray(),
         health_check_period_s=ed.health_check_period_s,
         graceful_shutdown_timeout_s=ed.graceful_shutdown_timeout_s,
-    ).bind(cfg.model)
+    ).bind(cfg.model, ed.max_running)
     ingress = Ingress.options(
         num_replicas=1,  # it owns the job table (serve/state.py)
         ray_actor_options={"num_cpus": cfg.ingress.num_cpus},

@@ -54,11 +54,19 @@ class EditorConfig:
 
     num_gpus: float = 1.0  # per replica; 0 on CPU
     num_cpus: float = 1.0
-    max_ongoing_requests: int = 1  # edits per replica at once (one saturates a GPU)
+    max_running: int = 1  # edits a replica runs at once (one saturates a GPU)
+    # Edits a replica holds: the running ones plus a few waiting there, so the next starts the
+    # moment one ends (a full replica is otherwise re-polled by Serve's router, up to 0.5 s late).
+    max_ongoing_requests: int = 2
     max_queued_requests: int = 64  # at the caller; a safety net under queue.max_pending
     autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
     health_check_period_s: float = 10.0
     graceful_shutdown_timeout_s: float = 20.0
+
+    def validate(self) -> None:
+        if not 1 <= self.max_running <= self.max_ongoing_requests:
+            raise ValueError(f"need 1 <= max_running <= max_ongoing_requests, "
+                             f"got {self.max_running} and {self.max_ongoing_requests}")
 
 
 @dataclass

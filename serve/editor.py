@@ -1,6 +1,8 @@
 """The editor deployment: one pipeline per replica (a GPU each, or CPU for tests and demos).
 
-``edit`` is a streaming method: it yields ``started``, then ``progress`` events (from a
+``edit`` is a streaming method: it yields ``started`` once one of the replica's
+``max_running`` slots is free (the replica may hold more requests than it runs, so the
+next one is already there when a slot frees), then ``progress`` events (from a
 forward hook on the transformer, so the pipeline needs no callback argument), then one
 ``done`` event with the mp4 bytes, or an ``error`` event. The pipeline runs in a worker
 thread; cancelling the stream (client cancel, timeout) sets a flag the hook checks, so
@@ -60,7 +62,7 @@ def _replica_id() -> str:
 
 @serve.deployment(name="Editor")
 class Editor:
-    def __init__(self, model: ModelConfig):
+    def __init__(self, model: ModelConfig, max_running: int = 1):
         import torch
 
         device = model.device if model.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -71,6 +73,7 @@ class Editor:
         self._local = threading.local()  # the Tracker of the edit running in this thread
         self.pipe.transformer.register_forward_pre_hook(self._on_forward)
         self.metrics = EditorMetrics()
+        self._slots = asyncio.Semaphore(max_running)  # edits running at once; the rest wait their turn
         if model.warmup:
             side = min(self.pipe.buckets, key=lambda b: b.area)
             clip = np.zeros((1, side.height, side.width, 3), np.uint8)
@@ -116,38 +119,41 @@ class Editor:
                 "seconds": round(seconds, 3)}
 
     async def edit(self, req: EditRequest) -> AsyncIterator[dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-        tracker = Tracker(self._calls(req), lambda p: loop.call_soon_threadsafe(events.put_nowait, p))
-        yield {"event": "started", "replica": _replica_id(), "pid": os.getpid()}
-        work = loop.run_in_executor(None, self._run, req, tracker)
-        try:
-            while True:
-                if not events.empty():  # several steps since the last event: report the latest
-                    latest = events.get_nowait()
-                    while not events.empty():
-                        latest = events.get_nowait()
-                    yield {"event": "progress", "progress": latest}
-                    continue
-                if work.done():
-                    break
-                getter = asyncio.ensure_future(events.get())
-                done, _ = await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    yield {"event": "progress", "progress": getter.result()}
-                else:
-                    getter.cancel()
+        # Waiting here is waiting at this replica: the next edit starts the moment one ends,
+        # instead of when Serve's router next re-polls a full replica (backoff up to 0.5 s).
+        async with self._slots:
+            loop = asyncio.get_running_loop()
+            events: asyncio.Queue = asyncio.Queue()
+            tracker = Tracker(self._calls(req), lambda p: loop.call_soon_threadsafe(events.put_nowait, p))
+            yield {"event": "started", "replica": _replica_id(), "pid": os.getpid()}
+            work = loop.run_in_executor(None, self._run, req, tracker)
             try:
-                result = work.result()
-            except MediaError as e:
-                yield {"event": "error", "kind": "edit_error", "message": f"cannot read the source: {e.reason}"}
-                return
-            except Exception as e:  # the edit failed; the replica is fine
-                log.exception("edit failed")
-                yield {"event": "error", "kind": "edit_error", "message": f"{type(e).__name__}: {e}"}
-                return
-            yield {"event": "done", **result}
-        finally:
-            if not work.done():  # the stream was cancelled: stop the pipeline at its next step
-                tracker.cancelled.set()
-                await asyncio.wait({work})
+                while True:
+                    if not events.empty():  # several steps since the last event: report the latest
+                        latest = events.get_nowait()
+                        while not events.empty():
+                            latest = events.get_nowait()
+                        yield {"event": "progress", "progress": latest}
+                        continue
+                    if work.done():
+                        break
+                    getter = asyncio.ensure_future(events.get())
+                    done, _ = await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
+                    if getter in done:
+                        yield {"event": "progress", "progress": getter.result()}
+                    else:
+                        getter.cancel()
+                try:
+                    result = work.result()
+                except MediaError as e:
+                    yield {"event": "error", "kind": "edit_error", "message": f"cannot read the source: {e.reason}"}
+                    return
+                except Exception as e:  # the edit failed; the replica is fine
+                    log.exception("edit failed")
+                    yield {"event": "error", "kind": "edit_error", "message": f"{type(e).__name__}: {e}"}
+                    return
+                yield {"event": "done", **result}
+            finally:
+                if not work.done():  # the stream was cancelled: stop the pipeline at its next step
+                    tracker.cancelled.set()
+                    await asyncio.wait({work})

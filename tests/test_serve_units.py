@@ -176,3 +176,43 @@ def test_encoded_results_have_even_sides():
         s = c.streams.video[0]
         assert (s.width, s.height, s.codec_context.pix_fmt) == (64, 62, "yuv420p")
         assert sum(1 for _ in c.decode(s)) == 3
+
+
+@pytest.mark.parametrize("max_running", [1, 2])
+def test_editor_runs_max_running_edits_and_holds_the_rest(tmp_path, max_running):
+    """A replica holds more edits than it runs: the waiting one starts the moment a slot frees."""
+    import asyncio
+
+    from sama.buckets import BucketConfig
+    from sama.models.encoders import TextEncoderConfig
+    from sama.models.pipeline import PipelineConfig
+    from sama.serve.config import ModelConfig
+    from sama.serve.editor import Editor
+    from sama.serve.inputs import EditRequest
+    from sama.testing.media import write_video
+
+    model = ModelConfig(text=TextEncoderConfig(max_length=16), warmup=False, device="cpu",
+                        pipeline=PipelineConfig(num_inference_steps=3,
+                                                buckets=BucketConfig(area=4096, multiple=16, max_frames=5)))
+    editor = Editor.func_or_class(model, max_running)
+    clip = write_video(str(tmp_path / "src.mp4"), frames=5, width=64, height=64, fps=8)
+    order: list[tuple[int, str]] = []
+
+    async def one(i: int) -> None:
+        async for event in editor.edit(EditRequest("make it red", source_uri=clip, steps=3)):
+            if event["event"] != "progress":
+                order.append((i, event["event"]))
+
+    async def both() -> None:
+        await asyncio.gather(one(0), one(1))
+
+    asyncio.run(both())
+    assert sorted(order) == [(0, "done"), (0, "started"), (1, "done"), (1, "started")]
+    kinds = [kind for _, kind in order]
+    # one slot: started, done, started, done; two slots: both start before either is done
+    assert kinds == (["started", "done"] * 2 if max_running == 1 else ["started", "started", "done", "done"])
+
+
+def test_editor_config_refuses_more_running_than_held():
+    with pytest.raises(ConfigError, match="max_running <= max_ongoing_requests"):
+        resolve_args({"editor": {"max_running": 3, "max_ongoing_requests": 2}})
