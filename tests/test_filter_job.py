@@ -119,10 +119,69 @@ def test_judge_over_http_errors_retry_cache_and_no_key_leak(ingested, tmp_path, 
                 assert KEY.encode() not in fh.read(), f
 
 
+def fake_vlm(jc, log_dir: str, rules: dict[str, list[str]]):
+    """An engine with the vLLM processor's contract, answering by script (like the HTTP judge server):
+    the first rule whose text is in the prompt gives the n-th behaviour on its n-th request (the last
+    repeats): ok (top scores), low (bottom scores) or malformed. Every request is logged as a file."""
+    import uuid
+
+    from sama.pipelines.filter.vllm_judge import from_reply, to_request
+
+    def generate(row: dict) -> dict:
+        req = to_request(row, jc)
+        user = req["messages"][-1]["content"]
+        prompt = user[0]["text"]
+        key = next((k for k in rules if k in prompt), None)
+        with open(os.path.join(log_dir, f"{row['sample_id']}.{uuid.uuid4().hex}.json"), "w") as f:
+            json.dump({"images": sum(p["type"] == "image_url" for p in user), "params": req["sampling_params"]}, f)
+        n = sum(name.startswith(row["sample_id"] + ".") for name in os.listdir(log_dir))
+        behaviour = rules[key][min(n, len(rules[key])) - 1] if key else "ok"
+        schema = req["sampling_params"]["structured_outputs"]["json"]["properties"]
+        pick = "maximum" if behaviour == "ok" else "minimum"
+        answer = {"scores": {k: v[pick] for k, v in schema["scores"]["properties"].items()}, "reason": behaviour,
+                  **({"flags": {k: False for k in schema["flags"]["properties"]}} if "flags" in schema else {})}
+        text = "I think it is fine" if behaviour == "malformed" else json.dumps(answer)
+        return from_reply({**req, "generated_text": text})
+
+    return lambda ds: ds.map(generate)
+
+
+def test_judge_in_cluster_through_the_llm_processor_contract(ingested, tmp_path):
+    """backend=vllm: pass 1 answers into the cache through an engine with Ray Data LLM's contract,
+    pass 2 decides from it; malformed answers get another round, then become judge_error."""
+    cfg, entry = launcher.resolve(job_yaml("filter"), [
+        f"output={tmp_path / 'v'}", f"filter.input={ingested}", "filter.shard_size=4", "filter.checks.min_short_side=32",
+        "filter.judge.backend=vllm", "filter.judge.vllm.model_source=fake/vlm", "filter.judge.malformed_retries=1"])
+    log_dir = str(tmp_path / "requests")
+    os.makedirs(log_dir)
+    engine = fake_vlm(cfg.filter.judge, log_dir, {"watercolor": ["low"], "snowy": ["malformed"],
+                                                  "sky purple": ["malformed", "ok"]})
+    s = entry(cfg, engine=engine)
+    v = outcome(cfg.output, ingested)
+    assert set(v.judge_model) == {"vllm:fake/vlm"} and s["judge_model"] == "vllm:fake/vlm"
+    requests = [json.load(open(os.path.join(log_dir, f))) for f in os.listdir(log_dir)]
+    assert s["judge_requests"] == len(requests) > 24
+    assert {r["images"] for r in requests} == {2, 4, 8}  # image edit: 1 + 1; t2v: 4 of the clip; video edit: 4 + 4
+    assert all(r["params"]["structured_outputs"]["json"]["required"][0] == "scores" for r in requests)
+    assert set(v[v.dataset == "ditto1m"].verdict) == {"drop"}
+    assert all("judge:overall<0.6" in r for r in v[v.dataset == "ditto1m"].reasons)
+    err = v[v.dataset == "pico_banana"]
+    assert set(err.verdict) == {"error"} and all(e.startswith("malformed answer") for e in err.error)
+    x2 = v[v.dataset == "x2edit"]
+    assert set(x2.verdict) == {"keep"}  # malformed once, answered in the second round
+    assert sum(f.split(".")[0] in set(x2.index) for f in os.listdir(log_dir)) == 2 * len(x2)
+
+    # rerun: only the parts with errors run, and only their samples are asked again
+    before = len(os.listdir(log_dir))
+    s = entry(cfg, engine=fake_vlm(cfg.filter.judge, log_dir, {}))
+    assert len(os.listdir(log_dir)) - before == len(err) == s["judge_requests"]
+    assert set(outcome(cfg.output, ingested).loc[err.index].verdict) == {"keep"}
+
+
 def test_bad_config_fails_clearly(ingested, tmp_path, monkeypatch):
     from sama.config import ConfigError
 
-    with pytest.raises(RuntimeError, match="backend=vllm needs ray.data.llm and vllm"):
+    with pytest.raises(RuntimeError, match="backend=vllm needs vllm"):
         run_filter(ingested, str(tmp_path / "v"), "filter.judge.backend=vllm")
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     with pytest.raises(ValueError, match="NO_SUCH_KEY_VAR is not set"):

@@ -157,3 +157,63 @@ def test_config_and_key_handling(monkeypatch):
     monkeypatch.setenv("SAMA_TEST_KEY", KEY)
     s = api_key(JudgeConfig(api_key_env="SAMA_TEST_KEY"))
     assert s.get() == KEY and KEY not in repr(s) and KEY not in str(s) and KEY not in f"{[s]}"
+
+
+# --- the in-cluster judge (Ray Data LLM + vLLM): what we hand the processor, and what we make of its rows
+
+
+def test_in_cluster_requests_carry_the_rubric_schema_and_replies_land_in_the_cache(tmp_path):
+    import json
+
+    from sama.pipelines.filter.judge import JudgeCache, build_messages
+    from sama.pipelines.filter.vllm_judge import ERROR, from_reply, record, to_request
+
+    jc = JudgeConfig(backend="vllm", frames=3, max_tokens=123)
+    frames = {"source": frames_array(5, 40, 32, seed=1), "target": frames_array(5, 40, 32, seed=2)}
+    row = {"sample_id": "s1", "task": "video_edit",
+           "messages": json.dumps(build_messages(RUBRICS["video_edit"], "make it red", frames, jc))}
+    req = to_request(row, jc)
+    system, user = req["messages"]
+    assert system["role"] == "system" and "make it red" in user["content"][0]["text"]
+    assert [p["type"] for p in user["content"][1:]] == ["image_url"] * 6
+    assert all(p["image_url"]["url"].startswith("data:image/jpeg;base64,") for p in user["content"][1:])
+    assert req["sampling_params"] == {"temperature": 0.0, "max_tokens": 123,
+                                      "structured_outputs": {"json": RUBRICS["video_edit"].response_schema()}}
+    assert to_request(row, JudgeConfig(response_format="none"))["sampling_params"].keys() == {"temperature", "max_tokens"}
+
+    good = json.dumps({"scores": {c.name: c.hi for c in RUBRICS["video_edit"].criteria},
+                       "flags": {n: False for n, _ in RUBRICS["video_edit"].flags}, "reason": "fine"})
+    label = jc.model_label
+    assert label == "vllm:Qwen/Qwen2.5-VL-7B-Instruct"
+    assert record(from_reply({**req, "generated_text": good}), str(tmp_path), label) == {"sample_id": "s1", "error": ""}
+    assert JudgeCache(str(tmp_path), label).get("s1", RUBRICS["video_edit"]).reason == "fine"
+    bad = record(from_reply({**req, "sample_id": "s2", "generated_text": "{oops"}), str(tmp_path), label)
+    assert bad["error"].startswith("malformed answer")
+    failed = record({**req, "sample_id": "s3", ERROR: "CUDA out of memory"}, str(tmp_path), label)
+    assert failed == {"sample_id": "s3", "error": "engine error: CUDA out of memory"}
+    assert JudgeCache(str(tmp_path), label).get("s2", RUBRICS["video_edit"]) is None
+
+
+def test_in_cluster_processor_is_ray_data_llm_on_vllm(ray_cluster):
+    """The processor builds (no GPU needed to build it): multimodal prep, chat template, tokenizer,
+    the vLLM engine on GPU actors with our engine settings, detokenizer."""
+    from ray.data.llm import build_processor
+
+    from sama.pipelines.filter.judge import VLLMConfig
+    from sama.pipelines.filter.vllm_judge import from_reply, processor_config
+
+    jc = JudgeConfig(backend="vllm", frames=4, vllm=VLLMConfig(model_source="/models/judge", tensor_parallel_size=1,
+                                                               batch_size=8, concurrency=3,
+                                                               engine_kwargs={"gpu_memory_utilization": 0.8}))
+    config = processor_config(jc)
+    assert (config.model_source, config.batch_size, config.concurrency) == ("/models/judge", 8, 3)
+    assert config.should_continue_on_error
+    assert config.engine_kwargs.items() >= {"tensor_parallel_size": 1, "max_model_len": 16384,
+                                            "limit_mm_per_prompt": {"image": 8}, "gpu_memory_utilization": 0.8}.items()
+    proc = build_processor(config, preprocess=lambda r: r, postprocess=from_reply)
+    assert proc.list_stage_names() == ["PrepareMultimodalStage", "ChatTemplateStage", "TokenizeStage",
+                                       "vLLMEngineStage", "DetokenizeStage"]
+    engine = proc.get_stage_by_name("vLLMEngineStage")
+    assert engine.map_batches_kwargs["num_gpus"] == 1 and engine.map_batches_kwargs["compute"].max_size == 3
+    assert engine.fn_constructor_kwargs["should_continue_on_error"]
+    assert engine.fn_constructor_kwargs["engine_kwargs"]["limit_mm_per_prompt"] == {"image": 8}

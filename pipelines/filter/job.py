@@ -11,6 +11,9 @@ event loop. Per-sample problems become verdicts, never exceptions:
   set; the next run redoes their parts (``retry_errors``), paying only for them
   thanks to the judge cache.
 
+With ``judge.backend=vllm`` a first pass (vllm_judge.py) answers every sample the judge
+would see through Ray Data's LLM processor into that cache; the parts then decide from it.
+
 Output layout under ``output`` (parts named after their input, so reruns overwrite
 instead of duplicating; a part is done once its marker is written)::
 
@@ -32,6 +35,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -42,9 +46,12 @@ from sama.media import MediaError, read_frames
 from sama.schemas import MANIFEST, VERDICTS, validate
 
 from ..common import count_table, map_tasks
-from .checks import ChecksConfig, run_checks
-from .judge import Judge, JudgeConfig, Secret, api_key, require_vllm
+from .checks import CheckResult, ChecksConfig, run_checks
+from .judge import CachedAnswers, Judge, JudgeConfig, Secret, api_key
 from .rubrics import RUBRICS
+
+if TYPE_CHECKING:
+    from .vllm_judge import Engine
 
 log = logging.getLogger(__name__)
 
@@ -106,25 +113,29 @@ def decode(row: dict, n: int, max_side: int) -> dict[str, np.ndarray]:
     return frames
 
 
-async def filter_rows(rows: list[dict], cfg: FilterConfig, judge: Judge | None, digest: str) -> list[dict]:
+def screen(row: dict, cfg: FilterConfig, judging: bool) -> tuple[CheckResult | None, dict[str, np.ndarray]]:
+    """Decode a sample once for both consumers (as many frames and pixels as the larger asks
+    for) and run the cheap checks on a downscaled copy; raises MediaError for bad media."""
+    jc, cc = cfg.judge, cfg.checks
+    n_frames = max(cc.frames if cc.enabled else 0, jc.frames if judging else 0, 2)
+    side = max(cc.max_side if cc.enabled else 0, jc.max_side if judging else 0)
+    frames = decode(row, n_frames, side)
+    if not cc.enabled:
+        return None, frames
+    small = {k: _downscale(v, cc.max_side) for k, v in frames.items()}
+    return run_checks(row, small, cc), frames
+
+
+async def filter_rows(rows: list[dict], cfg: FilterConfig, judge: CachedAnswers | None, digest: str) -> list[dict]:
     """Verdicts for ``rows`` (same order): decode + checks in threads, the judge on the event loop."""
     loop = asyncio.get_running_loop()
     jc, cc = cfg.judge, cfg.checks
     label = jc.model_label
-    # Decode once for both consumers: as many frames and pixels as the larger asks for.
-    n_frames = max(cc.frames if cc.enabled else 0, jc.frames if judge else 0, 2)
-    side = max(cc.max_side if cc.enabled else 0, jc.max_side if judge else 0)
+    checks = partial(screen, cfg=cfg, judging=judge is not None)
     # Bounds decoded frames held in memory: a few samples beyond those the judge has in flight.
     window = asyncio.Semaphore((jc.concurrency if judge else 0) + 2 * cfg.decode_threads)
 
     with ThreadPoolExecutor(cfg.decode_threads) as pool:
-
-        def checks(row: dict):
-            frames = decode(row, n_frames, side)
-            if not cc.enabled:
-                return None, frames
-            small = {k: _downscale(v, cc.max_side) for k, v in frames.items()}
-            return run_checks(row, small, cc), frames
 
         async def one(row: dict) -> dict:
             async with window:
@@ -181,8 +192,25 @@ def part_done(output: str, name: str, digest: str, retry_errors: bool) -> bool:
     return done.get("config_digest") == digest and not (retry_errors and done.get("error", 0))
 
 
-async def _run_part(rows: list[dict], cfg: FilterConfig, key: Secret | None, cache_root: str, digest: str):
-    judge = Judge(cfg.judge, key, cache_root) if key is not None else None
+def part_rows(item: dict, cfg: FilterConfig) -> list[dict]:
+    """The manifest rows of one part (``item`` = {file, offset, rows, name}), of the chosen datasets."""
+    fs, path = storage.filesystem(item["file"])
+    table = validate(pq.read_table(path, filesystem=fs), MANIFEST, where=item["file"])
+    rows = table.slice(item["offset"], item["rows"]).to_pylist()
+    return [r for r in rows if r["dataset"] in cfg.datasets] if cfg.datasets else rows
+
+
+def make_judge(cfg: FilterConfig, key: Secret | None, cache_root: str, failures: dict[str, str]) -> CachedAnswers | None:
+    if cfg.judge.backend == "vllm":  # pass 1 (vllm_judge.prejudge) has answered into the cache
+        from .vllm_judge import CachedJudge
+
+        return CachedJudge(cfg.judge, cache_root, failures)
+    return Judge(cfg.judge, key, cache_root) if key is not None else None
+
+
+async def _run_part(rows: list[dict], cfg: FilterConfig, key: Secret | None, cache_root: str, digest: str,
+                    failures: dict[str, str]):
+    judge = make_judge(cfg, key, cache_root, failures)
     try:
         verdicts = await filter_rows(rows, cfg, judge, digest)
     finally:
@@ -191,15 +219,12 @@ async def _run_part(rows: list[dict], cfg: FilterConfig, key: Secret | None, cac
     return verdicts, (judge.requests if judge else 0)
 
 
-def filter_part(item: dict, output: str, cfg: FilterConfig, key: Secret | None, cache_root: str, digest: str) -> dict:
+def filter_part(item: dict, output: str, cfg: FilterConfig, key: Secret | None, cache_root: str, digest: str,
+                failures: dict[str, str] | None = None) -> dict:
     """One Ray task: ``item`` = {file, offset, rows, name}; writes verdicts, kept manifest, marker."""
     uris = part_uris(output, item["name"])
-    table = validate(pq.read_table(storage.filesystem(item["file"])[1], filesystem=storage.filesystem(item["file"])[0]),
-                     MANIFEST, where=item["file"]).slice(item["offset"], item["rows"])
-    rows = table.to_pylist()
-    if cfg.datasets:
-        rows = [r for r in rows if r["dataset"] in cfg.datasets]
-    verdicts, requests = asyncio.run(_run_part(rows, cfg, key, cache_root, digest))
+    rows = part_rows(item, cfg)
+    verdicts, requests = asyncio.run(_run_part(rows, cfg, key, cache_root, digest, failures or {}))
     kept = {v["sample_id"] for v in verdicts if v["verdict"] == "keep"}
     counts = Counter(v["verdict"] for v in verdicts)
     storage.write_parquet(uris["verdicts"], VERDICTS.table(verdicts))
@@ -264,13 +289,10 @@ def format_summary(summary: dict) -> str:
                                  "errors": lambda s: s["error"]})
 
 
-def run(cfg: FilterJobConfig) -> dict:
+def run(cfg: FilterJobConfig, engine: Engine | None = None) -> dict:
+    """``engine``: what answers the in-cluster judge's requests (backend=vllm); None: vLLM."""
     fc = cfg.filter
     key = None
-    if fc.judge.backend == "vllm":
-        require_vllm()
-        raise NotImplementedError("filter.judge.backend=vllm: the in-cluster Ray Data LLM path is not built yet; "
-                                  "serve the model with `vllm serve` and use backend=openai with its base_url")
     if fc.judge.backend == "openai":
         key = api_key(fc.judge)  # read once here; workers get it in memory, never on disk or in logs
     digest = config_digest(fc)
@@ -280,10 +302,15 @@ def run(cfg: FilterJobConfig) -> dict:
     if removed:
         log.info("filter: removed %d stale part file(s)", removed)
     todo = [i for i in items if not part_done(cfg.output, i["name"], digest, fc.retry_errors)]
-    done = map_tasks(todo, partial(filter_part, output=cfg.output, cfg=fc, key=key, cache_root=cache_root, digest=digest),
-                     fc.task_cpus, "filter")
+    asked, failures = 0, {}
+    if fc.judge.backend == "vllm" and todo:
+        from .vllm_judge import prejudge
+
+        asked, failures = prejudge(todo, fc, cache_root, engine)
+    done = map_tasks(todo, partial(filter_part, output=cfg.output, cfg=fc, key=key, cache_root=cache_root, digest=digest,
+                                   failures=failures), fc.task_cpus, "filter")
     summary = {"datasets": summarize(cfg.output), "judge_model": fc.judge.model_label, "config_digest": digest,
-               "parts": len(items), "parts_run": len(todo), "judge_requests": sum(d["requests"] for d in done)}
+               "parts": len(items), "parts_run": len(todo), "judge_requests": asked + sum(d["requests"] for d in done)}
     storage.write_text(storage.join(cfg.output, "summary.json"), json.dumps(summary, indent=2))
     if fc.report.enabled:
         from .report import write_report

@@ -26,7 +26,7 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Optional
 
 import numpy as np
 
@@ -42,13 +42,15 @@ NO_JUDGE_MODEL = "none:cheap-checks-only"
 
 @dataclass
 class VLLMConfig:
-    """In-cluster judge through Ray Data's LLM processor (needs GPUs and vllm)."""
+    """In-cluster judge through Ray Data's LLM processor (vLLM on GPU actors; see vllm_judge.py)."""
 
-    model_source: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    model_source: str = "Qwen/Qwen2.5-VL-7B-Instruct"  # a local folder or hub id the GPU nodes can read
     tensor_parallel_size: int = 1
-    batch_size: int = 16
-    concurrency: int = 1  # vLLM engine replicas
+    batch_size: int = 16  # prompts per engine batch
+    concurrency: int = 1  # vLLM engine replicas (each tensor_parallel_size GPUs)
     max_model_len: int = 16384
+    accelerator_type: Optional[str] = None  # e.g. H100: pin the engines to that GPU type
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)  # more vllm.EngineArgs
 
 
 @dataclass
@@ -84,6 +86,8 @@ class JudgeConfig:
 
     @property
     def model_label(self) -> str:
+        if self.backend == "vllm":
+            return f"vllm:{self.vllm.model_source}"
         return NO_JUDGE_MODEL if self.backend == "none" else f"{self.backend}:{self.model}"
 
 
@@ -229,22 +233,42 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "") + (f": {msg}" if msg else "")
 
 
-class Judge:
+class CachedAnswers:
+    """What every judge shares: the answer cache, and decisions from cached answers."""
+
+    def __init__(self, cfg: JudgeConfig, cache_root: str):
+        self.cfg = cfg
+        self.cache = JudgeCache(cache_root, cfg.model_label)
+        self.requests = 0  # requests sent (for summaries and tests)
+
+    async def cached(self, sample_id: str, rubric: Rubric) -> Outcome | None:
+        answer = await asyncio.to_thread(self.cache.get, sample_id, rubric)
+        if answer is None:
+            return None
+        keep, overall, reasons = decide(answer, rubric, self.cfg.keep)
+        return Outcome(answer, keep, overall, reasons, cached=True)
+
+    def scrub(self, text: str) -> str:
+        return text
+
+    async def close(self) -> None:
+        pass
+
+
+class Judge(CachedAnswers):
     """Async judge for one worker. Build inside the worker; ``close()`` when done."""
 
     def __init__(self, cfg: JudgeConfig, key: Secret, cache_root: str):
         from openai import AsyncOpenAI
 
-        self.cfg = cfg
+        super().__init__(cfg, cache_root)
         self._key = key
         # Retries are ours (to honour Retry-After, count attempts and record errors), so the client's are off.
         from openai.types.chat import ChatCompletion
 
         self.client = AsyncOpenAI(api_key=key.get(), base_url=cfg.base_url, max_retries=0, timeout=cfg.timeout)
         self._completion = ChatCompletion
-        self.cache = JudgeCache(cache_root, cfg.model_label)
         self.slots = asyncio.Semaphore(cfg.concurrency)
-        self.requests = 0  # HTTP requests sent (for summaries and tests)
 
     def scrub(self, text: str) -> str:
         """Defence in depth: an error text echoing the key never reaches a table or a log."""
@@ -271,10 +295,9 @@ class Judge:
     async def judge(self, sample_id: str, task: str | Rubric, instruction: str, frames: dict[str, np.ndarray]) -> Outcome:
         """``task`` names a filter rubric, or is a :class:`Rubric` (the evaluation job's)."""
         rubric = task if isinstance(task, Rubric) else RUBRICS[task]
-        cached = await asyncio.to_thread(self.cache.get, sample_id, rubric)
+        cached = await self.cached(sample_id, rubric)
         if cached is not None:
-            keep, overall, reasons = decide(cached, rubric, self.cfg.keep)
-            return Outcome(cached, keep, overall, reasons, cached=True)
+            return cached
         messages = await asyncio.to_thread(build_messages, rubric, instruction, frames, self.cfg)
         transient = malformed = attempts = 0
         last = ""
@@ -306,15 +329,3 @@ class Judge:
 
     async def close(self) -> None:
         await self.client.close()
-
-
-def require_vllm() -> None:
-    """Fail clearly where the in-cluster path cannot run."""
-    try:
-        import ray.data.llm  # noqa: F401
-        import vllm  # noqa: F401
-    except ImportError as e:
-        raise RuntimeError(
-            f"filter.judge.backend=vllm needs ray.data.llm and vllm on GPU workers ({e}); install vllm in the "
-            "image, or use backend=openai against a vLLM server (vllm serve MODEL) with base_url=http://HOST:8000/v1"
-        ) from None
