@@ -95,3 +95,15 @@ def test_cli_config_error_exit_code_and_message(tmp_path, capsys):
     assert main(["run", write(tmp_path, "job: nope\n")]) == 2
     assert "unknown job 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "outputs").exists()
+
+
+def test_cli_takes_overrides_on_both_sides_of_an_option(capsys):
+    from sama.jobs.cli import main
+    from sama.jobs.demo import job_yaml
+
+    assert main(["run", job_yaml("ingest"), "ingest.shard_size=5", "--dry-run", "ingest.probe_threads=3"]) == 0
+    out = capsys.readouterr().out
+    assert "shard_size: 5" in out and "probe_threads: 3" in out
+    with pytest.raises(SystemExit):  # an unknown option is still refused
+        main(["run", job_yaml("ingest"), "--dry-run", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
