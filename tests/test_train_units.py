@@ -210,3 +210,26 @@ def test_data_plan_gives_every_rank_its_own_files(tmp_path):
         items = pa.table({"path": r.files, "offset": r.offsets, "world": [3] * 2, "rank": [r.rank] * 2})
         got.append(read_shards(items, ["t2v"])["sample_id"].to_pylist())
     assert sorted(sum(got, [])) == ["b1", "c0", "c1"] and all(len(g) == 1 for g in got)
+
+
+def test_sequence_parallel_config_checks_groups_heads_and_batches(capsys):
+    from sama.jobs.cli import main
+    from sama.jobs.demo import job_yaml
+    from sama.pipelines.train.deepspeed_config import deepspeed_config
+
+    y = job_yaml("train_stage1_wan14b")
+    assert main(["run", "--dry-run", y, "train.engine.sequence_parallel=4", "train.workers.num_workers=448"]) == 0
+    out = capsys.readouterr().out
+    assert "video steps: global batch 112 = 1 per group x 112 data-parallel group(s) of 4 sequence-parallel ranks" in out
+    assert main(["run", "--dry-run", y, "train.engine.sequence_parallel=3", "train.workers.num_workers=336"]) == 2
+    assert "sequence_parallel=3 must divide the model's 40 attention heads" in capsys.readouterr().err
+    assert main(["run", "--dry-run", y, "train.engine.sequence_parallel=5", "train.workers.num_workers=112"]) == 2
+    assert "num_workers=112 is not divisible by engine.sequence_parallel=5" in capsys.readouterr().err
+    assert main(["run", "--dry-run", y, "train.engine.sequence_parallel=2", "train.workers.num_workers=6"]) == 2
+    assert "image_batch=448 is not divisible by the 3 data-parallel groups" in capsys.readouterr().err
+
+    from sama.jobs.launcher import resolve
+
+    cfg, _ = resolve(y, ["train.engine.sequence_parallel=2", "train.workers.num_workers=224"])
+    ds = deepspeed_config(cfg.train, 224, use_gpu=True)
+    assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["train_batch_size"] == 4 * 224  # 448 images / 112 groups

@@ -58,6 +58,9 @@ class EngineConfig:
     stage3_prefetch_bucket_size: int = 50_000_000
     stage3_param_persistence_threshold: int = 100_000
     torch_adam: Optional[bool] = None  # null: torch AdamW on CPU, DeepSpeed's fused Adam on GPU
+    # Ulysses sequence parallelism (sama.models.sequence_parallel): this many consecutive ranks
+    # share each sample and split its sequence; heads and num_workers must divide by it.
+    sequence_parallel: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -67,6 +70,8 @@ class EngineConfig:
             raise ValueError(f"engine.precision={self.precision!r}: auto | bf16 | fp32")
         if self.offload_params and self.zero_stage != 3:
             raise ValueError("engine.offload_params needs zero_stage 3")
+        if self.sequence_parallel < 1:
+            raise ValueError(f"engine.sequence_parallel={self.sequence_parallel} must be >= 1")
 
 
 @dataclass
@@ -152,10 +157,19 @@ class TrainConfig:
             raise ValueError(f"train.stage={self.stage}: 0 (pre-training) or 1 (SFT)")
         if self.steps < 1 or self.checkpoint.every < 1:
             raise ValueError("train.steps and train.checkpoint.every must be >= 1")
-        n = self.workers.num_workers
+        n, sp = self.workers.num_workers, self.engine.sequence_parallel
+        if n % sp:
+            raise ValueError(f"workers.num_workers={n} is not divisible by engine.sequence_parallel={sp}")
         for what, b in (("image_batch", self.data.image_batch), ("video_batch", self.data.video_batch)):
-            if b % n:
-                raise ValueError(f"data.{what}={b} is not divisible by workers.num_workers={n}")
+            if b % (n // sp):
+                by = f"workers.num_workers={n}" if sp == 1 else \
+                    f"the {n // sp} data-parallel groups (workers.num_workers={n} / engine.sequence_parallel={sp})"
+                raise ValueError(f"data.{what}={b} is not divisible by {by}")
+
+    @property
+    def data_parallel(self) -> int:
+        """Groups of ranks that each train on their own samples."""
+        return self.workers.num_workers // self.engine.sequence_parallel
 
     @property
     def name(self) -> str:

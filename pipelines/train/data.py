@@ -121,12 +121,15 @@ class RankShardedDataConfig(DataConfig):
 
 
 def build(sources: list[SourceConfig], world: int, steps: int, batch_per_rank: dict[str, int],
-          read_num_cpus: float):
+          read_num_cpus: float, sequence_parallel: int = 1):
     """``datasets=`` for the trainer, the data config that replaces each with per-rank streams, the plan.
 
     The datasets handed to the trainer only carry the names: ``RankShardedDataConfig``
-    builds the real per-rank streams from the plan.
+    builds the real per-rank streams from the plan. With sequence parallelism the files are
+    dealt to the data-parallel groups, and every rank of a group streams its group's files
+    (the same rows in the same order, so the group agrees on each batch without talking).
     """
-    plan = plan_files(sources, world, steps, batch_per_rank)
+    per_group = plan_files(sources, world // sequence_parallel, steps, batch_per_rank)
+    plan = {name: [ranks[r // sequence_parallel] for r in range(world)] for name, ranks in per_group.items()}
     datasets = {s.name: ray.data.from_items([{"source": s.name}]) for s in sources}
     return datasets, RankShardedDataConfig(plan, {s.name: list(s.tasks) for s in sources}, read_num_cpus), plan

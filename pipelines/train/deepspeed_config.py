@@ -30,7 +30,7 @@ def _merge(base: dict, extra: dict) -> dict:
 def deepspeed_config(cfg: TrainConfig, world_size: int, use_gpu: bool | None = None) -> dict[str, Any]:
     use_gpu = cfg.workers.use_gpu if use_gpu is None else use_gpu
     e, o = cfg.engine, cfg.optim
-    micro = cfg.data.image_batch // world_size
+    micro = cfg.data.image_batch // (world_size // e.sequence_parallel)  # a sequence-parallel group shares its samples
     zero: dict[str, Any] = {
         "stage": e.zero_stage,
         "overlap_comm": e.overlap_comm and use_gpu,  # needs CUDA streams; plain on CPU

@@ -33,14 +33,19 @@ def dry_run(cfg: TrainJobConfig) -> list[str]:
              + (f" on {w.accelerator_type}" if w.accelerator_type else "")]
     if w.use_gpu and w.gpus_per_worker != 1:
         raise ValueError(f"workers.gpus_per_worker={w.gpus_per_worker}: DeepSpeed runs one rank per GPU; use 1")
+    sp, dp = t.engine.sequence_parallel, t.data_parallel
     for family, batch in (("image", t.data.image_batch), ("video", t.data.video_batch)):
-        lines.append(f"{family} steps: global batch {batch} = {batch // world} per rank x {world} ranks")
+        lines.append(f"{family} steps: global batch {batch} = {batch // dp} per rank x {world} ranks" if sp == 1 else
+                     f"{family} steps: global batch {batch} = {batch // dp} per group x {dp} data-parallel group(s) "
+                     f"of {sp} sequence-parallel ranks")
 
     model, source = meta_transformer(t.model, t.model.architecture)
     params = sum(p.numel() for p in model.parameters())
     bf16 = t.engine.precision == "bf16" or (t.engine.precision == "auto" and w.use_gpu)
     mem = estimate_memory(params, world, t.engine.zero_stage, bf16=bf16, ema=True)
     heads = model.config.num_attention_heads
+    if heads % sp:
+        raise ValueError(f"engine.sequence_parallel={sp} must divide the model's {heads} attention heads")
     lines += [f"model: {source}, {model.config.num_layers} layers, {heads} heads of {model.config.attention_head_dim}",
               *mem.lines()]
     if w.use_gpu and mem.total_gb > GPU_MEMORY_GB:

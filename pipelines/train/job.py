@@ -43,8 +43,9 @@ def build_trainer(cfg: TrainJobConfig):
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t, w = cfg.train, cfg.train.workers
-    batch = {s.name: t.global_batch(s.family) // w.num_workers for s in t.data.sources}
-    datasets, data_config, plan = data.build(t.data.sources, w.num_workers, t.steps, batch, t.data.read_num_cpus)
+    batch = {s.name: t.global_batch(s.family) // t.data_parallel for s in t.data.sources}
+    datasets, data_config, plan = data.build(t.data.sources, w.num_workers, t.steps, batch, t.data.read_num_cpus,
+                                             t.engine.sequence_parallel)
     path, fs = storage_target(cfg.output)
     env = {"DS_ACCELERATOR": "cpu"} if not w.use_gpu else {}
     return TorchTrainer(

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from sama import storage
 from sama.latents import collate
 from sama.models.losses import sama_loss
+from sama.models.sequence_parallel import SequenceParallel
 from sama.models.transformer import load_transformer, num_tokens
 from sama.training.ema import ShardedEMA
 from sama.training.metrics import MetricsLogger
@@ -94,6 +95,13 @@ def train_loop_per_worker(config: dict) -> None:
         model.load_state_dict(C.raw_weights(ckpt))
         init_ema = C.ema_weights(ckpt)
     model.train()
+    # Ulysses: groups of sp consecutive ranks share each sample (same data, same noise) and
+    # split its sequence; dp_rank names the group, which is what the data and noise follow.
+    sp = t.engine.sequence_parallel
+    dp_rank, dp_world = rank // sp, world // sp
+    if sp > 1:
+        groups = [dist.new_group(list(range(g * sp, (g + 1) * sp))) for g in range(dp_world)]  # every rank makes all
+        model.enable_sequence_parallel(SequenceParallel(groups[dp_rank]))
 
     # 2. DeepSpeed engine; the LR schedule is ours (warmup from 1/warmup, not 0).
     engine, _, _, scheduler = deepspeed.initialize(
@@ -119,7 +127,7 @@ def train_loop_per_worker(config: dict) -> None:
         shard, mine = ray.train.get_dataset_shard(s.name), config["plan"][s.name][rank]
         streams[s.name] = BucketStream(
             s.name, lambda shard=shard: (dict(r) for r in shard.iter_rows()), mine.rows,
-            t.global_batch(s.family) // world, t.seed, rank, mine.passes, t.data.shuffle_buffer,
+            t.global_batch(s.family) // dp_world, t.seed, dp_rank, mine.passes, t.data.shuffle_buffer,
             t.data.max_pending_buckets, state.positions.get(s.name, (0, 0)))
     names, weights = [s.name for s in t.data.sources], [s.weight for s in t.data.sources]
 
@@ -144,7 +152,7 @@ def train_loop_per_worker(config: dict) -> None:
             t_data = time.perf_counter() - t0
 
             # 6. Loss; noise and sigma drawn from a generator seeded by (seed, step, rank).
-            gen = torch.Generator().manual_seed(seed_of("noise", t.seed, step, rank))
+            gen = torch.Generator().manual_seed(seed_of("noise", t.seed, step, dp_rank))
             out = sama_loss(engine, batch.target.to(device, dtype), batch.text.to(device, dtype),
                             source_latents=batch.source.to(device, dtype),
                             semantic_tokens=batch.semantic.to(device), cfg=t.loss, generator=gen)
@@ -168,7 +176,8 @@ def train_loop_per_worker(config: dict) -> None:
                                              f"(train.max_nonfinite={t.max_nonfinite}) at step {step}")
                 grad_norm = float("nan")
             else:
-                engine.backward(loss)
+                # x sp: a rank's gradients are its tokens' share, and DeepSpeed averages over all ranks
+                engine.backward(loss * sp if sp > 1 else loss)
                 engine.step()
                 ema.update()
                 state.consecutive_skipped = 0
@@ -177,13 +186,13 @@ def train_loop_per_worker(config: dict) -> None:
             if use_gpu:
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
-            state.step, state.samples = step, state.samples + int(stats[4].item())
+            state.step, state.samples = step, state.samples + int(stats[4].item()) // sp
             state.positions = {n: s.position for n, s in streams.items()}
 
             if logger is not None:
                 m = {"loss": stats[1].item() / world, "loss_fm": stats[2].item() / world,
                      "loss_sa": stats[3].item() / world, "lr": lr, "grad_norm": grad_norm,
-                     "samples_per_s": stats[4].item() / dt, "tokens_per_s": stats[5].item() / dt,
+                     "samples_per_s": stats[4].item() / sp / dt, "tokens_per_s": stats[5].item() / sp / dt,
                      "data_wait_frac": min(1.0, stats[6].item() / world / dt), "step_time_s": dt,
                      "skipped_steps": float(state.skipped), f"source/{source}": 1.0}
                 logger.log(step, m)

@@ -59,6 +59,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.peft_utils import apply_lora_scale
 
 from sama.models import attention as attn_dispatch
+from sama.models.sequence_parallel import SequenceParallel
 
 # Type-embedding ids, as in the paper: 0 source, 1 target, 2 semantic.
 SOURCE, TARGET, SEMANTIC = 0, 1, 2
@@ -77,6 +78,8 @@ class SamaRotary(NamedTuple):
     sin: torch.Tensor  # (1, S, 1, head_dim)
     num_restricted: int = 0  # the first num_restricted queries (source tokens) ...
     kv_prefix: int = 0  # ... see only the first kv_prefix keys (source + semantic)
+    sp: Optional[SequenceParallel] = None  # set: cos/sin and the hidden states are this rank's slice
+    length: int = 0  # with sp: the unpadded sequence length (keys beyond it are padding)
 
 
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -105,16 +108,21 @@ class SamaAttnProcessor:
         q, k, v = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
         q, k = attn.norm_q(q), attn.norm_k(k)
         q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))  # (B, S, H, Dh)
-        restricted = 0
+        restricted, sp = 0, None
         if rotary_emb is not None:
             q = _apply_rotary(q, rotary_emb[0], rotary_emb[1])
             k = _apply_rotary(k, rotary_emb[0], rotary_emb[1])
             if isinstance(rotary_emb, SamaRotary):
-                restricted, kv_prefix = rotary_emb.num_restricted, rotary_emb.kv_prefix
+                restricted, kv_prefix, sp = rotary_emb.num_restricted, rotary_emb.kv_prefix, rotary_emb.sp
+        if sp is not None:  # Ulysses: this rank's tokens x all heads -> all tokens x this rank's heads
+            q, k, v = (sp.seq_to_heads(t) for t in (q, k, v))
+            k, v = k[:, : rotary_emb.length], v[:, : rotary_emb.length]  # no key is padding
         if restricted:
             out = attn_dispatch.prefix_restricted_attention(q, k, v, restricted, kv_prefix)
         else:
             out = attn_dispatch.attention(q, k, v, mask=attention_mask)
+        if sp is not None:
+            out = sp.heads_to_seq(out)
         out = out.flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
 
@@ -133,8 +141,10 @@ class SamaTransformer3DModel(WanTransformer3DModel):
     supports_semantic_tokens: bool = True
     supports_source_attention_mask: bool = True
     token_roles = ("source", "target", "semantic")  # index = type-embedding id
-    # The base class's context-parallel plan splits a target-only sequence; ours differs.
+    # The base class's context-parallel plan splits a target-only sequence; ours differs
+    # (sequence_parallel.py splits the whole in-context sequence instead).
     _cp_plan = None
+    sequence_parallel: Optional[SequenceParallel] = None  # runtime state, not config: see enable_...
     _skip_layerwise_casting_patterns = [
         *WanTransformer3DModel._skip_layerwise_casting_patterns, "type_embed", "semantic_",
     ]
@@ -272,6 +282,22 @@ class SamaTransformer3DModel(WanTransformer3DModel):
 
     # ------------------------------------------------------------------ pieces
 
+    def enable_sequence_parallel(self, sp: Optional[SequenceParallel]) -> None:
+        """Split every forward's sequence over ``sp``'s ranks (None: off). Every rank of the
+        group must call forward with the same inputs; the output is the whole, on each."""
+        if sp is not None and self.config.num_attention_heads % sp.world:
+            raise ValueError(f"sequence parallelism over {sp.world} ranks needs the head count "
+                             f"({self.config.num_attention_heads}) to be a multiple of it")
+        self.sequence_parallel = sp
+
+    def _read_out(self, tokens: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """Target tokens -> latent patches: modulated norm + projection.  (B, N, p*C)"""
+        if temb.ndim == 3:  # per-token timestep: every target token carries the target's t
+            temb = temb[:, -1]
+        shift, scale = (self.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
+        out = (self.norm_out(tokens.float()) * (1 + scale) + shift).type_as(tokens)
+        return self.proj_out(out)
+
     def _patchify(self, latents: torch.Tensor) -> torch.Tensor:
         # (B, C, F, H, W) -> (B, F/p_t * H/p_h * W/p_w, dim)
         return self.patch_embedding(latents).flatten(2).transpose(1, 2).contiguous()
@@ -371,7 +397,6 @@ class SamaTransformer3DModel(WanTransformer3DModel):
 
         # 5. RoPE: source/target share positions, semantic zero phase.  (1, S, 1, Dh) x 2
         cos, sin = self.build_rotary(hidden_states, source_latents, n_sem)
-        rotary = SamaRotary(cos, sin, n_src if (use_mask and n_src) else 0, n_src + n_sem)
 
         # 6. Timestep and text conditioning.  temb (B, D) or (B, S, D); proj (B, 6, D) or (B, S, 6, D)
         t = self.build_timestep(timestep, n_src, n_sem + n_tgt, source_timestep)
@@ -381,23 +406,31 @@ class SamaTransformer3DModel(WanTransformer3DModel):
         )
         timestep_proj = timestep_proj.unflatten(-1, (6, -1))
 
-        # 7. Transformer blocks over the whole sequence.  (B, S, D)
+        # 6b. Sequence parallel: this rank keeps its slice of every per-token input.  (B, S/P, D)
+        sp, length = self.sequence_parallel, hidden.shape[1]
+        if sp is not None:
+            hidden, cos, sin = (sp.shard(x, length) for x in (hidden, cos, sin))
+            if timestep_proj.ndim == 4:
+                timestep_proj = sp.shard(timestep_proj, length)
+        rotary = SamaRotary(cos, sin, n_src if (use_mask and n_src) else 0, n_src + n_sem, sp, length)
+
+        # 7. Transformer blocks over the whole sequence (or this rank's slice).  (B, S, D)
         for block in self.blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 hidden = self._gradient_checkpointing_func(block, hidden, text, timestep_proj, rotary)
             else:
                 hidden = block(hidden, text, timestep_proj, rotary)
 
-        # 8. Semantic head on the semantic positions.  (B, N_m, semantic_dim)
-        semantic_pred = self.semantic_head(hidden[:, n_src : n_src + n_sem]) if n_sem else None
-
-        # 9. Target read-out from the last N_t positions: modulated norm + projection.  (B, N_t, p*C)
-        out = hidden[:, -n_tgt:]
-        if temb.ndim == 3:  # per-token timestep: every target token carries the target's t
-            temb = temb[:, -1]
-        shift, scale = (self.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
-        out = (self.norm_out(out.float()) * (1 + scale) + shift).type_as(out)
-        out = self.proj_out(out)
+        if sp is None:
+            # 8. Semantic head on the semantic positions.  (B, N_m, semantic_dim)
+            semantic_pred = self.semantic_head(hidden[:, n_src : n_src + n_sem]) if n_sem else None
+            # 9. Target read-out from the last N_t positions.  (B, N_t, p*C)
+            out = self._read_out(hidden[:, -n_tgt:], temb)
+        else:
+            # 8-9 on this rank's slice (both are per token), then gathered: nothing after the
+            # gather has parameters, so each rank's parameter gradients stay its tokens' share.
+            out = sp.gather(self._read_out(hidden, temb), length)[:, -n_tgt:]
+            semantic_pred = sp.gather(self.semantic_head(hidden), length)[:, n_src : n_src + n_sem] if n_sem else None
 
         # 10. Unpatchify.  (B, C, F, H, W)
         out = out.reshape(batch, frames // p_t, height // p_h, width // p_w, p_t, p_h, p_w, -1)
