@@ -15,6 +15,7 @@ resumes never pay twice.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import base64
 import email.utils
@@ -233,7 +234,7 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "") + (f": {msg}" if msg else "")
 
 
-class CachedAnswers:
+class CachedAnswers(abc.ABC):
     """What every judge shares: the answer cache, and decisions from cached answers."""
 
     def __init__(self, cfg: JudgeConfig, cache_root: str):
@@ -247,6 +248,11 @@ class CachedAnswers:
             return None
         keep, overall, reasons = decide(answer, rubric, self.cfg.keep)
         return Outcome(answer, keep, overall, reasons, cached=True)
+
+    @abc.abstractmethod
+    async def judge(self, sample_id: str, task: str | Rubric, instruction: str,
+                    frames: dict[str, np.ndarray]) -> Outcome:
+        """One sample's outcome: an answer and the keep decision, or an error."""
 
     def scrub(self, text: str) -> str:
         return text
