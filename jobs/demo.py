@@ -27,6 +27,49 @@ def sample_data(workdir: str, n: int = 3) -> dict[str, str]:
     return {name: os.path.join(data, folder) for name, (folder, _) in MAKERS.items()}
 
 
+KOALA_COLUMNS = ["videoID", "url", "timestamp", "caption", "clarity_score", "aesthetic_score", "motion_score",
+                 "video_training_suitability_score"]
+
+
+def fetch_step(workdir: str, outputs: str, n: int = 3) -> dict[str, str]:
+    """Koala-36M rows and Pico-Banana edits that only reference their media, fetched from a local web
+    server standing in for YouTube and Flickr (the demo has no internet): spans cut to clips, sources
+    saved where ingest reads them, a removed video and a missing image recorded as failed."""
+    import csv
+    import json
+
+    from sama.pipelines.fetch.testserver import MediaServer
+    from sama.testing.media import image_bytes, write_image, write_video
+
+    root = os.path.join(workdir, "data", "fetch")
+    koala, pico, out = os.path.join(root, "koala36m"), os.path.join(root, "Pico-Banana-400K"), f"{outputs}/fetch"
+    with MediaServer() as server:
+        rows = []
+        for i in range(n):
+            video = write_video(os.path.join(root, "web", f"demo{i:02d}.mp4"), frames=40, fps=8, seed=200 + i)
+            server.add(f"/yt/demo{i:02d}.mp4", open(video, "rb").read())
+            rows.append([f"demo{i:02d}", f"https://www.youtube.com/watch?v=demo{i:02d}", "[0.5, 2.5]",
+                         f"a square moving, take {i}", 0.9, 5, 3, 0.8])
+        rows.append(["removed01", "https://www.youtube.com/watch?v=removed01", "[0.0, 2.0]", "a removed video", 1, 1, 1, 1])
+        os.makedirs(koala, exist_ok=True)
+        with open(os.path.join(koala, "Koala_36M_1.csv"), "w", newline="") as f:
+            csv.writer(f).writerows([KOALA_COLUMNS, *rows])
+        recs = []
+        for i in range(n):
+            server.add(f"/flickr/src{i}.jpg", image_bytes(64, 48, seed=300 + i))
+            write_image(os.path.join(pico, "images", f"e{i}.png"), 64, 48, seed=320 + i)
+            recs.append({"open_image_input_url": server.url(f"/flickr/src{i}.jpg"), "text": f"make it snowy {i}",
+                         "output_image": f"images/e{i}.png", "edit_type": "weather"})
+        write_image(os.path.join(pico, "images", "gone.png"), 64, 48, seed=9)
+        recs.append({"open_image_input_url": server.url("/flickr/gone.jpg"), "text": "x", "output_image": "images/gone.png"})
+        with open(os.path.join(pico, "sft.jsonl"), "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in recs))
+        launcher.run(job_yaml("fetch"), [f"output={out}", f"fetch.koala.root={koala}", f"fetch.pico.root={pico}",
+                                         f"fetch.koala.url_template={server.url('/yt/{video_id}.mp4')}",
+                                         "fetch.hosts.default.rate=0"])
+    return {"fetch table": f"{out}/fetch", "fetched clips": f"{koala}/clips", "fetched sources": f"{pico}/sources"}
+
+
 def serve_step(workdir: str, outputs: str) -> str:
     """Deploy jobs/serve.yaml on the demo's Ray, edit one generated clip through the HTTP API, shut down."""
     import socket
@@ -64,12 +107,12 @@ def serve_step(workdir: str, outputs: str) -> str:
 def train_steps(outputs: str) -> dict[str, str]:
     """Stage 0 then stage 1 (from stage 0's newest checkpoint) on the demo's latents; EMA exports."""
     latents = f"{outputs}/precompute/latents"
-    print("\n[demo] 4/7 train stage 0: image edits + t2v with pretexts, 2 CPU workers (Ray Train + DeepSpeed)")
+    print("\n[demo] 5/8 train stage 0: image edits + t2v with pretexts, 2 CPU workers (Ray Train + DeepSpeed)")
     launcher.run(job_yaml("train_stage0"), [
         f"output={outputs}/train_stage0",
         f"train.data.sources=[{{name: image_edit, uri: {latents}, tasks: [image_edit]}}, "
         f"{{name: t2v, uri: {latents}, tasks: [t2v]}}]"])
-    print("\n[demo] 5/7 train stage 1: video edits + some image edits, from stage 0's checkpoint; EMA export")
+    print("\n[demo] 6/8 train stage 1: video edits + some image edits, from stage 0's checkpoint; EMA export")
     launcher.run(job_yaml("train_stage1"), [
         f"output={outputs}/train_stage1", f"train.init_from={outputs}/train_stage0/stage0",
         f"train.data.sources=[{{name: video_edit, uri: {latents}, tasks: [video_edit], weight: 0.8}}, "
@@ -117,7 +160,11 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
     outputs = os.path.join(workdir, "outputs")
     results: dict[str, str] = {}
 
-    print("[demo] 1/7 ingest: every dataset -> manifest + rejects")
+    print("[demo] 1/8 fetch: Koala-36M spans and Pico-Banana sources from a local web server (YouTube/Flickr "
+          "stand-in) -> clips + fetch table")
+    results.update(fetch_step(workdir, outputs))
+
+    print("\n[demo] 2/8 ingest: every dataset -> manifest + rejects")
     overrides = [f"output={outputs}/ingest"] + [f"ingest.datasets.{k}.root={v}" for k, v in roots.items()]
     launcher.run(job_yaml("ingest"), overrides)
     results["manifest"] = f"{outputs}/ingest/manifest"
@@ -126,14 +173,14 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
 
     # The embedded default needs no key: cheap checks only (verdicts say judge_model "none:cheap-checks-only").
     # The sample clips are tiny (64x48), hence the lower resolution floor.
-    print("\n[demo] 2/7 filter: cheap media checks (no VLM judge) -> verdicts + filtered manifest + report")
+    print("\n[demo] 3/8 filter: cheap media checks (no VLM judge) -> verdicts + filtered manifest + report")
     launcher.run(job_yaml("filter"), [f"output={outputs}/filter", f"filter.input={outputs}/ingest/manifest",
                                       "filter.judge.backend=none", "filter.checks.min_short_side=32"])
     results["verdicts"] = f"{outputs}/filter/verdicts"
     results["filtered manifest"] = f"{outputs}/filter/manifest"
     results["filter report"] = f"{outputs}/filter/report/index.html"
 
-    print("\n[demo] 3/7 precompute: kept samples -> tiny VAE latents, SigLIP anchor tokens, text embeddings")
+    print("\n[demo] 4/8 precompute: kept samples -> tiny VAE latents, SigLIP anchor tokens, text embeddings")
     # shard_size 4: the training step gives every worker shard files of its own
     launcher.run(job_yaml("precompute"), [f"output={outputs}/precompute", "precompute.shard_size=4",
                                           f"precompute.manifest={outputs}/filter/manifest"])
@@ -141,10 +188,10 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
 
     results.update(train_steps(outputs))
 
-    print("\n[demo] 6/7 serve: start the edit service (tiny model), send one edit over HTTP, save the result")
+    print("\n[demo] 7/8 serve: start the edit service (tiny model), send one edit over HTTP, save the result")
     results["edited video"] = serve_step(workdir, outputs)
 
-    print("\n[demo] 7/7 evaluate: the tiny model edits a few clips -> metrics (judge off) + report")
+    print("\n[demo] 8/8 evaluate: the tiny model edits a few clips -> metrics (judge off) + report")
     results.update(run_eval_demo(workdir))
 
     print(f"\n[demo] done in {time.time() - t0:.0f}s. Outputs:")

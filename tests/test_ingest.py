@@ -101,6 +101,8 @@ def test_demo_runs_end_to_end(ray_cluster, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "total" in res.stdout and os.path.exists(tmp_path / "demo" / "outputs" / "ingest" / "summary.json")
     assert os.path.isdir(tmp_path / "demo" / "outputs" / "train_stage1" / "export" / "transformer")
+    clips = os.listdir(tmp_path / "demo" / "data" / "fetch" / "koala36m" / "clips")
+    assert sorted(clips) == ["demo00_500-2500.mp4", "demo01_500-2500.mp4", "demo02_500-2500.mp4"]
 
 
 def test_changed_metadata_replaces_old_parts(ray_cluster, tmp_path):
