@@ -22,8 +22,8 @@ share of the full gradient; summed over the group they are exactly the unparalle
 gradients (tested on 2 gloo processes). Data-parallel training that averages gradients
 over all ranks therefore wants the loss scaled by P.
 
-Needs H % P == 0. Communication per block: 4 all-to-alls of B x S x D / P elements each
-way (q, k, v, out), independent of P for the per-rank volume, unlike ring attention.
+Needs H % P == 0. Communication per block: 4 all-to-alls (q, k, v, out), each moving about
+B x S x D / P elements per rank, so the volume per rank falls as the group grows.
 """
 
 from __future__ import annotations
