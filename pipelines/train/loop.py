@@ -151,7 +151,7 @@ def train_loop_per_worker(config: dict) -> None:
             batch = collate(next(streams[source]), t.data.text_len)
             t_data = time.perf_counter() - t0
 
-            # 6. Loss; noise and sigma drawn from a generator seeded by (seed, step, rank).
+            # 6. Loss; noise and sigma drawn from a generator seeded by (seed, step, data-parallel rank).
             gen = torch.Generator().manual_seed(seed_of("noise", t.seed, step, dp_rank))
             out = sama_loss(engine, batch.target.to(device, dtype), batch.text.to(device, dtype),
                             source_latents=batch.source.to(device, dtype),
