@@ -171,6 +171,12 @@ def test_judge_in_cluster_through_the_llm_processor_contract(ingested, tmp_path)
     assert set(x2.verdict) == {"keep"}  # malformed once, answered in the second round
     assert sum(f.split(".")[0] in set(x2.index) for f in os.listdir(log_dir)) == 2 * len(x2)
 
+    # rerun where every sample asked stays malformed: recorded again, nothing lost, the job goes on
+    before = len(os.listdir(log_dir))
+    s = entry(cfg, engine=fake_vlm(cfg.filter.judge, log_dir, {"snowy": ["malformed"]}))
+    assert len(os.listdir(log_dir)) - before == 2 * len(err) == s["judge_requests"]  # two rounds
+    assert set(outcome(cfg.output, ingested).loc[err.index].verdict) == {"error"}
+
     # rerun: only the parts with errors run, and only their samples are asked again
     before = len(os.listdir(log_dir))
     s = entry(cfg, engine=fake_vlm(cfg.filter.judge, log_dir, {}))

@@ -143,9 +143,9 @@ def prejudge(items: list[dict], cfg: FilterConfig, cache_root: str, engine: Engi
                 failures[r["sample_id"]] = r["error"]
         sent += asked
         log.info("judge (in-cluster) round %d: %d request(s), %d without an answer", round_ + 1, asked, len(failures))
-        if asked and len(failures) == asked:  # nothing answered: the engine, not the samples
-            raise RuntimeError(f"filter.judge (vllm {cfg.judge.vllm.model_source}): none of {asked} request(s) "
-                               f"got a valid answer; e.g. {next(iter(failures.items()))}")
+        if asked and len(failures) == asked:  # recorded as judge_error by pass 2 and asked again next run
+            log.warning("judge (in-cluster, %s): none of %d request(s) got a valid answer; e.g. %s",
+                        cfg.judge.vllm.model_source, asked, next(iter(failures.items())))
         if not any(e.startswith("malformed") for e in failures.values()):
             break
     return sent, failures
