@@ -71,6 +71,19 @@ def _parser() -> argparse.ArgumentParser:
                        ("num-frames", int), ("height", int), ("width", int)):
         e.add_argument(f"--{name}", type=kind)
 
+    c = sub.add_parser("convert", help="convert a checkpoint: original Wan / SAMA-release names <-> diffusers",
+                       description="SRC: a weight file (.safetensors/.pt/.pth/.bin) or a folder of shards, local "
+                                   "or s3://; DST: a diffusers folder (--from), or a release-format file "
+                                   "(*.safetensors) or folder (--to). Overrides: model config keys "
+                                   "(num_attention_heads=40, num_semantic_tokens=65, ...) and dtype=bfloat16, "
+                                   "max_shard_size=5GB, base=<original Wan folder filling missing keys>.")
+    way = c.add_mutually_exclusive_group(required=True)
+    way.add_argument("--from", dest="from_format", choices=["release", "wan"], help="SRC's format (DST: diffusers)")
+    way.add_argument("--to", dest="to_format", choices=["release", "wan"], help="DST's format (SRC: diffusers)")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("overrides", nargs="*", help="key=value (YAML values)")
+
     d = sub.add_parser("demo", help="run every job end to end on generated sample data")
     d.add_argument("--dir", default="sama-demo", help="work folder for data and outputs (default: sama-demo)")
     d.add_argument("-n", type=int, default=3, help="good samples per dataset")
@@ -147,6 +160,36 @@ def _edit(args) -> int:
     return 0
 
 
+def _convert(args) -> int:
+    import time
+
+    import yaml
+
+    from sama.models.convert import CheckpointError, convert
+
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not key=value")
+        overrides[key.strip()] = yaml.safe_load(value)
+    start = time.perf_counter()
+    try:
+        if args.from_format:
+            result = convert(args.src, args.dst, args.from_format, "diffusers", overrides=overrides)
+        else:
+            result = convert(args.src, args.dst, "diffusers", args.to_format, overrides=overrides)
+    except CheckpointError as err:
+        print(f"sama convert: {err}", file=sys.stderr)
+        return 2
+    cfg = result.config
+    size = {k: cfg.get(k) for k in ("num_layers", "num_attention_heads", "attention_head_dim", "ffn_dim",
+                                     "semantic_dim", "num_semantic_tokens") if cfg.get(k) is not None}
+    print(f"sama convert: {result.tensors} tensors -> {result.dst} ({result.fmt}; {len(result.files)} file(s)) "
+          f"in {time.perf_counter() - start:.1f} s; {size}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -186,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         elif args.cmd == "edit":
             return _edit(args)
+        elif args.cmd == "convert":
+            return _convert(args)
         elif args.cmd == "demo":
             from .demo import run_demo
 

@@ -210,6 +210,22 @@ def write_bytes(uri: str, data: bytes) -> None:
         raise
 
 
+def upload_file(local_path: str, uri: str) -> None:
+    """Copy a local file to ``uri`` streaming (multi-GB weight shards never sit in memory)."""
+    if not is_s3(uri):
+        import shutil
+
+        dest = filesystem(uri)[1]
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(dest))
+        os.close(fd)
+        shutil.copyfile(local_path, tmp)
+        os.replace(tmp, dest)
+        return
+    bucket, key = filesystem(uri)[1].split("/", 1)
+    _s3_client(endpoint_url()).upload_file(local_path, bucket, key)  # multipart: visible when complete
+
+
 def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 

@@ -47,7 +47,7 @@ def test_plain_wan_checkpoint_loads_into_sama(wan_dir):
         p = model.get_parameter(name)
         assert torch.isfinite(p).all(), name
     assert 0.01 < model.type_embed.weight.std() < 0.04  # N(0, 0.02)
-    assert torch.all(model.semantic_pos_embed == 0)
+    assert model.semantic_pos_embed is None  # no slot embedding (the release has none)
     assert torch.all(model.semantic_head[0].weight == 1) and torch.all(model.semantic_head[0].bias == 0)
     assert model.semantic_projector[1].weight.abs().sum() > 0 and model.semantic_head[1].weight.abs().sum() > 0
     assert model.config.semantic_dim == 32
@@ -66,7 +66,7 @@ def test_plain_wan_checkpoint_bf16(wan_dir):
 
 
 def test_sama_round_trip_identical_outputs(tmp_path):
-    model = tiny_transformer(seed=5, source_timestep="zero", source_attention_mask=True)
+    model = tiny_transformer(seed=5, source_timestep="zero", source_attention_mask=True, semantic_slot_embed=True)
     with torch.no_grad():  # make the new parameters non-trivial
         model.semantic_pos_embed.normal_()
     model.save_pretrained(tmp_path / "sama")
@@ -89,21 +89,41 @@ def test_diffusers_loads_sama_checkpoint_back(tmp_path):
         assert torch.equal(model.state_dict()[name], value), name
 
 
-def test_load_transformer_from_config_and_s3(tmp_path, wan_dir, monkeypatch):
-    calls = []
+def test_load_transformer_from_config_and_s3(s3_bucket, wan_dir, tmp_path, monkeypatch):
     root = wan_dir.parent
-
-    def fake_materialize(uri, cache_dir=None):
-        calls.append(uri)
-        return str(root / uri[len("s3://bucket/wan/"):])
-
-    monkeypatch.setattr(storage, "materialize", fake_materialize)
-    cfg = SamaModelConfig(pretrained="s3://bucket/wan", subfolder="transformer", semantic_dim=32,
+    for path in root.rglob("*"):
+        if path.is_file():
+            storage.upload_file(str(path), f"{s3_bucket}/wan/{path.relative_to(root)}")
+    storage.write_text(f"{s3_bucket}/wan/vae/config.json", "{}")  # a pipeline's other parts: not fetched
+    monkeypatch.setenv("SAMA_CACHE", str(tmp_path / "cache"))
+    cfg = SamaModelConfig(pretrained=f"{s3_bucket}/wan", subfolder="transformer", semantic_dim=32,
                           semantic_hidden_dim=32, num_semantic_tokens=10, source_attention_mask=True)
     model = load_transformer(cfg)
-    assert calls == ["s3://bucket/wan/transformer"]  # only the transformer's folder is fetched
+    fetched = {p.name for p in (tmp_path / "cache").rglob("*") if p.is_dir()}
+    assert "transformer" in fetched and not fetched & {"vae", "text_encoder"}  # only the transformer's folder
     assert model.config.source_attention_mask is True
     assert not [n for n, p in model.named_parameters() if p.is_meta]
     tiny = load_transformer(SamaModelConfig(gradient_checkpointing=True, num_semantic_tokens=5))
     assert tiny.gradient_checkpointing and tiny.config.num_layers == 2
     assert tiny.config.semantic_dim == 32 and tiny.config.num_semantic_tokens == 5
+
+
+def test_configs_from_before_the_numerics_keep_their_behaviour(tmp_path):
+    """A SAMA config.json without semantic_rope & co. was trained with identity RoPE, a
+    clean-token head, eps 1e-5 and slot embeddings: it loads so."""
+    import json
+
+    model = tiny_transformer(seed=7, semantic_rope="identity", semantic_prediction="sample", semantic_norm_eps=1e-5,
+                             semantic_slot_embed=True)
+    model.save_pretrained(tmp_path / "old")
+    cfg_path = tmp_path / "old" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    for key in ("semantic_rope", "semantic_prediction", "semantic_norm_eps", "semantic_slot_embed"):
+        del cfg[key]
+    cfg_path.write_text(json.dumps(cfg))
+    loaded = SamaTransformer3DModel.from_pretrained(tmp_path / "old")
+    assert (loaded.config.semantic_rope, loaded.config.semantic_prediction) == ("identity", "sample")
+    assert loaded.semantic_head[0].eps == 1e-5 and loaded.semantic_pos_embed is not None
+    x = _inputs()
+    with torch.no_grad():
+        assert torch.equal(model(**x).sample, loaded(**x).sample)

@@ -46,16 +46,22 @@ def test_loss_matches_hand_computation():
     mu, sd = s0.mean(-1, keepdim=True), s0.var(-1, unbiased=False, keepdim=True).add(1e-5).sqrt()
     s0n = (s0 - mu) / sd
     torch.testing.assert_close(call["sem"], (1 - sigma.view(2, 1, 1)) * s0n + sigma.view(2, 1, 1) * s_noise)
-    # L = mean (pred - (noise - x0))^2 + 0.1 * mean |sem_pred - s0n|
+    # L = mean (pred - (noise - x0))^2 + 0.1 * mean |sem_pred - (s_noise - s0n)|  (velocity head, the release)
     fm = ((pred - (noise - x0)) ** 2).mean()
-    sa = (sem_pred - s0n).abs().mean()
+    sa = (sem_pred - (s_noise - s0n)).abs().mean()
     torch.testing.assert_close(out.fm, fm)
     torch.testing.assert_close(out.semantic, sa)
     torch.testing.assert_close(out.loss, fm + 0.1 * sa)
+    # a head predicting clean tokens: L_SA = mean |sem_pred - s0n|
+    clean = sama_loss(model, x0, text, src, s0, LossConfig(), sigma=sigma, noise=noise, semantic_noise=s_noise,
+                      semantic_prediction="sample")
+    torch.testing.assert_close(clean.semantic, (sem_pred - s0n).abs().mean())
+    with pytest.raises(ValueError, match="semantic_prediction"):
+        sama_loss(model, x0, text, src, s0, semantic_prediction="eps")
     # without semantic tokens: L = L_FM; MSE semantic variant
     assert sama_loss(model, x0, text, src, None, sigma=sigma, noise=noise).semantic is None
     mse = sama_loss(model, x0, text, src, s0, LossConfig(semantic_loss="mse", semantic_layernorm=False),
-                    sigma=sigma, noise=noise, semantic_noise=s_noise)
+                    sigma=sigma, noise=noise, semantic_noise=s_noise, semantic_prediction="sample")
     torch.testing.assert_close(mse.semantic, F.mse_loss(sem_pred, s0))
 
 

@@ -13,7 +13,7 @@ from sama.models.tiny import save_tiny_checkpoint, tiny_transformer
 from sama.models.transformer import SamaModelConfig
 
 # Buckets of about 64x96 pixels (just 64x96 and 96x64), 9 frames at most.
-SMALL = BucketConfig(area=64 * 96, max_frames=9)
+SMALL = BucketConfig(area=64 * 96, max_frames=9, layout="symmetric")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_guidance_branches(pipe, g_txt, g_src, branches):
 
 def test_samplers_and_semantic_switch():
     base = dict(num_inference_steps=2, buckets=SMALL)
-    for sampler in ("euler", "unipc"):
+    for sampler in ("flow_euler", "euler", "unipc"):
         pipe = SamaPipeline(tiny_transformer(), load_vae(VaeConfig()),
                             load_text_encoder(TextEncoderConfig(max_length=8)), PipelineConfig(sampler=sampler, **base))
         out = pipe("make the cat red", _clip(5), seed=0)
@@ -117,10 +117,14 @@ def test_edit_model_config_fills_every_part_from_one_checkpoint(tmp_path):
     assert EditModelConfig().resolved()[0].pretrained is None  # no checkpoint: the tiny random models
 
 
-@pytest.mark.parametrize("sampler", ["euler", "unipc"])
-def test_semantic_tokens_denoise_to_the_predicted_clean_tokens(sampler):
-    """If the head always predicts s0 = c, sampling from noise must end at c (x0 -> velocity is right)."""
-    model = tiny_transformer(seed=0)
+# (UniPC feeds the model integer timesteps, so t / 1000 is not its sigma: the fixed velocity
+# head below is only exact for the Euler samplers, whose timesteps are 1000 * sigma.)
+@pytest.mark.parametrize("sampler,prediction", [("flow_euler", "velocity"), ("euler", "velocity"),
+                                                ("flow_euler", "sample"), ("euler", "sample"), ("unipc", "sample")])
+def test_semantic_tokens_denoise_to_the_predicted_clean_tokens(sampler, prediction):
+    """A head that always points at s0 = c (as clean tokens, or as the velocity (s - c) / sigma)
+    must end sampling at c: the pipeline reads the head as the model's config says."""
+    model = tiny_transformer(seed=0, semantic_prediction=prediction)
     target = torch.linspace(-1, 1, 32).expand(1, 10, 32)
 
     class FixedSemantic(torch.nn.Module):
@@ -133,9 +137,11 @@ def test_semantic_tokens_denoise_to_the_predicted_clean_tokens(sampler):
         def dtype(self):
             return model.dtype
 
-        def forward(self, *args, **kwargs):
-            out = self.inner(*args, **kwargs)
-            out.semantic = target.expand_as(out.semantic)
+        def forward(self, latents, t, *args, semantic_tokens=None, **kwargs):
+            out = self.inner(latents, t, *args, semantic_tokens=semantic_tokens, **kwargs)
+            clean = target.expand_as(out.semantic)
+            sigma = (t.float() / 1000).view(-1, 1, 1)
+            out.semantic = clean if prediction == "sample" else (semantic_tokens.float() - clean) / sigma
             return out
 
     pipe = SamaPipeline(FixedSemantic(), load_vae(VaeConfig()), load_text_encoder(TextEncoderConfig(max_length=8)),

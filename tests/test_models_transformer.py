@@ -72,8 +72,12 @@ def test_rotary_shared_positions_and_zero_phase(model):
     torch.testing.assert_close(sin[:, :n], sin[:, -n:])
     # and they are real positions: not all tokens have the same phase
     assert not torch.allclose(cos[:, 0], cos[:, n - 1])
-    # semantic tokens: zero phase = identity rotation
-    assert torch.all(cos[:, n : n + 5] == 1) and torch.all(sin[:, n : n + 5] == 0)
+    # semantic tokens: the release's complex-zero frequencies (queries and keys become 0) ...
+    assert torch.all(cos[:, n : n + 5] == 0) and torch.all(sin[:, n : n + 5] == 0)
+    # ... or, as an option, zero phase = identity rotation
+    cos_i, sin_i = tiny_transformer(semantic_rope="identity").build_rotary(x["hidden_states"], x["source_latents"], 5)
+    assert torch.all(cos_i[:, n : n + 5] == 1) and torch.all(sin_i[:, n : n + 5] == 0)
+    torch.testing.assert_close(cos_i[:, :n], cos[:, :n])
     # a shorter source (e.g. 2 latent frames) takes the target's first positions
     short = x["source_latents"][:, :, :2]
     m = num_tokens(short.shape[1:])
@@ -95,7 +99,7 @@ def test_type_embeddings_per_role(model):
     with torch.no_grad():
         tgt = model._patchify(x["hidden_states"])
         src = model._patchify(x["source_latents"])
-        sem = model.semantic_projector(x["semantic_tokens"]) + model.semantic_pos_embed[:5]
+        sem = model.semantic_projector(x["semantic_tokens"])  # no slot embedding (the release has none)
         te = model.type_embed.weight
     n = tgt.shape[1]
     assert h.shape == (B, n + 5 + n, 32)
@@ -197,7 +201,7 @@ def test_zero_source_timestep_changes_only_source_conditioning(model):
 
 
 def test_semantic_head_and_new_parameters_get_gradients():
-    model = tiny_transformer(seed=1).train()
+    model = tiny_transformer(seed=1, semantic_slot_embed=True).train()
     out = model(**inputs())
     (out.sample.square().mean() + out.semantic.abs().mean()).backward()
     for name in ["semantic_head.1.weight", "semantic_projector.1.weight", "semantic_projector.3.weight",
@@ -236,9 +240,12 @@ def test_attention_backend_override(model):
         A.set_attention_backend("nope")
 
 
-def test_too_many_semantic_tokens_rejected(model):
+def test_too_many_semantic_tokens_rejected():
+    """Only a model with slot embeddings has a fixed number of semantic slots."""
     with pytest.raises(ValueError, match="num_semantic_tokens"):
-        model(**inputs(n_sem=11))
+        tiny_transformer(semantic_slot_embed=True)(**inputs(n_sem=11))
+    with torch.no_grad():
+        assert tiny_transformer()(**inputs(n_sem=11)).semantic.shape[1] == 11
 
 
 @pytest.mark.parametrize("variant,expected_b", [("1.3B", 1.3), ("14B", 14.0)])
@@ -254,8 +261,8 @@ def test_real_size_configs_on_meta(variant, expected_b):
     new = sum(model.get_parameter(n).numel() for n in model.sama_parameter_names())
     assert expected_b * 1e9 < total < expected_b * 1.15e9
     dim = cfg["num_attention_heads"] * 128
-    # projector + head + embeddings, as specified (1152 -> 1024 -> dim; dim -> 1152)
-    assert new == (2 * 1152 + 1152 * 1024 + 1024 + 1024 * dim + dim) + (2 * dim + dim * 1152 + 1152) + 3 * dim + 65 * dim
+    # projector + head + role embeddings, as specified (1152 -> 1024 -> dim; dim -> 1152); no slot embedding
+    assert new == (2 * 1152 + 1152 * 1024 + 1024 + 1024 * dim + dim) + (2 * dim + dim * 1152 + 1152) + 3 * dim
 
 
 @pytest.mark.gpu

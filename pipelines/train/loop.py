@@ -155,7 +155,8 @@ def train_loop_per_worker(config: dict) -> None:
             gen = torch.Generator().manual_seed(seed_of("noise", t.seed, step, dp_rank))
             out = sama_loss(engine, batch.target.to(device, dtype), batch.text.to(device, dtype),
                             source_latents=batch.source.to(device, dtype),
-                            semantic_tokens=batch.semantic.to(device), cfg=t.loss, generator=gen)
+                            semantic_tokens=batch.semantic.to(device), cfg=t.loss, generator=gen,
+                            semantic_prediction=engine.module.config.semantic_prediction)
             loss = out.loss * float("nan") if step in t.debug.nan_at_steps else out.loss
             sa = out.semantic.detach().float() if out.semantic is not None else torch.zeros((), device=device)
             # one collective: [non-finite ranks, loss, fm, sa, samples, tokens, data wait]

@@ -7,14 +7,19 @@ Flow matching (rectified flow, as Wan): with sigma in (0, 1) and noise e ~ N(0, 
 
 Semantic anchoring: the SigLIP anchor tokens s0 go through the *same* forward process at
 the *same* sigma (in SigLIP feature space, before the projector), and the semantic head
-predicts the clean tokens:  L_SA = mean | s0_pred - s0 |  (L1).
+predicts, as the model's ``semantic_prediction`` says, their flow velocity (the release)
+or the clean tokens:
+
+    velocity:  L_SA = mean | s_pred - (e_s - s0) |      (L1, e_s the semantic noise)
+    sample:    L_SA = mean | s_pred - s0 |
 
 The anchor tokens are layer-normalised per token first (``semantic_layernorm``): SigLIP
 features are not at unit scale, and the noise is N(0, I); normalising matches the
 signal-to-noise ratio of the semantic stream to the latent one at every sigma.
 
-Timesteps: u ~ U(0, 1) (or logit-normal), shifted as Wan's scheduler shifts them,
-sigma = shift * u / (1 + (shift - 1) * u); the transformer sees t = 1000 * sigma.
+Timesteps: u ~ U(0, 1) (or logit-normal), shifted as the sampler shifts its grid,
+sigma = shift * u / (1 + (shift - 1) * u) with the release sampler's shift 5 by default;
+the transformer sees t = 1000 * sigma.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ class LossConfig:
     semantic_loss: str = "l1"  # l1 | mse
     semantic_layernorm: bool = True
     timestep_sampling: str = "uniform"  # uniform | logit_normal
-    timestep_shift: float = 3.0  # Wan: 3.0 at 480p, 5.0 at 720p
+    timestep_shift: float = 5.0  # the release's sampler shift (Wan's own: 3.0 at 480p, 5.0 at 720p)
     num_train_timesteps: int = 1000
 
 
@@ -94,14 +99,18 @@ def sama_loss(
     sigma: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     semantic_noise: torch.Tensor | None = None,
+    semantic_prediction: str = "velocity",
 ) -> LossOutput:
     """One training loss evaluation on a batch.
 
     target_latents (B, C, F, H, W) clean; text_embeds (B, L, D); source_latents clean or
     None (text-to-video); semantic_tokens (B, N_m, D_sig) clean SigLIP anchor tokens or None.
     ``sigma`` / ``noise`` / ``semantic_noise`` may be given (tests); otherwise drawn from
-    ``generator`` on CPU.
+    ``generator`` on CPU. ``semantic_prediction``: what the model's semantic head predicts
+    (its config's ``semantic_prediction``: velocity | sample).
     """
+    if semantic_prediction not in ("velocity", "sample"):
+        raise ValueError(f"semantic_prediction={semantic_prediction!r}: velocity | sample")
     b, device = target_latents.shape[0], target_latents.device
     # 1. Noise level per sample, shared by latents and semantic tokens.   (B,)
     if sigma is None:
@@ -117,7 +126,7 @@ def sama_loss(
         if semantic_noise is None:
             semantic_noise = torch.randn(s0.shape, generator=generator).to(device)
         noisy_sem = add_noise(s0, semantic_noise, sigma)
-    # 4. Denoiser: velocity for the target, clean tokens for the semantic slots.
+    # 4. Denoiser: velocity for the target; velocity or clean tokens for the semantic slots.
     out = model(
         noisy,
         sigma * cfg.num_train_timesteps,
@@ -127,6 +136,9 @@ def sama_loss(
     )
     # 5. L = L_FM + lambda * L_SA.
     fm = flow_matching_loss(out.sample, target_latents, noise)
-    sa = semantic_loss(out.semantic, s0, cfg.semantic_loss) if s0 is not None else None
+    sa = None
+    if s0 is not None:
+        sem_target = (semantic_noise - s0) if semantic_prediction == "velocity" else s0
+        sa = semantic_loss(out.semantic, sem_target, cfg.semantic_loss)
     loss = fm + cfg.semantic_weight * sa if sa is not None else fm
     return LossOutput(loss=loss, fm=fm, semantic=sa, sigma=sigma)

@@ -1,10 +1,17 @@
 """Edit pipeline: source video + instruction -> edited video (also image edit and text-to-video).
 
-Sampling is flow matching with diffusers' schedulers (UniPC as Wan's default, or Euler).
-The semantic anchor tokens are sampled jointly: they start as pure noise and are stepped
-by a second copy of the same scheduler (same sigmas). The transformer predicts *clean*
-semantic tokens, turned into the flow velocity the scheduler expects by
-v = (s_sigma - s0_pred) / sigma.
+Defaults are the public SAMA release's: flow-match Euler with shift 5 and its "extra one
+step" grid (``sama.models.scheduling``), 50 steps, text CFG 5, prompts tagged
+"[Video edit] ..." and the tag alone as the negative prompt; UniPC / diffusers' Euler are
+options. The semantic anchor tokens are sampled jointly: they start as pure noise and are
+stepped like the latents (a second scheduler instance, same sigmas). The head's output is
+their flow velocity (``semantic_prediction="velocity"``, the release) or clean tokens
+(``"sample"``), turned into a velocity by v = (s_sigma - s0_pred) / sigma.
+
+Every input can also come precomputed, as diffusers pipelines allow: ``prompt_embeds`` /
+``negative_prompt_embeds``, ``source_latents``, and the initial noise ``latents`` /
+``semantic_latents``. Seeded noise: the latents from ``Generator().manual_seed(seed)``
+(the release's draw), the semantic tokens from ``seed + 1``.
 
 Guidance (applied to the latent and the semantic velocity alike):
 
@@ -39,25 +46,27 @@ from sama.models.encoders import (
     tensor_to_video,
     video_to_tensor,
 )
+from sama.models.scheduling import SAMPLERS, make_scheduler
 from sama.models.transformer import SamaModelConfig, SamaTransformer3DModel, load_transformer
 from sama.pretexts import IMAGE_EDIT_TAG, VIDEO_EDIT_TAG, compose_prompt
 
-SAMPLERS = ("unipc", "euler")
+__all__ = ["SAMPLERS", "make_scheduler", "PipelineConfig", "EditModelConfig", "SamaPipeline"]
 
 
 @dataclass
 class PipelineConfig:
-    sampler: str = "unipc"  # unipc | euler
+    sampler: str = "flow_euler"  # flow_euler (the release) | unipc | euler (diffusers)
     num_inference_steps: int = 50
-    shift: float = 3.0  # flow shift: 3.0 for 480p, 5.0 for 720p (Wan)
+    shift: float = 5.0  # flow shift (the release: 5)
     guidance_scale: float = 5.0  # text CFG; 1.0 disables it
     source_guidance_scale: Optional[float] = None  # set: dual text/source CFG
-    negative_prompt: str = ""
+    negative_prompt: Optional[str] = None  # None: the task's tag alone ("[Video edit]"), as the release
     num_semantic_tokens: Optional[int] = None  # None: the model's num_semantic_tokens; 0: off
     video_tag: str = VIDEO_EDIT_TAG  # task tags prepended to the instruction, as in training
     image_tag: str = IMAGE_EDIT_TAG
     t2v_tag: str = ""
-    buckets: BucketConfig = field(default_factory=BucketConfig)
+    # The release's script edits at most 49 frames; training buckets keep 81.
+    buckets: BucketConfig = field(default_factory=lambda: BucketConfig(max_frames=49))
 
 
 @dataclass
@@ -65,10 +74,13 @@ class EditModelConfig:
     """A whole editor (transformer, VAE, text encoder, sampling) as serving and evaluation load it.
 
     ``checkpoint`` fills ``pretrained`` of any part that has none, so one exported SAMA
-    folder configures everything; a part can still point elsewhere.
+    folder configures everything; a part can still point elsewhere. ``checkpoint`` may also
+    be a DiT alone in the original Wan / SAMA-release format (the released SAMA-14B): then
+    ``base``, a Wan2.1 diffusers folder, gives the VAE, text encoder and tokenizer.
     """
 
-    checkpoint: Optional[str] = None  # a SAMA pipeline folder (local or s3://); null: tiny random models
+    checkpoint: Optional[str] = None  # a SAMA pipeline folder or a release DiT (local or s3://); null: tiny models
+    base: Optional[str] = None  # a Wan2.1 diffusers folder for the VAE and text encoder (default: checkpoint)
     transformer: SamaModelConfig = field(default_factory=SamaModelConfig)
     vae: VaeConfig = field(default_factory=VaeConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -76,13 +88,28 @@ class EditModelConfig:
 
     def resolved(self) -> tuple[SamaModelConfig, VaeConfig, TextEncoderConfig]:
         parts = []
-        for part in (self.transformer, self.vae, self.text):
-            if part.pretrained is None and self.checkpoint:
-                part = dataclasses.replace(part, pretrained=self.checkpoint)
+        for part, default in ((self.transformer, self.checkpoint), (self.vae, self.base or self.checkpoint),
+                              (self.text, self.base or self.checkpoint)):
+            if part.pretrained is None and default:
+                part = dataclasses.replace(part, pretrained=default)
             parts.append(part)
         return tuple(parts)  # type: ignore[return-value]
 
+    def check_parts(self) -> None:
+        """Every part's folder exists: a release DiT given as ``checkpoint`` has no VAE or text
+        encoder, and says so before anything loads."""
+        from sama import storage
+
+        _, vae, text = self.resolved()
+        for key, part, sub in (("vae", vae, vae.subfolder), ("text", text, text.text_encoder_subfolder)):
+            if part.pretrained and sub and part.pretrained == self.checkpoint \
+                    and not storage.exists(storage.join(part.pretrained, sub)):
+                raise ValueError(f"checkpoint {self.checkpoint} has no {sub}/ (a DiT alone, e.g. the SAMA-14B "
+                                 f"release): set base (or {key}.pretrained) to a Wan2.1 diffusers folder such as "
+                                 "Wan2.1-T2V-14B-Diffusers")
+
     def load(self, device: str | torch.device = "cpu") -> "SamaPipeline":
+        self.check_parts()
         return SamaPipeline.from_configs(*self.resolved(), self.pipeline, device=device)
 
 
@@ -91,19 +118,6 @@ class SamaPipelineOutput:
     video: torch.Tensor  # (B, T, H, W, C) uint8 (or float (B, 3, T, H, W) in [-1, 1] for output_type="tensor")
     latents: torch.Tensor  # (B, C, F, h, w) final normalised latents
     semantic: Optional[torch.Tensor]  # (B, N_m, D_sig) final semantic tokens
-
-
-def make_scheduler(sampler: str, shift: float, num_train_timesteps: int = 1000):
-    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
-
-    if sampler == "euler":
-        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift)
-    if sampler == "unipc":
-        return UniPCMultistepScheduler(
-            num_train_timesteps=num_train_timesteps, prediction_type="flow_prediction",
-            use_flow_sigmas=True, flow_shift=shift,
-        )
-    raise ValueError(f"sampler={sampler!r}: choose one of {SAMPLERS}")
 
 
 class SamaPipeline:
@@ -143,14 +157,16 @@ class SamaPipeline:
         """Flow velocities of the latents and of the semantic tokens for one CFG branch."""
         out = self.transformer(latents, t, text, source_latents=source, semantic_tokens=sem)
         v_sem = None
-        if sem is not None:  # the head predicts clean tokens: v = (s_sigma - s0) / sigma
-            v_sem = (sem.float() - out.semantic.float()) / max(sigma, 1e-6)
+        if sem is not None:
+            v_sem = out.semantic.float()
+            if self.transformer.config.semantic_prediction == "sample":  # clean tokens: v = (s - s0) / sigma
+                v_sem = (sem.float() - v_sem) / max(sigma, 1e-6)
         return out.sample.float(), v_sem
 
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         source=None,
         *,
         num_frames: int | None = None,
@@ -162,52 +178,81 @@ class SamaPipeline:
         negative_prompt: str | None = None,
         seed: int = 0,
         output_type: str = "uint8",
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        source_latents: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
+        semantic_latents: torch.Tensor | None = None,
     ) -> SamaPipelineOutput:
         """Edit ``source`` (a (T, H, W, C) clip, an (H, W, C) image) following ``prompt``;
-        without ``source``, generate a ``num_frames`` x ``height`` x ``width`` video from text."""
+        without a source, generate a ``num_frames`` x ``height`` x ``width`` video from text.
+
+        Precomputed inputs replace their raw counterparts: ``prompt_embeds`` /
+        ``negative_prompt_embeds`` (B, L, D_txt) the (tagged) prompts, ``source_latents``
+        (B, C, F, h, w) the source clip, ``latents`` / ``semantic_latents`` the seeded noise.
+        """
         cfg = self.config
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        batch = len(prompts)
+        if prompt_embeds is not None:
+            batch = prompt_embeds.shape[0]
+        elif prompt is not None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            batch = len(prompts)
+        else:
+            raise ValueError("give a prompt or prompt_embeds")
         steps = num_inference_steps or cfg.num_inference_steps
         g_txt = cfg.guidance_scale if guidance_scale is None else guidance_scale
         g_src = cfg.source_guidance_scale if source_guidance_scale is None else source_guidance_scale
         device, dtype = self.device, self.transformer.dtype
 
         # 1. Source clip -> bucket -> latents.                      (B, C, F, h, w)
-        source_latents = None
-        if source is not None:
+        if source_latents is None and source is not None:
             src = self.prepare_source(source, height, width).to(device)
-            source_latents = self.vae.encode(src).to(dtype).expand(batch, -1, -1, -1, -1)
+            source_latents = self.vae.encode(src)
             _, _, num_frames, height, width = src.shape
+        if source_latents is not None:
+            source_latents = source_latents.to(device, dtype).expand(batch, -1, -1, -1, -1)
+            if source is None:  # given as latents: the output takes their shape
+                num_frames = (source_latents.shape[2] - 1) * self.vae.temporal_factor + 1
+                height = source_latents.shape[3] * self.vae.spatial_factor
+                width = source_latents.shape[4] * self.vae.spatial_factor
             tag = cfg.image_tag if num_frames == 1 else cfg.video_tag
         else:
             if height is None or width is None:  # default: the bucket nearest 16:9 (480x832)
-                height, width = nearest_bucket(9, 16, self.buckets)
+                height, width = nearest_bucket(9, 16, self.buckets, cfg.buckets.match)
             num_frames = frames_4k1(num_frames or cfg.buckets.max_frames)
             tag = cfg.t2v_tag
             g_src = None  # nothing to guide with
 
-        # 2. Text embeddings: conditional and null.                 (B, L, D_txt)
-        text = self.text_encoder([compose_prompt(p, tag) for p in prompts]).to(device, dtype)
-        null = self.text_encoder([negative_prompt if negative_prompt is not None else cfg.negative_prompt] * batch)
-        null = null.to(device, dtype)
+        # 2. Text embeddings: conditional and negative (the tag alone by default).  (B, L, D_txt)
+        if prompt_embeds is None:
+            prompt_embeds = self.text_encoder([compose_prompt(p, tag) for p in prompts])
+        if negative_prompt_embeds is None:
+            neg = negative_prompt if negative_prompt is not None else cfg.negative_prompt
+            negative_prompt_embeds = self.text_encoder([tag if neg is None else neg] * batch)
+        text, null = prompt_embeds.to(device, dtype), negative_prompt_embeds.to(device, dtype)
         use_cfg = g_txt != 1.0 or g_src is not None
 
         # 3. Initial noise for latents and semantic tokens (seeded on CPU: same on any device).
-        gen = torch.Generator().manual_seed(seed)
         c, f, h, w = self.vae.latent_shape(num_frames, height, width)
-        latents = torch.randn((batch, c, f, h, w), generator=gen).to(device)
+        if latents is None:
+            latents = torch.randn((batch, c, f, h, w), generator=torch.Generator().manual_seed(seed))
+        latents = latents.to(device, torch.float32)
         n_sem = self.transformer.config.num_semantic_tokens if cfg.num_semantic_tokens is None else cfg.num_semantic_tokens
-        sem = torch.randn((batch, n_sem, self.transformer.config.semantic_dim), generator=gen).to(device) if n_sem else None
+        sem = semantic_latents
+        if sem is None and n_sem:
+            sem = torch.randn((batch, n_sem, self.transformer.config.semantic_dim),
+                              generator=torch.Generator().manual_seed(seed + 1))
+        sem = sem.to(device, torch.float32) if sem is not None else None
 
         # 4. One scheduler per state, on the same sigmas.
         scheduler = make_scheduler(cfg.sampler, cfg.shift)
         scheduler.set_timesteps(steps, device=device)
         sem_scheduler = copy.deepcopy(scheduler) if sem is not None else None
 
-        # 5. Denoising loop with text or dual CFG.
+        # 5. Denoising loop with text or dual CFG. The timestep goes in the model's dtype,
+        #    as the release feeds it (bf16 rounds it; fp32 keeps it).
         for i, t in enumerate(scheduler.timesteps):
-            tt = t.expand(batch).to(device)
+            tt = t.expand(batch).to(device, dtype)
             sigma = float(scheduler.sigmas[i])
             x, s = latents.to(dtype), (sem.to(dtype) if sem is not None else None)
             v, vs = self._velocity(x, s, tt, sigma, text, source_latents)

@@ -2,41 +2,63 @@
 
 ``SamaTransformer3DModel`` subclasses diffusers' ``WanTransformer3DModel``, so it keeps
 ``from_pretrained`` / ``save_pretrained``, gradient checkpointing and PEFT, and loads the
-real Wan2.1 T2V checkpoints (1.3B, 14B) with only the new parameters initialised:
+real Wan2.1 T2V checkpoints (1.3B, 14B) with only the new parameters initialised, the
+authors' SAMA-14B release, and original-format Wan weights (``sama.models.convert``):
 
 - ``type_embed``           learned embedding per token role (source / target / semantic),
                            used instead of shifted RoPE (paper Sec. 3.1);
 - ``semantic_projector``   LayerNorm -> Linear(semantic_dim -> semantic_hidden_dim) -> GELU
                            -> Linear(-> model dim): SigLIP anchor tokens into the token space;
-- ``semantic_pos_embed``   one learned vector per semantic slot (zero-initialised). Our
-                           addition: semantic tokens have zero rotary phase, so without it
-                           the denoiser could not tell which pooled region a slot stands for;
-- ``semantic_head``        LayerNorm -> Linear(model dim -> semantic_dim) on the final layer,
-                           predicting the clean SigLIP anchor tokens (x0-prediction, L1 loss).
+- ``semantic_head``        LayerNorm -> Linear(model dim -> semantic_dim) on the final layer;
+- ``semantic_pos_embed``   optional (``semantic_slot_embed=True``): one learned vector per
+                           semantic slot, zero-initialised; the release has none.
 
 Token layout and positions (from the public SAMA release):
 
     sequence   [ source (N_s) | semantic (N_m) | target (N_t) ]
     RoPE       source and target each on their own grid starting at frame 0 (shared positions);
-               semantic tokens get zero phase (cos = 1, sin = 0)
+               semantic tokens: see ``semantic_rope``
     output     flow velocity read from the last N_t positions; semantic head on N_m positions
+
+Numerics (config keys, recorded in ``config.json``):
+
+- ``semantic_rope``: ``"zero_qk"`` (default, the release): semantic tokens get complex-zero
+  rotary frequencies, so their queries and keys are exactly 0 after RoPE: they attend
+  uniformly to every token and every token gives them logit 0. ``"identity"``: zero phase
+  (cos 1, sin 0), i.e. unrotated queries and keys.
+- ``semantic_prediction``: ``"velocity"`` (default, the release): the semantic head predicts
+  the flow velocity of the semantic tokens (noise - clean), trained with L1 to it and
+  stepped by the scheduler like the latents. ``"sample"``: it predicts the clean tokens.
+- ``semantic_norm_eps``: eps of the projector's and head's LayerNorms (release: 1e-6).
+- The timestep sinusoid is computed in float64, as the original Wan code does (diffusers'
+  float32 version is off by up to ~1e-4 at t ~ 1000).
+
+Why the release's numerics are our training default too: SAMA-14B is the only trained SAMA
+model, and fine-tuning it (stage 1 from the release) or comparing against it is only
+meaningful with the numerics it was trained under; a model trained here then also runs in
+the release's own tools (``sama convert --to release``). The measured alternative
+(``bench/semantic_numerics.py``: a 3-layer width-64 model, a synthetic edit the semantic
+stream must carry, 1500 steps, 4 seeds) favours ``identity`` RoPE slightly: held-out edit
+error 0.87x (velocity) and 0.85x (sample) of the release's, inside the seed-to-seed spread
+(0.11-0.18) but lower in most seeds; velocity vs sample made no consistent difference. That
+is too small and too toy to give up compatibility; ``semantic_rope=identity`` stays one key
+away for a run from plain Wan. Configs written before these keys existed load with their
+old behaviour (identity, sample, eps 1e-5, slot embedding): see ``convert.legacy_numerics``.
 
 Timestep of the clean source tokens (``source_timestep`` in the config):
 
-- ``"shared"`` (default): the whole sequence uses the target's scalar timestep, the 1-D
-  path Wan2.1 was pre-trained with. Why default: diffusers 0.42.1 does support a 2-D
-  (batch, seq) timestep (the Wan2.2-TI2V path: ``condition_embedder`` with
-  ``timestep_seq_len``, blocks take a 4-D ``temb``), but it materialises a
-  (B, S, 6, dim) fp32 modulation tensor in every block: at 480p x 81 frames with the
-  source (S ~ 65.6k) and dim 5120 that is ~8 GB per block for the 14B model, and the
-  modulation MLP of Wan2.1 never saw per-token timesteps. The source tokens are told
-  apart by their type embedding instead.
+- ``"shared"`` (default, the release): the whole sequence uses the target's scalar
+  timestep, the 1-D path Wan2.1 was pre-trained with. diffusers 0.42.1 does support a 2-D
+  (batch, seq) timestep (the Wan2.2-TI2V path), but it materialises a (B, S, 6, dim) fp32
+  modulation tensor in every block: at 480p x 81 frames with the source (S ~ 65.6k) and
+  dim 5120 that is ~8 GB per block for the 14B model. The source tokens are told apart by
+  their type embedding instead.
 - ``"zero"``: source tokens get t = 0 (they are clean) through that per-token path;
   semantic and target tokens get t. Use it at small scale or with a checkpoint trained so.
 
-Optional source mask (``source_attention_mask``): source queries attend only to source and
-semantic keys, so the source stream never reads the noisy target directly (only through
-the semantic tokens, which attend everywhere). Implemented without an S x S mask
+Optional source mask (``source_attention_mask``, off in the release, whose mask is built
+but never applied): source queries attend only to source and semantic keys, so the source
+stream never reads the noisy target directly. Implemented without an S x S mask
 (``attention.prefix_restricted_attention``).
 
 Paths: video edit (source + semantic + target), image edit (1-frame latents), text-to-video
@@ -45,6 +67,7 @@ Paths: video edit (source + semantic + target), image edit (1-frame latents), te
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -64,6 +87,8 @@ from sama.models.sequence_parallel import SequenceParallel
 # Type-embedding ids, as in the paper: 0 source, 1 target, 2 semantic.
 SOURCE, TARGET, SEMANTIC = 0, 1, 2
 SOURCE_TIMESTEP_MODES = ("shared", "zero")
+SEMANTIC_ROPE_MODES = ("zero_qk", "identity")
+SEMANTIC_PREDICTIONS = ("velocity", "sample")
 
 
 class SamaRotary(NamedTuple):
@@ -90,6 +115,21 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     out[..., 0::2] = x1 * cos - x2 * sin
     out[..., 1::2] = x1 * sin + x2 * cos
     return out.type_as(x)
+
+
+class Float64Timesteps(nn.Module):
+    """Wan's sinusoidal timestep features, [cos | sin], computed in float64 as the original
+    Wan code computes them (t up to 1000 loses ~1e-4 in float32), returned as float32."""
+
+    def __init__(self, num_channels: int):
+        super().__init__()
+        self.num_channels = num_channels
+
+    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        half = self.num_channels // 2
+        freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=timesteps.device) / half)
+        args = timesteps.to(torch.float64)[:, None] * freqs[None]
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).float()
 
 
 class SamaAttnProcessor:
@@ -130,7 +170,7 @@ class SamaAttnProcessor:
 @dataclass
 class SamaTransformerOutput(BaseOutput):
     sample: torch.Tensor  # (B, C, F, H, W) predicted flow velocity of the target latents
-    semantic: Optional[torch.Tensor] = None  # (B, N_m, semantic_dim) predicted clean anchor tokens
+    semantic: Optional[torch.Tensor] = None  # (B, N_m, semantic_dim): velocity or clean tokens (semantic_prediction)
 
 
 class SamaTransformer3DModel(WanTransformer3DModel):
@@ -176,6 +216,10 @@ class SamaTransformer3DModel(WanTransformer3DModel):
         source_timestep: str = "shared",
         source_attention_mask: bool = False,
         type_embed_init_std: float = 0.02,
+        semantic_rope: str = "zero_qk",
+        semantic_prediction: str = "velocity",
+        semantic_norm_eps: float = 1e-6,
+        semantic_slot_embed: bool = False,
     ) -> None:
         super().__init__(
             patch_size=patch_size,
@@ -195,18 +239,23 @@ class SamaTransformer3DModel(WanTransformer3DModel):
             rope_max_seq_len=rope_max_seq_len,
             pos_embed_seq_len=pos_embed_seq_len,
         )
-        if source_timestep not in SOURCE_TIMESTEP_MODES:
-            raise ValueError(f"source_timestep={source_timestep!r}; choose one of {SOURCE_TIMESTEP_MODES}")
+        for name, value, choices in (("source_timestep", source_timestep, SOURCE_TIMESTEP_MODES),
+                                     ("semantic_rope", semantic_rope, SEMANTIC_ROPE_MODES),
+                                     ("semantic_prediction", semantic_prediction, SEMANTIC_PREDICTIONS)):
+            if value not in choices:
+                raise ValueError(f"{name}={value!r}; choose one of {choices}")
         dim = num_attention_heads * attention_head_dim
+        # Wan's timestep features in float64 (no parameters: checkpoints are unaffected).
+        self.condition_embedder.timesteps_proj = Float64Timesteps(freq_dim)
         self.type_embed = nn.Embedding(len(self.token_roles), dim)
         self.semantic_projector = nn.Sequential(
-            nn.LayerNorm(semantic_dim),
+            nn.LayerNorm(semantic_dim, eps=semantic_norm_eps),
             nn.Linear(semantic_dim, semantic_hidden_dim),
             nn.GELU(),
             nn.Linear(semantic_hidden_dim, dim),
         )
-        self.semantic_pos_embed = nn.Parameter(torch.zeros(num_semantic_tokens, dim))
-        self.semantic_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, semantic_dim))
+        self.semantic_pos_embed = nn.Parameter(torch.zeros(num_semantic_tokens, dim)) if semantic_slot_embed else None
+        self.semantic_head = nn.Sequential(nn.LayerNorm(dim, eps=semantic_norm_eps), nn.Linear(dim, semantic_dim))
         self._init_sama_parameters()
         for module in self.modules():
             if isinstance(module, WanAttention):
@@ -220,7 +269,7 @@ class SamaTransformer3DModel(WanTransformer3DModel):
 
     def sama_parameter_names(self) -> list[str]:
         """Names of the parameters SAMA adds to Wan (what a plain Wan checkpoint lacks)."""
-        names = ["semantic_pos_embed"]
+        names = ["semantic_pos_embed"] if self.semantic_pos_embed is not None else []
         for prefix, module in self.sama_modules().items():
             names += [f"{prefix}.{n}" for n, _ in module.named_parameters()]
         return names
@@ -232,7 +281,8 @@ class SamaTransformer3DModel(WanTransformer3DModel):
                 if hasattr(m, "reset_parameters") and m is not self.type_embed:
                     m.reset_parameters()
         nn.init.normal_(self.type_embed.weight, std=self.config.type_embed_init_std)
-        self.semantic_pos_embed.zero_()
+        if self.semantic_pos_embed is not None:
+            self.semantic_pos_embed.zero_()
 
     @torch.no_grad()
     def _materialize_meta_parameters(self) -> list[str]:
@@ -252,7 +302,7 @@ class SamaTransformer3DModel(WanTransformer3DModel):
         ref = self.patch_embedding.weight
         for module in [*self.sama_modules().values()]:
             module.to_empty(device=ref.device)
-        if self.semantic_pos_embed.is_meta:
+        if self.semantic_pos_embed is not None and self.semantic_pos_embed.is_meta:
             self.semantic_pos_embed = nn.Parameter(torch.empty_like(self.semantic_pos_embed, device=ref.device))
         self._init_sama_parameters()
         for name in meta:
@@ -264,18 +314,23 @@ class SamaTransformer3DModel(WanTransformer3DModel):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         """Load a SAMA checkpoint, or a plain Wan2.1 transformer (new parameters initialised).
 
-        ``pretrained_model_name_or_path``: a local folder or ``s3://`` URI (materialised to
-        a local cache first). ``kwargs`` go to diffusers (``subfolder``, ``torch_dtype``, and
-        config overrides such as ``semantic_dim=...``).
+        ``pretrained_model_name_or_path``: a diffusers folder (model or pipeline), or an
+        original-format Wan / SAMA-release checkpoint (a weight file or folder of shards,
+        converted into the local cache on first use); local or ``s3://``. ``kwargs`` go to
+        diffusers (``subfolder``, ``torch_dtype``, and config overrides such as
+        ``semantic_dim=...``).
         """
         from sama import storage
+        from sama.models import convert
 
-        path = str(pretrained_model_name_or_path)
-        if storage.is_s3(path):
-            # Fetch only the transformer's folder, not the whole pipeline (text encoder etc.).
-            if kwargs.get("subfolder"):
-                path = storage.join(path, kwargs.pop("subfolder"))
-            path = storage.materialize(path)
+        path, subfolder = convert.as_diffusers(str(pretrained_model_name_or_path), kwargs.pop("subfolder", None))
+        if subfolder:
+            path = storage.join(path, subfolder)
+        path = storage.materialize(path)  # s3: fetch only the transformer's folder
+        # A SAMA config from before the numerics were recorded keeps its old behaviour.
+        with open(os.path.join(path, "config.json")) as f:
+            for key, value in convert.legacy_numerics(json.load(f)).items():
+                kwargs.setdefault(key, value)
         model = super().from_pretrained(path, **kwargs)
         model._materialize_meta_parameters()
         return model
@@ -310,8 +365,9 @@ class SamaTransformer3DModel(WanTransformer3DModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin), each (1, N_s + N_m + N_t, 1, head_dim), in sequence order.
 
-        Source and target each start at frame 0 of the same grid; semantic tokens get zero
-        phase (cos = 1, sin = 0), i.e. rotation by the identity.
+        Source and target each start at frame 0 of the same grid. Semantic tokens get
+        cos = sin = 0 (``semantic_rope="zero_qk"``: their queries and keys become exactly 0,
+        the release's complex-zero frequencies) or cos = 1, sin = 0 (``"identity"``).
         """
         cos_t, sin_t = self.rope(target_latents)  # (1, N_t, 1, Dh)
         cos, sin = [], []
@@ -321,7 +377,8 @@ class SamaTransformer3DModel(WanTransformer3DModel):
             sin.append(sin_s)
         if num_semantic:
             shape = (1, num_semantic, 1, cos_t.shape[-1])
-            cos.append(torch.ones(shape, dtype=cos_t.dtype, device=cos_t.device))
+            fill = 1.0 if self.config.semantic_rope == "identity" else 0.0
+            cos.append(torch.full(shape, fill, dtype=cos_t.dtype, device=cos_t.device))
             sin.append(torch.zeros(shape, dtype=sin_t.dtype, device=sin_t.device))
         cos.append(cos_t)
         sin.append(sin_t)
@@ -386,9 +443,11 @@ class SamaTransformer3DModel(WanTransformer3DModel):
         n_sem = 0
         if semantic_tokens is not None:
             n_sem = semantic_tokens.shape[1]
-            if n_sem > self.semantic_pos_embed.shape[0]:
+            if self.semantic_pos_embed is not None and n_sem > self.semantic_pos_embed.shape[0]:
                 raise ValueError(f"{n_sem} semantic tokens > num_semantic_tokens={self.semantic_pos_embed.shape[0]}")
-            semantic = self.semantic_projector(semantic_tokens.to(target.dtype)) + self.semantic_pos_embed[:n_sem]
+            semantic = self.semantic_projector(semantic_tokens.to(target.dtype))
+            if self.semantic_pos_embed is not None:
+                semantic = semantic + self.semantic_pos_embed[:n_sem]
             parts.append(semantic + self.type_embed.weight[SEMANTIC])
 
         # 4. In-context sequence [source][semantic][target] with type embeddings.  (B, S, D)
@@ -448,8 +507,8 @@ class SamaTransformer3DModel(WanTransformer3DModel):
 class SamaModelConfig:
     """How a job builds the SAMA transformer.
 
-    ``pretrained``: a SAMA checkpoint or a plain Wan2.1 diffusers checkpoint (local dir or
-    s3://). None builds the tiny random model (``sama.models.tiny``) for tests and demos;
+    ``pretrained``: a SAMA checkpoint or a plain Wan2.1 checkpoint, in diffusers format or
+    the original Wan / SAMA-release format (local or s3://). None builds the tiny random model (``sama.models.tiny``) for tests and demos;
     it then ignores ``semantic_dim`` / ``semantic_hidden_dim`` (tiny SigLIP sizes).
     """
 
@@ -459,20 +518,25 @@ class SamaModelConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16
     # The SAMA hyper-parameters below: None takes the checkpoint's own value (a SAMA export),
     # else the model's default (a plain Wan2.1 release: SigLIP so400m width 1152, 1024, 65
-    # tokens = M anchor frames x (K local + 1 global), shared timestep, no mask, std 0.02).
+    # tokens = M anchor frames x (K local + 1 global), the release's numerics, std 0.02).
     semantic_dim: Optional[int] = None
     semantic_hidden_dim: Optional[int] = None
     num_semantic_tokens: Optional[int] = None
     source_timestep: Optional[str] = None  # shared | zero (see the transformer module docstring)
     source_attention_mask: Optional[bool] = None
     type_embed_init_std: Optional[float] = None
+    semantic_rope: Optional[str] = None  # zero_qk | identity (see the module docstring)
+    semantic_prediction: Optional[str] = None  # velocity | sample
+    semantic_norm_eps: Optional[float] = None
+    semantic_slot_embed: Optional[bool] = None
     attention_backend: str = "auto"  # auto | sdpa | flash | math
     gradient_checkpointing: bool = False
 
     def sama_kwargs(self) -> dict[str, Any]:
         """The SAMA hyper-parameters set here (overrides of the checkpoint's config)."""
         names = ("semantic_dim", "semantic_hidden_dim", "num_semantic_tokens", "source_timestep",
-                 "source_attention_mask", "type_embed_init_std")
+                 "source_attention_mask", "type_embed_init_std", "semantic_rope", "semantic_prediction",
+                 "semantic_norm_eps", "semantic_slot_embed")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
