@@ -2,9 +2,16 @@
 
 Training and inference use a fixed set of resolutions of about 480x832 pixels area, sides
 multiples of 32 (Wan VAE 8x * patch 2x, with headroom), aspect ratio (width/height) in
-[0.5, 2.0], every bucket together with its reciprocal. A clip goes to the bucket nearest
-in log aspect ratio, is resized to cover it and centre-cropped, and its frame count is
-made 4k+1 (the Wan VAE encodes the first frame alone, then groups of 4).
+[0.5, 2.0]. Two layouts (``BucketConfig.layout``):
+
+- ``release`` (default): the SAMA release's 15: one width per height, heights from
+  floor(sqrt(area / 2)) to ceil(sqrt(area / 0.5)) in steps of 32 (so 800x512 and 864x448,
+  height x width, have no landscape twin); a clip goes to the bucket nearest in aspect
+  ratio (|w/h - w'/h'|, ties to the smaller height, as its script picks);
+- ``symmetric``: 13, every bucket together with its reciprocal, nearest in log aspect ratio.
+
+A clip is resized to cover its bucket and centre-cropped, and its frame count is made
+4k+1 (the Wan VAE encodes the first frame alone, then groups of 4).
 
 Videos are ``(T, H, W, C)`` (numpy array or torch tensor, uint8 or float), as decoded;
 an image is ``(H, W, C)`` and is treated as a 1-frame video. Outputs keep the input's
@@ -31,6 +38,12 @@ class BucketConfig:
     frame_stride: int = 4  # frames = frame_stride * k + 1
     max_frames: int = 81
     frame_policy: str = "pad"  # pad: repeat the last frame up to 4k+1 | truncate: drop down to 4k+1
+    layout: str = "release"  # release | symmetric (see the module docstring)
+
+    @property
+    def match(self) -> str:
+        """How a clip's nearest bucket is chosen: ``linear`` (release) or ``log`` aspect ratio."""
+        return "linear" if self.layout == "release" else "log"
 
 
 class Bucket(NamedTuple):
@@ -46,8 +59,15 @@ class Bucket(NamedTuple):
         return self.height * self.width
 
 
+LAYOUTS = ("release", "symmetric")
+
+
 def make_buckets(cfg: BucketConfig = BucketConfig()) -> list[Bucket]:
-    """All buckets, sorted by aspect ratio: landscape ones and their portrait reciprocals."""
+    """All buckets of ``cfg.layout``, sorted by aspect ratio."""
+    if cfg.layout == "release":
+        return _release_buckets(cfg)
+    if cfg.layout != "symmetric":
+        raise ValueError(f"buckets.layout={cfg.layout!r}: choose one of {LAYOUTS}")
     m = cfg.multiple
     landscape = set()
     for h in range(m, int(math.sqrt(cfg.area)) + m, m):  # h <= w
@@ -61,8 +81,28 @@ def make_buckets(cfg: BucketConfig = BucketConfig()) -> list[Bucket]:
     return sorted(both, key=lambda b: b.ratio)
 
 
-def nearest_bucket(height: int, width: int, buckets: list[Bucket]) -> Bucket:
-    """The bucket closest in log aspect ratio (ties: closest area)."""
+def _release_buckets(cfg: BucketConfig) -> list[Bucket]:
+    m = cfg.multiple
+    lo = math.floor(math.sqrt(cfg.area / cfg.max_ratio) / m) * m
+    hi = math.ceil(math.sqrt(cfg.area / cfg.min_ratio) / m) * m
+    out = []
+    for h in range(max(m, lo), hi + 1, m):
+        w = round(cfg.area / h / m) * m
+        if w >= m and cfg.min_ratio <= w / h <= cfg.max_ratio:
+            out.append(Bucket(h, w))
+    if not out:
+        raise ValueError(f"no bucket satisfies {cfg}")
+    return sorted(set(out), key=lambda b: b.ratio)
+
+
+def nearest_bucket(height: int, width: int, buckets: list[Bucket], match: str = "linear") -> Bucket:
+    """The bucket closest in aspect ratio: ``linear`` |w/h - w'/h'| (ties: the smaller
+    height, as the release), or ``log`` |log(w/h) - log(w'/h')| (ties: the closest area)."""
+    if match == "linear":
+        r = width / height
+        return min(buckets, key=lambda b: (abs(b.ratio - r), b.height))
+    if match != "log":
+        raise ValueError(f"bucket match={match!r}: linear | log")
     r = math.log(width / height)
     return min(buckets, key=lambda b: (abs(math.log(b.ratio) - r), abs(b.area - height * width)))
 
@@ -123,6 +163,6 @@ def fit_to_bucket(video, cfg: BucketConfig = BucketConfig(), buckets: list[Bucke
                   bucket: Bucket | None = None):
     """Put a clip into its bucket: -> (video (T', bh, bw, C) with T' = 4k+1, bucket)."""
     video = _as_video(video)
-    bucket = bucket or nearest_bucket(video.shape[1], video.shape[2], buckets or make_buckets(cfg))
+    bucket = bucket or nearest_bucket(video.shape[1], video.shape[2], buckets or make_buckets(cfg), cfg.match)
     video = conform_frames(video, cfg)
     return resize_crop(video, bucket.height, bucket.width), bucket

@@ -18,8 +18,30 @@ from sama.buckets import (
 )
 
 
-def test_buckets_area_multiples_ratios_and_reciprocals():
+def test_release_buckets():
+    """The release's 15: one width per height from 416 to 896 (800x512 and 864x448 without a
+    landscape twin), picked by linear aspect-ratio distance."""
     buckets = make_buckets()
+    assert len(buckets) == 15
+    assert Bucket(800, 512) in buckets and Bucket(864, 448) in buckets
+    assert Bucket(512, 800) not in buckets and Bucket(448, 864) not in buckets
+    for b in buckets:
+        assert b.height % 32 == 0 and b.width % 32 == 0 and 0.5 <= b.ratio <= 2.0
+        assert abs(b.area - 480 * 832) / (480 * 832) < 0.05
+    assert len({b.height for b in buckets}) == 15  # one bucket per height
+    assert nearest_bucket(1080, 1920, buckets) == Bucket(480, 832)
+    assert nearest_bucket(1920, 1080, buckets) == Bucket(832, 480)
+    # 2:3 portrait (ratio 0.667): 768x512 (0.667) exactly; 0.62 lies nearer 800x512 (0.64) than 768x512
+    assert nearest_bucket(1536, 1024, buckets) == Bucket(768, 512)
+    assert nearest_bucket(1000, 620, buckets) == Bucket(800, 512)
+    # linear distance, not log: 0.5473 is nearer 864x448 (0.5185) linearly, 832x480 (0.5769) in log
+    assert nearest_bucket(10000, 5473, buckets) == Bucket(864, 448)
+    assert nearest_bucket(10000, 5473, buckets, "log") == Bucket(832, 480)
+    assert nearest_bucket(1000, 517, buckets) == Bucket(864, 448)
+
+
+def test_buckets_area_multiples_ratios_and_reciprocals():
+    buckets = make_buckets(BucketConfig(layout="symmetric"))
     assert len(buckets) >= 9
     for b in buckets:
         assert b.height % 32 == 0 and b.width % 32 == 0
@@ -29,17 +51,19 @@ def test_buckets_area_multiples_ratios_and_reciprocals():
     assert Bucket(480, 832) in buckets and Bucket(832, 480) in buckets
     assert Bucket(640, 640) in buckets
     assert min(b.ratio for b in buckets) == 0.5 and max(b.ratio for b in buckets) == 2.0
-    narrow = make_buckets(BucketConfig(min_ratio=0.75, max_ratio=1.34))
+    narrow = make_buckets(BucketConfig(min_ratio=0.75, max_ratio=1.34, layout="symmetric"))
     assert all(0.75 <= b.ratio <= 1.34 for b in narrow) and len(narrow) < len(buckets)
+    with pytest.raises(ValueError, match="layout"):
+        make_buckets(BucketConfig(layout="square"))
 
 
 def test_nearest_bucket():
-    buckets = make_buckets()
-    assert nearest_bucket(1080, 1920, buckets) == Bucket(480, 832)  # 16:9 landscape
-    assert nearest_bucket(1920, 1080, buckets) == Bucket(832, 480)  # 9:16 portrait
-    assert nearest_bucket(500, 500, buckets) == Bucket(640, 640)
-    assert nearest_bucket(480, 640, buckets) == Bucket(544, 736)  # 4:3 -> ratio 1.35
-    assert nearest_bucket(100, 1000, buckets) == Bucket(448, 896)  # too wide: the widest bucket
+    buckets = make_buckets(BucketConfig(layout="symmetric"))
+    assert nearest_bucket(1080, 1920, buckets, "log") == Bucket(480, 832)  # 16:9 landscape
+    assert nearest_bucket(1920, 1080, buckets, "log") == Bucket(832, 480)  # 9:16 portrait
+    assert nearest_bucket(500, 500, buckets, "log") == Bucket(640, 640)
+    assert nearest_bucket(480, 640, buckets, "log") == Bucket(544, 736)  # 4:3 -> ratio 1.35
+    assert nearest_bucket(100, 1000, buckets, "log") == Bucket(448, 896)  # too wide: the widest bucket
 
 
 def test_frames_4k1():

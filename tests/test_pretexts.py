@@ -41,7 +41,16 @@ def square_x(frame: np.ndarray) -> float:
 def test_cube_masks_one_span_never_the_first_frame():
     video = moving_square()
     before = video.copy()
-    cfg = PretextConfig()
+    # the release: round(0.3 n) frames, starting anywhere in [1, n - len]
+    starts = set()
+    for seed in range(300):
+        start, length = sample_cube(17, PretextConfig(), rng_for(seed))
+        assert length == round(0.3 * 17) == 5 and 1 <= start <= 17 - 5
+        starts.add(start)
+    assert starts == set(range(1, 13))
+    assert sample_cube(81, PretextConfig(), rng_for(0))[1] == 24 and sample_cube(2, PretextConfig(), rng_for(0)) == (1, 1)
+    # ours: a length drawn in [0.2 n, 0.5 n]
+    cfg = PretextConfig(cube_mode="uniform")
     for seed in range(200):
         start, length = sample_cube(len(video), cfg, rng_for(seed))
         assert start >= 1 and length >= 1 and start + length <= len(video)
@@ -59,8 +68,13 @@ def test_cube_masks_one_span_never_the_first_frame():
 def test_speed_changes_frame_order_and_motion():
     video = moving_square(frames=17, step=2)
     assert speed_indices(9, 2.0).tolist() == [0, 2, 4, 6, 8, 8, 8, 8, 8]
-    assert speed_indices(6, 0.5).tolist() == [0, 0, 1, 1, 2, 2]
-    fast, slow = speed_perturb(video, 2.0), speed_perturb(video, 0.5)
+    # the release: round half to even of t / (n-1) * s * (n-1); ours: floor(t * s)
+    assert speed_indices(9, 0.5).tolist() == [0, 0, 1, 2, 2, 2, 3, 4, 4]
+    assert speed_indices(6, 0.5, "floor").tolist() == [0, 0, 1, 1, 2, 2]
+    assert speed_indices(1, 0.5).tolist() == [0]
+    with pytest.raises(ValueError):
+        speed_indices(5, 0.5, "ceil")
+    fast, slow = speed_perturb(video, 2.0), speed_perturb(video, 0.5, "floor")
     assert fast.shape == slow.shape == video.shape  # same frame count
     motion = lambda v, a, b: (square_x(v[b]) - square_x(v[a])) / (b - a)
     assert motion(video, 0, 8) == pytest.approx(2.0)
@@ -69,9 +83,33 @@ def test_speed_changes_frame_order_and_motion():
     assert np.array_equal(fast[3], video[6]) and np.array_equal(slow[5], video[2])
 
 
+def test_release_tube_shuffle_permutes_every_tube_within_its_shape_group():
+    rng = np.random.default_rng(0)
+    video = (rng.random((17, 50, 70, 3)) * 255).astype(np.uint8)  # uneven: 17 = 5+4+4+4 frames
+    cfg = PretextConfig()  # the release: 4x4x4, full permutation per equal-shape group
+    moved = []
+    for seed in range(20):
+        res = apply_pretext(video, "tube", "x", cfg, rng_for(seed))
+        perm = res.params["perm"]
+        assert sorted(perm) == list(range(64)) and res.params["mode"] == "release"
+        # tubes only trade places with tubes of the same shape; every pixel belongs to a tube
+        sizes = lambda n, k: [n // k + (1 if i < n % k else 0) for i in range(k)]
+        shape = [(a, b, c) for a in sizes(17, 4) for b in sizes(50, 4) for c in sizes(70, 4)]
+        assert all(shape[i] == shape[p] for i, p in enumerate(perm))
+        assert np.array_equal(np.sort(res.video, axis=None), np.sort(video, axis=None))
+        even = (rng.random((16, 48, 64, 3)) * 255).astype(np.uint8)  # 64 tubes of one shape
+        moved.append((apply_pretext(even, "tube", "x", cfg, rng_for(seed)).video != even).any(-1).mean())
+    # almost every pixel moves (one group of 64: 63/64 expected; a 2x2x2 cycle of 4 blocks moves half)
+    assert np.mean(moved) > 0.95
+    assert sample_tube_permutation(cfg, rng_for(1), (17, 50, 70)) == apply_pretext(video, "tube", "x", cfg,
+                                                                                   rng_for(1)).params["perm"]
+    with pytest.raises(ValueError, match="too small"):
+        apply_pretext(video[:3], "tube", "x", cfg, rng_for(0))
+
+
 def test_tube_shuffle_is_an_invertible_permutation_of_four_blocks():
     video = moving_square(frames=16, size=48)
-    cfg = PretextConfig(tube_grid=[2, 2, 2])
+    cfg = PretextConfig(tube_grid=[2, 2, 2], tube_mode="cycle")
     perm = sample_tube_permutation(cfg, rng_for(5))
     assert sorted(perm) == list(range(8))
     moved = [i for i, p in enumerate(perm) if p != i]

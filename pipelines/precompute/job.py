@@ -118,7 +118,7 @@ def decode_sample(row: dict, cfg: PrecomputeConfig, buckets: list[Bucket]) -> di
     """
     task, mf = row["task"], cfg.buckets.max_frames
     tgt = _read(row["target_uri"], task, cfg.decode.fps, row.get("tgt_fps"), row.get("tgt_frames"), mf)
-    bucket = nearest_bucket(tgt.shape[1], tgt.shape[2], buckets)
+    bucket = nearest_bucket(tgt.shape[1], tgt.shape[2], buckets, cfg.buckets.match)
     tgt, _ = fit_to_bucket(tgt, cfg.buckets, bucket=bucket)
     pretext, params = "none", {}
     if task == "video_edit":
@@ -306,7 +306,7 @@ def plan(cfg: PrecomputeJobConfig) -> pa.Table:
     if done:
         manifest = manifest.filter(pc.invert(pc.is_in(manifest["sample_id"], pa.array(sorted(done)))))
     buckets = make_buckets(pc_cfg.buckets)
-    guess = [str(nearest_bucket(h or 1, w or 1, buckets)) + t for h, w, t in
+    guess = [str(nearest_bucket(h or 1, w or 1, buckets, pc_cfg.buckets.match)) + t for h, w, t in
              zip(manifest["tgt_height"].to_pylist(), manifest["tgt_width"].to_pylist(), manifest["task"].to_pylist())]
     manifest = manifest.append_column("_order", pa.array(guess))
     return manifest.sort_by([("_order", "ascending"), ("sample_id", "ascending")]).drop_columns(["_order"])
