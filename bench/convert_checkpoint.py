@@ -22,7 +22,8 @@ import time
 
 import torch
 
-from sama.models.convert import RELEASE_NUMERICS, ours_to_release, write_safetensors
+from sama.models.convert import RELEASE_NUMERICS, ours_to_release
+from sama.tensorfiles import write_safetensors
 from sama.models.sizing import WAN_ARCHITECTURES
 
 NAIVE = r"""

@@ -31,27 +31,30 @@ import json
 import logging
 import os
 import re
-import struct
 import tempfile
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
 from sama import storage
+from sama.tensorfiles import (
+    DEFAULT_SHARD_BYTES,
+    WEIGHT_SUFFIXES,
+    TensorFileError,
+    TensorReader,
+    is_file,
+    numel,
+    weight_files,
+    write_safetensors,
+    write_sharded,
+)
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("release", "wan", "diffusers")
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
-WEIGHTS_PREFIX = "diffusion_pytorch_model"
-DEFAULT_SHARD_BYTES = 5 * 2**30
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be converted or loaded; the message names the key and file."""
+# A checkpoint cannot be converted or loaded; the message names the key and file.
+CheckpointError = TensorFileError
 
 
 # ---------------------------------------------------------------------- key names
@@ -89,7 +92,6 @@ SAMA_RELEASE_PREFIXES = ("segment_embedding.", "siglip_feat_mlp.", "semantic_hea
 # Row order of the role embedding: the release's segment_embedding is (source, semantic,
 # target), our type_embed (source, target, semantic). The permutation is its own inverse.
 TYPE_ROWS = [0, 2, 1]
-_WRAPPER_PREFIXES = ("pipe.dit.", "dit.", "module.", "model.diffusion_model.", "model.")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
@@ -119,228 +121,6 @@ def release_to_ours(name: str) -> Optional[str]:
 def ours_to_release(name: str) -> Optional[str]:
     """The original Wan / release name of one of our tensors, or None if it has none."""
     return _rename(name, reverse=True)
-
-
-# ---------------------------------------------------------------------- reading tensors
-
-_ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}
-_ST_CODES = {v: k for k, v in _ST_DTYPES.items()}
-
-
-@dataclass(frozen=True)
-class TensorEntry:
-    file: str  # the URI it is read from
-    key: str  # its name in that file
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    offset: int = -1  # safetensors: absolute byte offset of the data; -1: a torch pickle
-
-
-def _safetensors_header(uri: str) -> dict[str, TensorEntry]:
-    with storage.open_input(uri) as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise CheckpointError(f"{uri}: not a safetensors file (shorter than its header)")
-        (n,) = struct.unpack("<Q", head)
-        if n > 100 * 2**20:
-            raise CheckpointError(f"{uri}: not a safetensors file (header of {n} bytes)")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{uri}: unreadable safetensors header ({e})") from None
-    base = 8 + n
-    out = {}
-    for name, spec in header.items():
-        if name == "__metadata__":
-            continue
-        if spec["dtype"] not in _ST_DTYPES:
-            raise CheckpointError(f"{uri}: tensor {name} has unsupported dtype {spec['dtype']}")
-        out[name] = TensorEntry(uri, name, tuple(spec["shape"]), _ST_DTYPES[spec["dtype"]], base + spec["data_offsets"][0])
-    return out
-
-
-def _unwrap_state_dict(obj: Any, uri: str) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "module", "ema", "dit"):
-            inner = obj.get(key)
-            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                return inner
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
-    raise CheckpointError(f"{uri}: no state dict of tensors found (keys: {list(obj)[:8] if isinstance(obj, dict) else type(obj)})")
-
-
-class TensorReader:
-    """Every tensor of a set of weight files, read one at a time.
-
-    Later files never override earlier ones: pass the checkpoint's files first and a base
-    model's after them to fill in what the checkpoint lacks.
-    """
-
-    def __init__(self, files: Iterable[str]):
-        self.files = list(files)
-        self.entries: dict[str, TensorEntry] = {}
-        self._pickles: dict[str, dict[str, torch.Tensor]] = {}
-        self._handle: tuple[str, Any] | None = None  # the file being read (reads go file by file)
-        for uri in self.files:
-            for name, entry in self._index(uri).items():
-                self.entries.setdefault(name, entry)
-
-    def _index(self, uri: str) -> dict[str, TensorEntry]:
-        if uri.endswith(".safetensors"):
-            return _safetensors_header(uri)
-        local = storage.materialize(uri)
-        try:
-            obj = torch.load(local, map_location="cpu", mmap=True, weights_only=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise CheckpointError(f"{uri}: cannot read ({e})") from None
-            obj = torch.load(local, map_location="cpu", weights_only=True)  # legacy format: loaded whole
-        except Exception as e:
-            raise CheckpointError(f"{uri}: cannot read ({type(e).__name__}: {e})") from None
-        sd = _unwrap_state_dict(obj, uri)
-        self._pickles[uri] = sd
-        return {k: TensorEntry(uri, k, tuple(v.shape), v.dtype) for k, v in sd.items()}
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle[1].close()
-            self._handle = None
-
-    def strip_prefix(self) -> str:
-        """Drop a wrapper prefix every name shares (``model.``, ``dit.``, ...); returns it."""
-        for prefix in _WRAPPER_PREFIXES:
-            if self.entries and all(k.startswith(prefix) for k in self.entries):
-                self.entries = {k[len(prefix):]: v for k, v in self.entries.items()}
-                return prefix
-        return ""
-
-    def merge(self, other: "TensorReader") -> None:
-        """Add ``other``'s tensors that this reader lacks."""
-        for name, entry in other.entries.items():
-            self.entries.setdefault(name, entry)
-        self._pickles.update(other._pickles)
-
-    def get(self, name: str) -> torch.Tensor:
-        entry = self.entries[name]
-        if entry.offset < 0:
-            return self._pickles[entry.file][entry.key]
-        nbytes = _numel(entry.shape) * _itemsize(entry.dtype)
-        if self._handle is None or self._handle[0] != entry.file:
-            self.close()
-            self._handle = (entry.file, storage.open_input(entry.file))
-        f = self._handle[1]
-        f.seek(entry.offset)
-        data = bytearray(f.read(nbytes))
-        if len(data) != nbytes:
-            raise CheckpointError(f"{entry.file}: tensor {name} is truncated ({len(data)} of {nbytes} bytes)")
-        return torch.frombuffer(data, dtype=entry.dtype).reshape(entry.shape) if nbytes else \
-            torch.empty(entry.shape, dtype=entry.dtype)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
-def weight_files(uri: str) -> list[str]:
-    """The weight files of a checkpoint: the file itself, or those in a folder (an index's
-    shards when it has one)."""
-    if uri.endswith(WEIGHT_SUFFIXES) and _is_file(uri):
-        return [uri]
-    files = storage.list_files(uri, WEIGHT_SUFFIXES, recursive=False)
-    indexes = storage.list_files(uri, ".index.json", recursive=False)
-    if indexes:
-        index = json.loads(storage.read_text(indexes[0]))
-        shards = sorted(set(index.get("weight_map", {}).values()))
-        files = [storage.join(uri, s) for s in shards]
-    if not files:
-        raise CheckpointError(f"{uri}: no weight files ({', '.join(WEIGHT_SUFFIXES)})")
-    # A single file is the checkpoint; several are shards of one (safetensors preferred).
-    st = [f for f in files if f.endswith(".safetensors")]
-    return st or files
-
-
-def _is_file(uri: str) -> bool:
-    import pyarrow.fs as pafs
-
-    fs, path = storage.filesystem(uri)
-    return fs.get_file_info(path).type == pafs.FileType.File
-
-
-# ---------------------------------------------------------------------- writing tensors
-
-
-def write_safetensors(path: str, items: list[tuple[str, tuple[int, ...], torch.dtype]],
-                      get: Callable[[str], torch.Tensor], metadata: Optional[dict[str, str]] = None) -> int:
-    """Write a safetensors file one tensor at a time: the header is planned from
-    ``items`` (name, shape, dtype) first, then each tensor is fetched, cast and appended.
-    Atomic (written beside ``path``, renamed into place). Returns the bytes written."""
-    header: dict[str, Any] = {"__metadata__": metadata or {"format": "pt"}}
-    offset = 0
-    for name, shape, dtype in items:
-        nbytes = _numel(shape) * _itemsize(dtype)
-        header[name] = {"dtype": _ST_CODES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # data aligned to 8 bytes, as the safetensors writer does
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)))
-            f.write(blob)
-            for name, shape, dtype in items:
-                t = get(name).to(dtype).contiguous()
-                if tuple(t.shape) != tuple(shape):
-                    raise CheckpointError(f"tensor {name}: planned shape {shape}, got {tuple(t.shape)}")
-                if t.numel():
-                    f.write(t.reshape(-1).view(torch.uint8).numpy().data)
-                del t
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return 8 + len(blob) + offset
-
-
-def write_sharded(folder: str, items: list[tuple[str, tuple[int, ...], torch.dtype]],
-                  get: Callable[[str], torch.Tensor], max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-                  prefix: str = WEIGHTS_PREFIX) -> list[str]:
-    """diffusers' sharded layout: ``{prefix}.safetensors``, or numbered shards + an index."""
-    shards: list[list] = [[]]
-    size = 0
-    for item in items:
-        nbytes = _numel(item[1]) * _itemsize(item[2])
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(item)
-        size += nbytes
-    if len(shards) == 1:
-        names = [f"{prefix}.safetensors"]
-    else:
-        names = [f"{prefix}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    total = 0
-    for name, shard in zip(names, shards):
-        total += write_safetensors(os.path.join(folder, name), shard, get)
-        log.info("wrote %s (%d tensors)", name, len(shard))
-    if len(shards) > 1:
-        weight_map = {item[0]: name for name, shard in zip(names, shards) for item in shard}
-        with open(os.path.join(folder, f"{prefix}.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2, sort_keys=True)
-    return names
 
 
 # ---------------------------------------------------------------------- configs
@@ -388,7 +168,7 @@ def infer_config(shapes: dict[str, tuple[int, ...]], src: str, sama: bool,
         num_attention_heads=heads,
         attention_head_dim=dim // heads,
         in_channels=in_channels,
-        out_channels=_shape(shapes, "head.head.weight", src)[0] // _numel(tuple(patch)),
+        out_channels=_shape(shapes, "head.head.weight", src)[0] // numel(tuple(patch)),
         text_dim=_shape(shapes, "text_embedding.0.weight", src)[1],
         freq_dim=_shape(shapes, "time_embedding.0.weight", src)[1],
         ffn_dim=_shape(shapes, "blocks.0.ffn.0.weight", src)[0],
@@ -566,7 +346,7 @@ def _read_diffusers_config(src: str) -> dict[str, Any]:
 def _to_original(src: str, dst: str, fmt: str, overrides: dict, opts: dict) -> ConversionResult:
     if overrides:
         raise CheckpointError(f"--to {fmt} takes no config overrides ({sorted(overrides)}); the source's config is used")
-    if not _is_file(storage.join(src, "config.json")) and _is_file(storage.join(src, "transformer", "config.json")):
+    if not is_file(storage.join(src, "config.json")) and is_file(storage.join(src, "transformer", "config.json")):
         src = storage.join(src, "transformer")  # a pipeline folder: its transformer
     cfg = _read_diffusers_config(src)
     sama = "semantic_dim" in cfg
@@ -633,7 +413,7 @@ def legacy_numerics(cfg: dict[str, Any]) -> dict[str, Any]:
 def detect_format(uri: str) -> str:
     """``diffusers`` (a folder with a diffusers config), ``release`` or ``wan`` (original
     names, told apart by the SAMA keys)."""
-    if not uri.endswith(WEIGHT_SUFFIXES) or not _is_file(uri):
+    if not uri.endswith(WEIGHT_SUFFIXES) or not is_file(uri):
         try:
             cfg = json.loads(storage.read_text(storage.join(uri, "config.json")))
         except (OSError, RuntimeError, ValueError):
