@@ -226,6 +226,34 @@ def upload_file(local_path: str, uri: str) -> None:
     _s3_client(endpoint_url()).upload_file(local_path, bucket, key)  # multipart: visible when complete
 
 
+def download_file(uri: str, local_path: str) -> None:
+    """Copy ``uri`` to a local file, streaming (an S3 object: a ranged multipart download;
+    a local file: a hard link when the filesystem allows, else a copy). Atomic."""
+    os.makedirs(os.path.dirname(os.path.abspath(local_path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(local_path)))
+    os.close(fd)
+    try:
+        if is_s3(uri):
+            bucket, key = filesystem(uri)[1].split("/", 1)
+            _s3_client(endpoint_url()).download_file(bucket, key, tmp)
+        else:
+            import shutil
+
+            src = filesystem(uri)[1]
+            if not os.path.exists(src):
+                raise FileNotFoundError(uri)
+            try:
+                os.unlink(tmp)
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+        os.replace(tmp, local_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 

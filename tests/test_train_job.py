@@ -107,8 +107,15 @@ def test_interrupted_run_resumes_on_s3_through_a_worker_failure(stage0, latents,
     first = losses(out, "stage0")
     assert sorted(first) == [1, 2, 3]
     assert C.resolve(f"{out}/stage0").endswith("step_00000003")
-    train(0, latents, out, *STAGE0, "train.debug.fail_at_step=5")
+    train(0, latents, out, *STAGE0, "train.debug.fail_at_step=5", "train.debug.record_fetches=true")
     assert storage.exists(f"{out}/stage0/debug_failed_at_step_5")  # the worker did die once
+    # every resume (the rerun at step 3, the restart at step 5) fetched only the rank's own files
+    # (ZeRO-2: its optimizer shard + the replicated module file every rank loads)
+    for r in range(2):
+        got = json.loads(storage.read_text(f"{out}/stage0/debug/resume_rank_{r:05d}.json"))
+        assert sorted(got["files"]) == sorted([
+            f"ds/zero_pp_rank_{r}_mp_rank_00_optim_states.pt", "ds/mp_rank_00_model_states.pt",
+            f"ema/rank_{r:05d}.safetensors", f"state/rank_{r:05d}.pt", "meta.json", "model_config.json"])
     got = losses(out, "stage0")
     assert sorted(got) == list(range(1, 7))
     for step in range(1, 7):
@@ -137,3 +144,68 @@ def test_sequence_parallel_run_matches_one_worker(latents, tmp_path):
         for k in ("loss_fm", "loss_sa", "grad_norm"):
             assert m2[step][k] == pytest.approx(m1[step][k], rel=1e-4), (step, k)
         assert m2[step]["samples_per_s"] > 0
+
+
+ZERO3 = ["train.engine.zero_stage=3", "train.engine.precision=bf16", "train.engine.grad_accum=2",
+         "train.data.video_batch=4", "train.data.image_batch=4", "train.init_from=null", "train.checkpoint.every=2"]
+
+
+def test_bf16_zero3_accumulation_then_a_same_layout_init_reads_only_rank_files(latents, tmp_path):
+    """bf16 on CPU with gradient accumulation under ZeRO-3: the modules diffusers keeps in fp32
+    stay fp32 (outside DeepSpeed); the streamed export equals the gathered EMA bit for bit; and
+    stage 1 started from that checkpoint (same world size, stage, precision) fetches only each
+    rank's own files and starts exactly from its weights."""
+    from safetensors.torch import load_file
+
+    from sama.pipelines.train.weights import fp32_kept_names
+    from sama.models.tiny import tiny_transformer
+    from sama.training.ema import assemble
+
+    out_a = str(tmp_path / "a")
+    train(1, latents, out_a, *ZERO3, "train.steps=2")
+    m = losses(out_a, "stage1")
+    assert sorted(m) == [1, 2] and all(v["loss"] == v["loss"] for v in m.values())
+    assert m[2]["lr"] == pytest.approx(5e-4)  # warmup of 2 optimizer steps: the schedule moves once per step
+    ckpt = C.resolve(f"{out_a}/stage1")
+    meta = C.read_meta(ckpt)
+    assert (meta["world_size"], meta["zero_stage"], meta["precision"]) == (2, 3, "bf16")
+    kept = C.fp32_params(ckpt)["params"]
+    assert sorted(kept) == sorted(fp32_kept_names(tiny_transformer())) and kept
+    assert {t.dtype for t in kept.values()} == {torch.float32}
+
+    # the streamed export == the EMA gathered in memory, bit for bit
+    shards = []
+    for r in range(2):
+        path = storage.join(ckpt, C.rank_file("ema", r))
+        from sama.tensorfiles import safetensors_header
+        layout = json.loads(safetensors_header(path)[1]["sama_ema"])
+        shards.append({**layout, "shadow": load_file(path)})
+    gathered = assemble(shards)
+    exported = load_file(f"{out_a}/export/transformer/diffusion_pytorch_model.safetensors")
+    assert exported.keys() == gathered.keys()
+    for k in gathered:
+        assert torch.equal(exported[k], gathered[k]), k
+
+    # stage 1 again from that checkpoint with LR 0: every rank reads only its own files
+    out_b = str(tmp_path / "b")
+    train(1, latents, out_b, *ZERO3, f"train.init_from={out_a}/stage1", "train.steps=1", "train.optim.lr=0.0",
+          "train.debug.record_fetches=true", "train.export.enabled=false")
+    for r in range(2):
+        got = json.loads(storage.read_text(f"{out_b}/stage1/debug/init_rank_{r:05d}.json"))
+        assert got["checkpoint"] == ckpt
+        assert sorted(got["files"]) == sorted([
+            "ds/bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt".format(r=r),
+            "ds/zero_pp_rank_{r}_mp_rank_00_model_states.pt".format(r=r),
+            f"ema/rank_{r:05d}.safetensors", "fp32/params.pt", "meta.json", "model_config.json"])
+    # ... and starts from its weights (LR 0 keeps them): stage 1's raw weights are stage 0's
+    before, after = C.raw_weights(ckpt), C.raw_weights(C.resolve(f"{out_b}/stage1"))
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+
+
+def test_a_stalled_rank_fails_the_run_with_a_readable_timeout(latents, tmp_path):
+    with pytest.raises(Exception) as err:
+        train(0, latents, str(tmp_path / "t"), "train.steps=3", "train.debug.stall_at_step=2",
+              "train.engine.collective_timeout_s=8", "train.checkpoint.max_failures=0", "train.export.enabled=false")
+    assert "train.engine.collective_timeout_s" in str(err.value)

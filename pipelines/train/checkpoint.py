@@ -1,13 +1,20 @@
-"""What a training checkpoint holds, and reading one back.
+"""What a training checkpoint holds, and reading back only what a rank needs.
 
 One Ray Train checkpoint per save, ``<output>/<run>/step_XXXXXXXX/``, merged by Ray Train
 from every rank's files::
 
-    ds/...                 DeepSpeed: module, optimizer (ZeRO shards), LR scheduler  (tag "ds")
-    ema/rank_XXXXX.pt      this rank's EMA shard (sama.training.ema)
-    state/rank_XXXXX.pt    step, stream positions, skip counters, RNG states
-    meta.json              step, world size, ZeRO stage, run name           (rank 0)
-    model_config.json      the transformer's diffusers config (to rebuild it for export)
+    ds/...                         DeepSpeed: module, optimizer (ZeRO shards), LR scheduler  (tag "ds")
+    ema/rank_XXXXX.safetensors     this rank's EMA shard (sama.training.ema), readable by byte range
+    state/rank_XXXXX.pt            step, stream positions, skip counters, RNG states
+    fp32/params.pt                 parameters kept in fp32 outside DeepSpeed + their optimizer (rank 0)
+    meta.json                      step, world size, ZeRO stage, run name           (rank 0)
+    model_config.json              the transformer's diffusers config (to rebuild it for export)
+
+A rank resuming (or starting stage 1 from a checkpoint of the same world size and ZeRO
+stage) fetches only its own files (:func:`own_files`): its ZeRO partition of the module and
+optimizer, its EMA shard and state, and the small shared files. Anything else (another
+world size, the export) reads parameters one at a time (:class:`sama.training.ema.EmaShards`,
+DeepSpeed's lazy fp32 consolidation).
 """
 
 from __future__ import annotations
@@ -17,17 +24,17 @@ import json
 import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from sama import storage
-from sama.training.ema import assemble
+from sama.training.ema import EmaShards, assemble
 
 DS_TAG = "ds"
 STEP_DIR = re.compile(r"^step_(\d+)$")
+FP32_FILE = "fp32/params.pt"
 
 
 def step_dir_name(step: int) -> str:
@@ -35,15 +42,16 @@ def step_dir_name(step: int) -> str:
 
 
 def rank_file(kind: str, rank: int) -> str:
-    return f"{kind}/rank_{rank:05d}.pt"
+    return f"{kind}/rank_{rank:05d}." + ("safetensors" if kind == "ema" else "pt")
 
 
 @dataclass
 class TrainState:
     step: int = 0
     positions: dict[str, tuple[int, int]] = field(default_factory=dict)  # source -> (epoch, batches)
-    skipped: int = 0  # non-finite steps skipped so far
-    consecutive_skipped: int = 0
+    skipped: int = 0  # steps skipped so far (all their micro-batches non-finite)
+    consecutive_skipped: int = 0  # steps in a row with a non-finite micro-batch
+    dropped_micro_batches: int = 0  # non-finite micro-batches left out of their step
     samples: int = 0  # global samples seen (completed steps)
 
 
@@ -57,20 +65,52 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def save_rank_state(folder: str, rank: int, state: TrainState, ema_state: dict) -> None:
-    for kind, obj in (("state", {"train": state.__dict__, "rng": rng_state()}), ("ema", ema_state)):
-        path = os.path.join(folder, rank_file(kind, rank))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        torch.save(obj, path)
+def save_rank_state(folder: str, rank: int, state: TrainState, ema) -> None:
+    path = os.path.join(folder, rank_file("state", rank))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({"train": state.__dict__, "rng": rng_state()}, path)
+    ema.save(os.path.join(folder, rank_file("ema", rank)))
 
 
-def load_rank_state(folder: str, rank: int) -> tuple[TrainState, dict, dict]:
-    """(train state, rng state, ema shard) of ``rank`` from a local checkpoint folder."""
-    saved = torch.load(os.path.join(folder, rank_file("state", rank)), weights_only=False)
-    ema_state = torch.load(os.path.join(folder, rank_file("ema", rank)), weights_only=False)
+def load_rank_state(folder: str, rank: int) -> tuple[TrainState, dict]:
+    """(train state, rng state) of ``rank`` from a local checkpoint folder."""
+    saved = torch.load(os.path.join(folder, rank_file("state", rank)), map_location="cpu", weights_only=False)
     train = TrainState(**saved["train"])
     train.positions = {k: tuple(v) for k, v in train.positions.items()}
-    return train, saved["rng"], ema_state
+    return train, saved["rng"]
+
+
+# --- which files a rank needs, and fetching just those ----------------------------------------------
+
+
+def own_files(names: list[str], rank: int, zero_stage: int) -> list[str]:
+    """The files of a checkpoint (relative names) that ``rank`` reads to resume: its ZeRO
+    partition (stage 3: module and optimizer; 1-2: optimizer, plus the replicated module
+    file every rank loads), its EMA shard and state, and the small shared files."""
+    mine = {rank_file("state", rank), rank_file("ema", rank), "meta.json", "model_config.json", FP32_FILE}
+    pattern = re.compile(rf"^{DS_TAG}/(bf16_)?zero_pp_rank_{rank}_mp_rank_\d+_(optim|model)_states\.pt$")
+    shared = re.compile(rf"^{DS_TAG}/mp_rank_\d+_model_states\.pt$")  # ZeRO 0-2: the whole module
+    return sorted(n for n in names if n in mine or pattern.match(n) or (zero_stage < 3 and shared.match(n)))
+
+
+def list_relative(ckpt: str) -> list[str]:
+    root = ckpt.rstrip("/")
+    return [f[len(root) + 1:] for f in storage.list_files(root)]
+
+
+def fetch(ckpt: str, names: list[str], dest: str) -> list[str]:
+    """Copy ``names`` (relative) of checkpoint ``ckpt`` into ``dest``, streaming; returns them."""
+    for name in names:
+        storage.download_file(storage.join(ckpt, name), os.path.join(dest, name))
+    return names
+
+
+def checkpoint_uri(checkpoint) -> str:
+    """The storage URI of a Ray Train ``Checkpoint`` (local path, or s3:// for our S3 filesystem)."""
+    import pyarrow.fs as pafs
+
+    fs = checkpoint.filesystem
+    return checkpoint.path if isinstance(fs, pafs.LocalFileSystem) else "s3://" + checkpoint.path.lstrip("/")
 
 
 # --- locating and reading checkpoints on storage (local or s3://) ----------------------------------
@@ -99,22 +139,47 @@ def _load(uri: str):
     return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=False)
 
 
-def ema_weights(ckpt: str) -> dict[str, torch.Tensor]:
-    """The full EMA state dict of a checkpoint (any world size that wrote it)."""
+def ema_shards(ckpt: str) -> EmaShards:
+    """The checkpoint's EMA, one parameter at a time (``shards[name]``)."""
     world = read_meta(ckpt)["world_size"]
-    return assemble([_load(storage.join(ckpt, rank_file("ema", r))) for r in range(world)])
+    return EmaShards([storage.join(ckpt, rank_file("ema", r)) for r in range(world)])
 
 
-def raw_weights(ckpt: str) -> dict[str, torch.Tensor]:
-    """The trained (non-EMA) fp32 weights, consolidated from DeepSpeed's ZeRO shards."""
+def ema_weights(ckpt: str) -> dict[str, torch.Tensor]:
+    """The full EMA state dict of a checkpoint, in memory (small models; export streams)."""
+    world = read_meta(ckpt)["world_size"]
+    if storage.exists(storage.join(ckpt, "ema", "rank_00000.pt")):  # written before the safetensors shards
+        return assemble([_load(storage.join(ckpt, f"ema/rank_{r:05d}.pt")) for r in range(world)])
+    shards = ema_shards(ckpt)
+    try:
+        return {n: shards[n].clone() for n in shards.names()}
+    finally:
+        shards.close()
+
+
+def fp32_params(ckpt: str) -> dict:
+    """Parameters kept in fp32 outside DeepSpeed (bf16 runs), and their optimizer state; {} if none."""
+    uri = storage.join(ckpt, FP32_FILE)
+    return _load(uri) if storage.exists(uri) else {}
+
+
+def raw_weights(ckpt: str, workdir: str | None = None) -> dict:
+    """The trained (non-EMA) fp32 weights, consolidated from DeepSpeed's ZeRO shards (plus the
+    fp32-kept parameters). With ``workdir`` (a local folder the DeepSpeed files are fetched to,
+    kept by the caller) the values are DeepSpeed's lazy tensors over memory-mapped shards:
+    ``.contiguous()`` materialises one, so no full copy is held. Without: a full dict."""
+    import tempfile
+
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="sama-ckpt-") as tmp:
+            return {n: (t.contiguous() if hasattr(t, "contiguous") else t) for n, t in raw_weights(ckpt, tmp).items()}
     meta = read_meta(ckpt)
-    with tempfile.TemporaryDirectory(prefix="sama-ckpt-") as tmp:
-        local = storage.materialize(storage.join(ckpt, DS_TAG), cache_dir=tmp) if storage.is_s3(ckpt) \
-            else storage.join(ckpt, DS_TAG)
-        if meta["zero_stage"] == 0:
-            return torch.load(os.path.join(local, "mp_rank_00_model_states.pt"), map_location="cpu",
-                              weights_only=False)["module"]
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    fetch(ckpt, [n for n in list_relative(ckpt) if n.startswith(DS_TAG + "/")], workdir)
+    extra = dict(fp32_params(ckpt).get("params", {}))
+    if meta["zero_stage"] == 0:
+        module = torch.load(os.path.join(workdir, DS_TAG, "mp_rank_00_model_states.pt"), map_location="cpu",
+                            weights_only=False, mmap=True)["module"]
+        return {**module, **extra}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        # materialize() puts the folder at <tmp>/<digest>/ds; the DeepSpeed tag is that last part
-        return get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(local), tag=DS_TAG)
+    return {**get_fp32_state_dict_from_zero_checkpoint(workdir, tag=DS_TAG, lazy_mode=True), **extra}

@@ -61,6 +61,12 @@ class EngineConfig:
     # Ulysses sequence parallelism (sama.models.sequence_parallel): this many consecutive ranks
     # share each sample and split its sequence; heads and num_workers must divide by it.
     sequence_parallel: int = 1
+    # Gradient accumulation: each optimizer step runs this many micro-batches per data-parallel
+    # group (DeepSpeed's gradient_accumulation_steps); the global batch counts all of them.
+    grad_accum: int = 1
+    # Seconds a collective (NCCL / gloo) may wait before the rank fails with a readable error and
+    # Ray Train restarts the group from the last checkpoint (torch's default is 1800).
+    collective_timeout_s: float = 600.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -72,6 +78,10 @@ class EngineConfig:
             raise ValueError("engine.offload_params needs zero_stage 3")
         if self.sequence_parallel < 1:
             raise ValueError(f"engine.sequence_parallel={self.sequence_parallel} must be >= 1")
+        if self.grad_accum < 1:
+            raise ValueError(f"engine.grad_accum={self.grad_accum} must be >= 1")
+        if self.collective_timeout_s <= 0:
+            raise ValueError(f"engine.collective_timeout_s={self.collective_timeout_s} must be > 0")
 
 
 @dataclass
@@ -108,6 +118,8 @@ class CheckpointConfig:
     every: int = 1000  # steps; one is also written at the last step
     keep: Optional[int] = 3  # newest checkpoints kept on storage; null: all
     max_failures: int = 3  # worker-group restarts from the last checkpoint (FailureConfig)
+    async_upload: bool = True  # upload in the background while training goes on (at most one at a time)
+    upload_timeout_s: float = 3600.0  # a new checkpoint waits this long for the previous upload
 
 
 @dataclass
@@ -121,6 +133,8 @@ class MetricsConfig:
 class ExportConfig:
     enabled: bool = True  # write the EMA weights as a diffusers checkpoint after training
     output: Optional[str] = None  # null: <output>/export
+    dtype: str = "float32"  # of the exported weights (bfloat16 halves the folder)
+    memory_gb: float = 4.0  # declared by the export task; streaming holds about one parameter
 
 
 @dataclass
@@ -130,6 +144,8 @@ class DebugConfig:
     fail_at_step: Optional[int] = None  # the last rank dies (os._exit) at this step, once (a marker on storage)
     stop_after_step: Optional[int] = None  # stop cleanly after this step (with a checkpoint): an interruption
     nan_at_steps: list[int] = field(default_factory=list)  # force a non-finite loss at these steps
+    stall_at_step: Optional[int] = None  # the last rank sleeps past engine.collective_timeout_s here
+    record_fetches: bool = False  # each rank writes which checkpoint files it fetched (<run>/debug/)
 
 
 @dataclass
@@ -157,13 +173,14 @@ class TrainConfig:
             raise ValueError(f"train.stage={self.stage}: 0 (pre-training) or 1 (SFT)")
         if self.steps < 1 or self.checkpoint.every < 1:
             raise ValueError("train.steps and train.checkpoint.every must be >= 1")
-        n, sp = self.workers.num_workers, self.engine.sequence_parallel
+        n, sp, k = self.workers.num_workers, self.engine.sequence_parallel, self.engine.grad_accum
         if n % sp:
             raise ValueError(f"workers.num_workers={n} is not divisible by engine.sequence_parallel={sp}")
         for what, b in (("image_batch", self.data.image_batch), ("video_batch", self.data.video_batch)):
-            if b % (n // sp):
+            if b % (n // sp * k):
                 by = f"workers.num_workers={n}" if sp == 1 else \
                     f"the {n // sp} data-parallel groups (workers.num_workers={n} / engine.sequence_parallel={sp})"
+                by += f" x engine.grad_accum={k}" if k > 1 else ""
                 raise ValueError(f"data.{what}={b} is not divisible by {by}")
 
     @property
@@ -177,6 +194,10 @@ class TrainConfig:
 
     def global_batch(self, family: str) -> int:
         return self.data.image_batch if family == "image" else self.data.video_batch
+
+    def micro_batch(self, family: str) -> int:
+        """Samples per data-parallel group per micro-batch."""
+        return self.global_batch(family) // (self.data_parallel * self.engine.grad_accum)
 
 
 def absolute_paths(cfg: "TrainJobConfig") -> "TrainJobConfig":
@@ -209,6 +230,8 @@ class ExportJobConfig(JobConfig):
     output: str = "outputs/export"  # the folder gets transformer/ (SamaTransformer3DModel.from_pretrained)
     checkpoint: str = ""  # a checkpoint folder or a run folder (its newest checkpoint); local or s3://
     weights: str = "ema"  # ema | raw
+    dtype: str = "float32"  # of the exported weights
+    memory_gb: float = 4.0  # declared by the export task
 
     def validate(self) -> None:
         if not self.checkpoint:

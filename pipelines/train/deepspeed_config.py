@@ -1,9 +1,11 @@
 """The DeepSpeed config, derived from the typed training config (never hand-written).
 
-Batch sizes: a step draws one bucket batch per rank from one source, so the per-rank
-batch is ``global_batch(family) / world`` and differs between image and video steps.
-DeepSpeed uses ``train_micro_batch_size_per_gpu`` only for its own bookkeeping (it never
-slices our inputs), so we give it the image value; gradients are averaged over ranks.
+Batch sizes: a step draws ``grad_accum`` bucket batches per rank from one source, so the
+per-rank micro-batch is ``global_batch(family) / (data-parallel groups x grad_accum)`` and
+differs between image and video steps. DeepSpeed uses ``train_micro_batch_size_per_gpu``
+only for its own bookkeeping (it never slices our inputs), so we give it the image value;
+it divides each micro-batch's loss by ``gradient_accumulation_steps`` and steps the
+optimizer (and our LR schedule) at the boundary; gradients are averaged over ranks.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def _merge(base: dict, extra: dict) -> dict:
 def deepspeed_config(cfg: TrainConfig, world_size: int, use_gpu: bool | None = None) -> dict[str, Any]:
     use_gpu = cfg.workers.use_gpu if use_gpu is None else use_gpu
     e, o = cfg.engine, cfg.optim
-    micro = cfg.data.image_batch // (world_size // e.sequence_parallel)  # a sequence-parallel group shares its samples
+    # a sequence-parallel group shares its samples
+    micro = cfg.data.image_batch // (world_size // e.sequence_parallel * e.grad_accum)
     zero: dict[str, Any] = {
         "stage": e.zero_stage,
         "overlap_comm": e.overlap_comm and use_gpu,  # needs CUDA streams; plain on CPU
@@ -57,8 +60,8 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, use_gpu: bool | None = N
     precision = resolve_precision(e.precision, use_gpu)
     ds: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": micro * world_size,
+        "gradient_accumulation_steps": e.grad_accum,
+        "train_batch_size": micro * world_size * e.grad_accum,
         "optimizer": {"type": "AdamW", "params": adam_params},
         # the LR schedule is ours (sama.training.schedule), handed to deepspeed.initialize
         "gradient_clipping": o.grad_clip,

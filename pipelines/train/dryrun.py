@@ -33,11 +33,13 @@ def dry_run(cfg: TrainJobConfig) -> list[str]:
              + (f" on {w.accelerator_type}" if w.accelerator_type else "")]
     if w.use_gpu and w.gpus_per_worker != 1:
         raise ValueError(f"workers.gpus_per_worker={w.gpus_per_worker}: DeepSpeed runs one rank per GPU; use 1")
-    sp, dp = t.engine.sequence_parallel, t.data_parallel
-    for family, batch in (("image", t.data.image_batch), ("video", t.data.video_batch)):
-        lines.append(f"{family} steps: global batch {batch} = {batch // dp} per rank x {world} ranks" if sp == 1 else
-                     f"{family} steps: global batch {batch} = {batch // dp} per group x {dp} data-parallel group(s) "
-                     f"of {sp} sequence-parallel ranks")
+    sp, dp, k = t.engine.sequence_parallel, t.data_parallel, t.engine.grad_accum
+    accum = f" x {k} micro-batches" if k > 1 else ""
+    for family in ("image", "video"):
+        batch, micro = t.global_batch(family), t.micro_batch(family)
+        lines.append(f"{family} steps: global batch {batch} = {micro} per rank{accum} x {world} ranks" if sp == 1 else
+                     f"{family} steps: global batch {batch} = {micro} per group{accum} x {dp} data-parallel "
+                     f"group(s) of {sp} sequence-parallel ranks")
 
     model, source = meta_transformer(t.model, t.model.architecture)
     params = sum(p.numel() for p in model.parameters())

@@ -21,7 +21,7 @@ from sama import storage
 from . import data
 from .config import ExportJobConfig, TrainJobConfig, absolute_paths  # noqa: F401  (the registry's config classes)
 from .dryrun import dry_run  # noqa: F401  (sama run --dry-run)
-from .export import export_checkpoint
+from .export import export_as_task
 from .loop import train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -43,15 +43,16 @@ def build_trainer(cfg: TrainJobConfig):
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t, w = cfg.train, cfg.train.workers
-    batch = {s.name: t.global_batch(s.family) // t.data_parallel for s in t.data.sources}
+    batch = {s.name: t.micro_batch(s.family) for s in t.data.sources}
     datasets, data_config, plan = data.build(t.data.sources, w.num_workers, t.steps, batch, t.data.read_num_cpus,
                                              t.engine.sequence_parallel)
     path, fs = storage_target(cfg.output)
-    env = {"DS_ACCELERATOR": "cpu"} if not w.use_gpu else {}
+    # NCCL: a failed or timed-out collective aborts the rank (an error, not a hang)
+    env = {"DS_ACCELERATOR": "cpu"} if not w.use_gpu else {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg, "plan": plan},
-        torch_config=TorchConfig(backend="nccl" if w.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if w.use_gpu else "gloo", timeout_s=int(t.engine.collective_timeout_s)),
         scaling_config=ScalingConfig(num_workers=w.num_workers, use_gpu=w.use_gpu, resources_per_worker=w.resources(),
                                      accelerator_type=w.accelerator_type, placement_strategy=w.placement_strategy),
         run_config=RunConfig(name=t.name, storage_path=path, storage_filesystem=fs,
@@ -71,7 +72,8 @@ def run(cfg: TrainJobConfig) -> dict:
     summary = {"run": t.name, "checkpoint": ckpt, "metrics": result.metrics,
                "metrics_dir": storage.join(cfg.output, t.name, "metrics")}
     if t.export.enabled:
-        summary["export"] = export_checkpoint(ckpt, t.export.output or storage.join(cfg.output, "export"))
+        summary["export"] = export_as_task(ckpt, t.export.output or storage.join(cfg.output, "export"), "ema",
+                                           t.export.dtype, t.export.memory_gb)
     storage.write_text(storage.join(cfg.output, "summary.json"), json.dumps(summary, indent=2, default=str))
     print(f"[train] stage {t.stage}: checkpoint {ckpt}" + (f", export {summary['export']}" if t.export.enabled else ""))
     return summary

@@ -1,21 +1,25 @@
 """``train_loop_per_worker``: one Ray Train worker's life.
 
-    build model (same seed on every rank) -> [init_from: stage-0 weights + EMA]
-    -> DeepSpeed engine (ZeRO, our LR schedule) -> sharded EMA
-    -> [resume: Ray Train's latest checkpoint: engine, EMA, data positions, RNG]
-    -> per step: pick source (seed, step) -> bucket batch -> L_FM + lambda L_SA
-       -> all-reduce [non-finite flag, loss terms, counts] -> skip, or backward + step + EMA
-       -> rank 0 logs; every N steps (and the last) a checkpoint through ray.train.report
+    build the model (ZeRO-3: partitioned, streamed in by rank 0; else in the training dtype)
+    -> DeepSpeed engine (ZeRO, our LR schedule) [+ the fp32-kept parameters' own optimizer]
+    -> sharded EMA
+    -> resume (Ray Train's latest checkpoint: this rank's files only), or init_from
+       (same layout: this rank's files; else streamed one parameter at a time)
+    -> per step: pick source (seed, step) -> grad_accum bucket micro-batches -> L_FM + lambda L_SA
+       -> all-reduce [non-finite flag, loss terms, counts] per micro-batch -> backward -> step + EMA
+       -> rank 0 logs; every N steps (and the last) a checkpoint, uploaded in the background
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -24,13 +28,14 @@ from sama import storage
 from sama.latents import collate
 from sama.models.losses import sama_loss
 from sama.models.sequence_parallel import SequenceParallel
-from sama.models.transformer import load_transformer, num_tokens
+from sama.models.transformer import num_tokens
 from sama.training.ema import ShardedEMA
 from sama.training.metrics import MetricsLogger
 from sama.training.mixing import BucketStream, pick_source, seed_of
 from sama.training.schedule import LRLambda
 
 from . import checkpoint as C
+from . import weights as W
 from .config import TrainConfig, TrainJobConfig
 from .deepspeed_config import deepspeed_config, resolve_precision
 
@@ -39,6 +44,10 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+class CollectiveTimeoutError(RuntimeError):
+    """A collective did not complete in time: another rank died, stalled or ran out of memory."""
 
 
 def metrics_dir(output: str, run: str) -> tuple[str, str | None]:
@@ -66,6 +75,99 @@ def batch_tokens(batch, patch_size) -> int:
     return batch.target.shape[0] * (per + batch.semantic.shape[1])
 
 
+def micro_loss(engine, batch, t: TrainConfig, device, dtype, gen: torch.Generator):
+    return sama_loss(engine, batch.target.to(device, dtype), batch.text.to(device, dtype),
+                     source_latents=batch.source.to(device, dtype), semantic_tokens=batch.semantic.to(device),
+                     cfg=t.loss, generator=gen, semantic_prediction=engine.module.config.semantic_prediction)
+
+
+def zero_gradient_loss(engine, batch, t: TrainConfig, device, dtype, gen: torch.Generator, step: int):
+    """A loss whose gradient is exactly zero for every parameter, computed through the whole
+    model (so every rank's ZeRO reductions happen) on zeroed inputs of the batch's shapes."""
+    zeros = type(batch)(**{k: torch.zeros_like(v) if isinstance(v, torch.Tensor) else v
+                           for k, v in batch.__dict__.items()})
+    out = micro_loss(engine, zeros, t, device, dtype, gen)
+    if not torch.isfinite(out.loss.detach()):
+        raise NonFiniteLossError(f"step {step}: the loss is non-finite on zero inputs, so the weights are; "
+                                 "the run diverged (resume from an earlier checkpoint with a lower LR)")
+    return out.loss * 0.0
+
+
+@contextlib.contextmanager
+def zero_lr(optimizer):
+    """Run an optimizer step that leaves the weights as they are (lr 0 removes the update and
+    AdamW's decoupled weight decay); the LR schedule is restored after."""
+    saved = [g["lr"] for g in optimizer.param_groups]
+    for g in optimizer.param_groups:
+        g["lr"] = 0.0
+    try:
+        yield
+    finally:
+        for g, lr in zip(optimizer.param_groups, saved):
+            g["lr"] = lr
+
+
+# ---------------------------------------------------------------------- the run's pieces
+
+
+@dataclass
+class Layout:
+    """What makes a checkpoint's per-rank files this run's: then each rank restores its own."""
+
+    world: int
+    zero_stage: int
+    precision: str
+
+    @classmethod
+    def of(cls, meta: dict) -> "Layout":
+        return cls(meta["world_size"], meta["zero_stage"], meta.get("precision", "fp32"))
+
+
+class Uploads:
+    """At most one checkpoint uploading at a time: Ray Train uploads it in the background
+    (``CheckpointUploadMode.ASYNC``) and deletes the local copy when done; a new checkpoint
+    waits for that before it is written, so a node's disk holds at most two."""
+
+    def __init__(self, timeout_s: float):
+        self.pending: str | None = None
+        self.timeout_s = timeout_s
+
+    def wait(self) -> None:
+        if self.pending is None:
+            return
+        start = time.monotonic()
+        while os.path.exists(self.pending):
+            waited = time.monotonic() - start
+            if waited > self.timeout_s:
+                raise TimeoutError(f"the checkpoint upload from {self.pending} did not finish in {self.timeout_s:.0f} s "
+                                   "(train.checkpoint.upload_timeout_s); is the storage reachable?")
+            time.sleep(0.05 if waited < 5 else 1.0)
+        self.pending = None
+
+
+def fetch_own(ckpt: str, rank: int, zero_stage: int, workdir: str, with_state: bool) -> list[str]:
+    """Copy this rank's files of ``ckpt`` into ``workdir``; returns their names."""
+    names = C.own_files(C.list_relative(ckpt), rank, zero_stage)
+    if not with_state:
+        names = [n for n in names if not n.startswith("state/")]
+    return C.fetch(ckpt, names, workdir)
+
+
+def record_fetches(job: TrainJobConfig, rank: int, kind: str, ckpt: str, names: list[str]) -> None:
+    if job.train.debug.record_fetches:
+        storage.write_text(storage.join(job.output, job.train.name, "debug", f"{kind}_rank_{rank:05d}.json"),
+                           json.dumps({"checkpoint": ckpt, "files": names}))
+
+
+def fresh_optimizer(engine, t: TrainConfig, lr: float) -> None:
+    """Forget a loaded optimizer's moments and hyper-parameters (keeping the fp32 weights)."""
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # ZeRO / bf16 wrap the torch optimizer
+    inner.state.clear()
+    for g in inner.param_groups:
+        g.update(lr=lr, betas=tuple(t.optim.betas), eps=t.optim.eps, weight_decay=t.optim.weight_decay)
+    engine.global_steps = engine.global_samples = engine.micro_steps = 0
+
+
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
@@ -83,18 +185,37 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
     precision = resolve_precision(t.engine.precision, use_gpu)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    ds_config = deepspeed_config(t, world, use_gpu)
+    layout = Layout(world, t.engine.zero_stage, precision)
+    workdir = tempfile.mkdtemp(prefix=f"sama-train-r{rank}-")  # this rank's fetched checkpoint files
 
-    # 1. Model: identical on every rank (pretrained weights, or the seeded tiny model).
+    # 1. Where the weights come from: our own latest checkpoint (resume), a checkpoint of this
+    #    layout (restored rank-locally after the engine exists), another one (streamed in
+    #    while building), or the pretrained / tiny model.
+    resumed = ray.train.get_checkpoint()
+    init = C.resolve(t.init_from) if (t.init_from and resumed is None) else None
+    init_same = init is not None and Layout.of(C.read_meta(init)) == layout
+    if resumed is not None or init_same:
+        source = None  # the architecture only: the weights are restored below
+    elif init is not None:
+        source = lambda: W.checkpoint_source(init, os.path.join(workdir, "init"))  # noqa: E731
+    elif t.model.pretrained is not None:
+        source = lambda: W.pretrained_source(t.model)  # noqa: E731
+    else:
+        source = None  # the seeded tiny model
+
+    # 2. The model: identical on every rank, never a full copy per rank under ZeRO-3.
     torch.manual_seed(t.seed)
-    model = load_transformer(t.model)
+    keep_fp32 = precision == "bf16"
+    if t.engine.zero_stage == 3:
+        model, fp32 = W.build_zero3(t.model, ds_config, dtype, rank, source, device, keep_fp32)
+    else:
+        model, fp32 = W.build_replicated(t.model, dtype, keep_fp32, source)
     if t.engine.activation_checkpointing:
         model.enable_gradient_checkpointing()
-    init_ema = None
-    if t.init_from and ray.train.get_checkpoint() is None:
-        ckpt = C.resolve(t.init_from)
-        model.load_state_dict(C.raw_weights(ckpt))
-        init_ema = C.ema_weights(ckpt)
     model.train()
+    for p in fp32.params.values():
+        p.data = p.data.to(device)
     # Ulysses: groups of sp consecutive ranks share each sample (same data, same noise) and
     # split its sequence; dp_rank names the group, which is what the data and noise follow.
     sp = t.engine.sequence_parallel
@@ -103,31 +224,56 @@ def train_loop_per_worker(config: dict) -> None:
         groups = [dist.new_group(list(range(g * sp, (g + 1) * sp))) for g in range(dp_world)]  # every rank makes all
         model.enable_sequence_parallel(SequenceParallel(groups[dp_rank]))
 
-    # 2. DeepSpeed engine; the LR schedule is ours (warmup from 1/warmup, not 0).
+    # 3. DeepSpeed engine; the LR schedule is ours (warmup from 1/warmup, not 0).
+    lr_lambda = LRLambda(t.optim.schedule, t.steps)
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(t, world, use_gpu), dist_init_required=False,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, LRLambda(t.optim.schedule, t.steps)))
-    ema = ShardedEMA(engine.module.named_parameters(), t.ema.decay, rank, world)
-    if init_ema is not None:
-        ema.load_full(init_ema)
+        config=ds_config, dist_init_required=False,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda))
+    o = t.optim
+    fp32.build_optimizer(o.lr, o.betas, o.eps, o.weight_decay, lr_lambda)
+    ema = ShardedEMA([*engine.module.named_parameters(), *fp32.named_parameters()], t.ema.decay, rank, world)
 
-    # 3. Resume from Ray Train's latest checkpoint (after a failure, or a rerun of the same run).
-    state, resumed = C.TrainState(), ray.train.get_checkpoint()
+    # 4. Resume from Ray Train's latest checkpoint (a failure, or a rerun of the run), or start
+    #    from init_from; either way a rank reads its own files when the layout is this run's.
+    state = C.TrainState()
     if resumed is not None:
-        with resumed.as_directory() as folder:
-            engine.load_checkpoint(folder, tag=C.DS_TAG)
-            state, rng, ema_state = C.load_rank_state(folder, rank)
-            ema.load_state_dict(ema_state)
-            C.set_rng_state(rng)
+        ckpt = C.checkpoint_uri(resumed)
+        names = fetch_own(ckpt, rank, t.engine.zero_stage, workdir, with_state=True)
+        record_fetches(job, rank, "resume", ckpt, names)
+        engine.load_checkpoint(workdir, tag=C.DS_TAG)
+        state, rng = C.load_rank_state(workdir, rank)
+        C.set_rng_state(rng)
+        ema.load(os.path.join(workdir, C.rank_file("ema", rank)))
+        if fp32.params:
+            fp32.load_state_dict(torch.load(os.path.join(workdir, C.FP32_FILE), map_location="cpu"))
+    elif init_same:
+        names = fetch_own(init, rank, t.engine.zero_stage, workdir, with_state=False)
+        record_fetches(job, rank, "init", init, names)
+        # Its own files only: DeepSpeed's weights-only load would consolidate every rank's
+        # shards, so load the rank's optimizer shard (the fp32 weights live there) and start
+        # the optimizer afresh: no moments, this run's hyper-parameters and LR schedule.
+        engine.load_checkpoint(workdir, tag=C.DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
+        fresh_optimizer(engine, t, scheduler.get_last_lr()[0])
+        ema.load(os.path.join(workdir, C.rank_file("ema", rank)))
+        if fp32.params:
+            fp32.load_state_dict(torch.load(os.path.join(workdir, C.FP32_FILE), map_location="cpu"),
+                                 weights_only=True)
+    elif init is not None:
+        shards = C.ema_shards(init)  # stage 0's EMA, each rank reading only the slices it keeps
+        try:
+            ema.load_full(shards)
+        finally:
+            shards.close()
+    shutil.rmtree(workdir, ignore_errors=True)
 
-    # 4. One endless bucket stream per source over this rank's shard files.
+    # 5. One endless bucket stream per source over this rank's shard files.
     streams = {}
     for s in t.data.sources:
         shard, mine = ray.train.get_dataset_shard(s.name), config["plan"][s.name][rank]
         streams[s.name] = BucketStream(
             s.name, lambda shard=shard: (dict(r) for r in shard.iter_rows()), mine.rows,
-            t.global_batch(s.family) // dp_world, t.seed, dp_rank, mine.passes, t.data.shuffle_buffer,
+            t.micro_batch(s.family), t.seed, dp_rank, mine.passes, t.data.shuffle_buffer,
             t.data.max_pending_buckets, state.positions.get(s.name, (0, 0)))
     names, weights = [s.name for s in t.data.sources], [s.weight for s in t.data.sources]
 
@@ -137,6 +283,9 @@ def train_loop_per_worker(config: dict) -> None:
         logger = MetricsLogger(local, t.steps, state.step, t.metrics.tensorboard, t.metrics.progress_bar,
                                prefix=f"stage{t.stage}")
     patch = tuple(engine.module.config.patch_size)
+    accum = t.engine.grad_accum
+    uploads = Uploads(t.checkpoint.upload_timeout_s)
+    step = state.step
     try:
         while state.step < t.steps:
             step = state.step + 1
@@ -145,45 +294,72 @@ def train_loop_per_worker(config: dict) -> None:
                 if not storage.exists(marker):  # die once (a FailureConfig drill), not again after the restart
                     storage.write_text(marker, "the last rank exited here on purpose (train.debug.fail_at_step)\n")
                     os._exit(1)
+            if step == t.debug.stall_at_step and rank == world - 1:
+                time.sleep(t.engine.collective_timeout_s + 5)  # the others' next collective times out
             t0 = time.perf_counter()
-            # 5. Batch: source by (seed, step), then this rank's next bucket batch of it.
+            # 6. The step's source by (seed, step); its k micro-batches from this rank's stream.
             source = pick_source(names, weights, t.seed, step)
-            batch = collate(next(streams[source]), t.data.text_len)
-            t_data = time.perf_counter() - t0
-
-            # 6. Loss; noise and sigma drawn from a generator seeded by (seed, step, data-parallel rank).
-            gen = torch.Generator().manual_seed(seed_of("noise", t.seed, step, dp_rank))
-            out = sama_loss(engine, batch.target.to(device, dtype), batch.text.to(device, dtype),
-                            source_latents=batch.source.to(device, dtype),
-                            semantic_tokens=batch.semantic.to(device), cfg=t.loss, generator=gen,
-                            semantic_prediction=engine.module.config.semantic_prediction)
-            loss = out.loss * float("nan") if step in t.debug.nan_at_steps else out.loss
-            sa = out.semantic.detach().float() if out.semantic is not None else torch.zeros((), device=device)
-            # one collective: [non-finite ranks, loss, fm, sa, samples, tokens, data wait]
-            stats = torch.stack([
-                (~torch.isfinite(loss.detach())).float(), loss.detach().float(), out.fm.detach().float(), sa,
-                torch.tensor(float(batch.target.shape[0]), device=device),
-                torch.tensor(float(batch_tokens(batch, patch)), device=device),
-                torch.tensor(t_data, device=device)])
-            dist.all_reduce(stats)
-
-            lr = scheduler.get_last_lr()[0]  # the LR this step uses (the scheduler moves in engine.step)
-            # 7. Skip on every rank together (ZeRO reduces gradients inside backward), or step.
-            if stats[0].item() > 0:
-                state.skipped += 1
+            lr = scheduler.get_last_lr()[0]  # the LR this step uses (the scheduler moves at the boundary)
+            totals = torch.zeros(7, device=device)  # [non-finite micro-batches, loss, fm, sa, samples, tokens, wait]
+            stepped = False
+            for micro in range(accum):
+                tw = time.perf_counter()
+                batch = collate(next(streams[source]), t.data.text_len)
+                t_data = time.perf_counter() - tw
+                # 7. Loss; noise and sigma from a generator seeded by (seed, step, data-parallel rank, micro-batch).
+                gen = torch.Generator().manual_seed(seed_of("noise", t.seed, step, dp_rank, micro))
+                out = micro_loss(engine, batch, t, device, dtype, gen)
+                loss = out.loss * float("nan") if step in t.debug.nan_at_steps else out.loss
+                sa = out.semantic.detach().float() if out.semantic is not None else torch.zeros((), device=device)
+                stats = torch.stack([
+                    (~torch.isfinite(loss.detach())).float(), loss.detach().float(), out.fm.detach().float(), sa,
+                    torch.tensor(float(batch.target.shape[0]), device=device),
+                    torch.tensor(float(batch_tokens(batch, patch)), device=device),
+                    torch.tensor(t_data, device=device)])
+                dist.all_reduce(stats)  # one collective per micro-batch
+                poisoned = stats[0].item() > 0
+                if poisoned:
+                    stats[1:4] = 0  # its loss terms are left out of the step's means
+                totals += torch.cat([(stats[:1] > 0).float(), stats[1:]])
+                if accum == 1:
+                    if not poisoned:  # x sp: a rank's gradients are its tokens' share; DeepSpeed averages ranks
+                        engine.backward(loss * sp if sp > 1 else loss)
+                        engine.step()
+                        stepped = True
+                    break
+                if poisoned:
+                    # A non-finite micro-batch contributes nothing: a zero-gradient backward through the
+                    # same parameters keeps every rank's ZeRO reductions and DeepSpeed's boundary in step.
+                    loss = zero_gradient_loss(engine, batch, t, device, dtype, gen, step)
+                engine.backward(loss * sp if sp > 1 else loss)  # DeepSpeed divides by accum
+                if micro == accum - 1 and totals[0].item() == accum:
+                    with zero_lr(engine.optimizer):  # every micro-batch was non-finite: weights stay
+                        engine.step()
+                else:
+                    engine.step()
+                stepped = micro == accum - 1
+            dropped = int(totals[0].item())
+            if stepped:  # the fp32-kept parameters step with DeepSpeed's
+                fp32.step(world, t.optim.grad_clip, lr_zero=dropped == accum)
+            state.dropped_micro_batches += dropped if accum > 1 else 0
+            # 8. A step is skipped when all its micro-batches were non-finite (on any rank).
+            if dropped:
                 state.consecutive_skipped += 1
                 if state.consecutive_skipped > t.max_nonfinite:
-                    raise NonFiniteLossError(f"{state.consecutive_skipped} consecutive non-finite losses "
+                    raise NonFiniteLossError(f"{state.consecutive_skipped} consecutive steps with non-finite losses "
                                              f"(train.max_nonfinite={t.max_nonfinite}) at step {step}")
+            else:
+                state.consecutive_skipped = 0
+            if dropped == accum:
+                state.skipped += 1
                 grad_norm = float("nan")
             else:
-                # x sp: a rank's gradients are its tokens' share, and DeepSpeed averages over all ranks
-                engine.backward(loss * sp if sp > 1 else loss)
-                engine.step()
                 ema.update()
-                state.consecutive_skipped = 0
                 gn = engine.get_global_grad_norm()
                 grad_norm = float(gn) if gn is not None else float("nan")
+            counted = accum - dropped  # the step's loss terms: means over the micro-batches that counted
+            terms = totals[1:4] / counted if counted else torch.full_like(totals[1:4], float("nan"))
+            stats = torch.cat([totals[:1], terms, totals[4:]])
             if use_gpu:
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
@@ -196,45 +372,65 @@ def train_loop_per_worker(config: dict) -> None:
                      "samples_per_s": stats[4].item() / sp / dt, "tokens_per_s": stats[5].item() / sp / dt,
                      "data_wait_frac": min(1.0, stats[6].item() / world / dt), "step_time_s": dt,
                      "skipped_steps": float(state.skipped), f"source/{source}": 1.0}
+                if accum > 1:
+                    m["dropped_micro_batches"] = float(state.dropped_micro_batches)
                 logger.log(step, m)
                 if step % t.metrics.log_every == 0 or step == t.steps:
                     logger.line(step, {k: v for k, v in m.items() if not k.startswith("source/")})
 
-            # 8. Checkpoint every N steps, at the end, and where a test interrupts.
+            # 9. Checkpoint every N steps, at the end, and where a test interrupts.
             last = step == t.steps or step == t.debug.stop_after_step
             if step % t.checkpoint.every == 0 or last:
-                save(engine, ema, state, job, rank, world, {"step": step, "loss": stats[1].item() / world})
+                save(engine, ema, fp32, state, job, layout, rank, {"step": step, "loss": stats[1].item() / world},
+                     uploads)
                 if logger is not None:
                     logger.flush()
                     mirror(logger.log_dir, remote)
             if step == t.debug.stop_after_step:
                 break
+        uploads.wait()  # the last checkpoint is on storage before the worker ends
+    except RuntimeError as err:
+        if "timeout" in str(err).lower() or "timed out" in str(err).lower():
+            raise CollectiveTimeoutError(
+                f"rank {rank} at step {step}: a collective did not complete within "
+                f"{t.engine.collective_timeout_s:.0f} s (train.engine.collective_timeout_s): another rank died, "
+                f"stalled or ran out of memory. Ray Train restarts the group from the last checkpoint "
+                f"(train.checkpoint.max_failures={t.checkpoint.max_failures}). Cause: {str(err)[:300]}") from err
+        raise
     finally:
         if logger is not None:
             logger.close()
             mirror(logger.log_dir, remote)
 
 
-def save(engine, ema: ShardedEMA, state: C.TrainState, job: TrainJobConfig, rank: int, world: int,
-         metrics: dict) -> None:
+def save(engine, ema: ShardedEMA, fp32: W.Fp32Params, state: C.TrainState, job: TrainJobConfig, layout: Layout,
+         rank: int, metrics: dict, uploads: Uploads) -> None:
+    """Write this rank's part of a checkpoint locally and hand it to Ray Train, which uploads
+    it in the background while training goes on."""
     import ray.train
     from sama.config import dump_yaml
 
+    uploads.wait()  # the previous upload is done (its local copy gone) before this one is written
     folder = tempfile.mkdtemp(prefix=f"sama-ckpt-r{rank}-")
-    try:
-        engine.save_checkpoint(folder, tag=C.DS_TAG)
-        C.save_rank_state(folder, rank, state, ema.state_dict())
-        if rank == 0:
-            t = job.train
-            meta = {"step": state.step, "world_size": world, "zero_stage": t.engine.zero_stage, "run": t.name,
-                    "stage": t.stage, "samples": state.samples, "skipped": state.skipped}
-            with open(os.path.join(folder, "meta.json"), "w") as f:
-                json.dump(meta, f, indent=2)
-            with open(os.path.join(folder, "model_config.json"), "w") as f:
-                json.dump(dict(engine.module.config), f, indent=2, default=list)
-            with open(os.path.join(folder, "train_config.yaml"), "w") as f:
-                f.write(dump_yaml(job))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                         checkpoint_dir_name=C.step_dir_name(state.step))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    engine.save_checkpoint(folder, tag=C.DS_TAG)
+    C.save_rank_state(folder, rank, state, ema)
+    if rank == 0:
+        t = job.train
+        meta = {"step": state.step, "world_size": layout.world, "zero_stage": layout.zero_stage,
+                "precision": layout.precision, "run": t.name, "stage": t.stage, "samples": state.samples,
+                "skipped": state.skipped}
+        with open(os.path.join(folder, "meta.json"), "w") as f:
+            json.dump(meta, f, indent=2)
+        with open(os.path.join(folder, "model_config.json"), "w") as f:
+            json.dump(dict(engine.module.config), f, indent=2, default=list)
+        with open(os.path.join(folder, "train_config.yaml"), "w") as f:
+            f.write(dump_yaml(job))
+        if fp32.params:
+            os.makedirs(os.path.join(folder, os.path.dirname(C.FP32_FILE)), exist_ok=True)
+            torch.save(fp32.state_dict(), os.path.join(folder, C.FP32_FILE))
+    mode = ray.train.CheckpointUploadMode.ASYNC if job.train.checkpoint.async_upload else \
+        ray.train.CheckpointUploadMode.SYNC
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                     checkpoint_dir_name=C.step_dir_name(state.step), checkpoint_upload_mode=mode,
+                     delete_local_checkpoint_after_upload=True)
+    uploads.pending = folder

@@ -276,11 +276,18 @@ class SamaTransformer3DModel(WanTransformer3DModel):
 
     @torch.no_grad()
     def _init_sama_parameters(self) -> None:
+        # Through Module.apply: under DeepSpeed's zero.Init (parameters partitioned as they are
+        # built) apply gathers each module's parameters, runs this, and re-partitions.
+        std = self.config.type_embed_init_std
+
+        def init(m: nn.Module) -> None:
+            if m is self.type_embed:
+                nn.init.normal_(m.weight, std=std)
+            elif hasattr(m, "reset_parameters") and not any(True for _ in m.children()):
+                m.reset_parameters()
+
         for module in self.sama_modules().values():
-            for m in module.modules():
-                if hasattr(m, "reset_parameters") and m is not self.type_embed:
-                    m.reset_parameters()
-        nn.init.normal_(self.type_embed.weight, std=self.config.type_embed_init_std)
+            module.apply(init)
         if self.semantic_pos_embed is not None:
             self.semantic_pos_embed.zero_()
 
@@ -344,6 +351,17 @@ class SamaTransformer3DModel(WanTransformer3DModel):
             raise ValueError(f"sequence parallelism over {sp.world} ranks needs the head count "
                              f"({self.config.num_attention_heads}) to be a multiple of it")
         self.sequence_parallel = sp
+
+    def _embed_conditions(self, timestep: torch.Tensor, text: torch.Tensor, seq_len: int | None):
+        """diffusers' WanTimeTextImageEmbedding (T2V part), with the time embedder's dtype read
+        from its weight: in bf16 training its parameters live outside the module's parameter
+        list (``pipelines.train.weights.Fp32Params``), which diffusers' own lookup relies on."""
+        ce = self.condition_embedder
+        features = ce.timesteps_proj(timestep)
+        if seq_len is not None:
+            features = features.unflatten(0, (-1, seq_len))
+        temb = ce.time_embedder(features.to(ce.time_embedder.linear_1.weight.dtype)).type_as(text)
+        return temb, ce.time_proj(ce.act_fn(temb)), ce.text_embedder(text)
 
     def _read_out(self, tokens: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         """Target tokens -> latent patches: modulated norm + projection.  (B, N, p*C)"""
@@ -460,9 +478,7 @@ class SamaTransformer3DModel(WanTransformer3DModel):
         # 6. Timestep and text conditioning.  temb (B, D) or (B, S, D); proj (B, 6, D) or (B, S, 6, D)
         t = self.build_timestep(timestep, n_src, n_sem + n_tgt, source_timestep)
         ts_seq_len = t.shape[1] if t.ndim == 2 else None
-        temb, timestep_proj, text, _ = self.condition_embedder(
-            t.flatten(), encoder_hidden_states, None, timestep_seq_len=ts_seq_len
-        )
+        temb, timestep_proj, text = self._embed_conditions(t.flatten(), encoder_hidden_states, ts_seq_len)
         timestep_proj = timestep_proj.unflatten(-1, (6, -1))
 
         # 6b. Sequence parallel: this rank keeps its slice of every per-token input.  (B, S/P, D)

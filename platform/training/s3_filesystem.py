@@ -4,26 +4,41 @@ pyarrow's S3 output stream always completes a multipart upload and misreads some
 completion replies (moto, some self-hosted S3: "error embedded in a 200 OK response"),
 so Ray Train's checkpoint uploads fail there. This handler keeps pyarrow for reads and
 listings and sends each written object as one boto3 upload when the stream closes
-(``sama.storage.write_bytes`` does the same for our own writes). Picklable: Ray ships it
-to the controller and the workers.
+(``sama.storage.write_bytes`` does the same for our own writes); what is written is spooled
+to a local temporary file past 64 MiB, so a multi-GB shard never sits in memory.
+Picklable: Ray ships it to the controller and the workers.
 """
 
 from __future__ import annotations
 
 import io
+import tempfile
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+SPOOL_BYTES = 64 * 2**20
 
-class _Upload(io.BytesIO):
+
+class _Upload(io.RawIOBase):
     def __init__(self, client, bucket: str, key: str):
         super().__init__()
         self._client, self._bucket, self._key = client, bucket, key
+        self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        return self._spool.write(data)
 
     def close(self) -> None:
         if not self.closed:
-            self._client.upload_fileobj(io.BytesIO(self.getvalue()), self._bucket, self._key)
+            try:
+                self._spool.seek(0)
+                self._client.upload_fileobj(self._spool, self._bucket, self._key)  # multipart past 8 MiB
+            finally:
+                self._spool.close()
         super().close()
 
 
