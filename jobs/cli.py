@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("job", help="a job YAML (jobs/*.yaml), s3:// URI, or env:NAME")
     r.add_argument("overrides", nargs="*", help="key.sub=value overrides (YAML values)")
     r.add_argument("--dry-run", action="store_true", help="resolve and validate the config, print it, do no work")
+    r.add_argument("--cluster", help="with --dry-run: a KubeRay RayCluster or cluster launcher YAML the workers "
+                                     "must be placeable on (training jobs)")
 
     s = sub.add_parser("submit", help="submit a job YAML to a Ray cluster (Job Submission API)")
     s.add_argument("job")
@@ -205,8 +207,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import launcher
 
             if args.dry_run:
-                print(launcher.dry_run(args.job, args.overrides), end="")
+                print(launcher.dry_run(args.job, args.overrides, args.cluster), end="")
                 return 0
+            if args.cluster:
+                raise ConfigError("--cluster goes with --dry-run")
             launcher.run(args.job, args.overrides)
         elif args.cmd == "submit":
             from . import submit

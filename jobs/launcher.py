@@ -54,17 +54,29 @@ def resolve(path: str, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
     return C.load(cls, path, overrides, data=read_job_yaml(path)), entry
 
 
-def dry_run(path: str, overrides: Sequence[str] = ()) -> str:
+def dry_run(path: str, overrides: Sequence[str] = (), cluster: str | None = None) -> str:
     """The resolved config plus the job's own checks (``dry_run(cfg) -> lines`` in its module,
-    e.g. resource consistency and model sizes on the meta device). Does no work."""
+    e.g. resource consistency and model sizes on the meta device). Does no work. ``cluster``:
+    a KubeRay RayCluster or cluster launcher YAML the job's workers must fit on."""
     import importlib
+    import inspect
 
     cfg, _ = resolve(path, overrides)
     text = C.dump_yaml(cfg)
     check = getattr(importlib.import_module(JOBS[cfg.job].module), "dry_run", None)
+    kwargs = {}
+    if cluster is not None:
+        from sama.clusters import load_cluster
+
+        if check is None or "cluster" not in inspect.signature(check).parameters:
+            raise C.ConfigError(f"{path}: --cluster checks worker placement, which job '{cfg.job}' does not plan")
+        try:
+            kwargs["cluster"] = load_cluster(cluster)
+        except (OSError, ValueError, KeyError) as e:
+            raise C.ConfigError(f"--cluster {cluster}: {e}") from e
     if check is not None:
         try:
-            lines = check(cfg)
+            lines = check(cfg, **kwargs)
         except ValueError as e:
             raise C.ConfigError(f"{path}: {e}") from e
         text += "# dry run: nothing was run\n" + "".join(f"# {line}\n" for line in lines)

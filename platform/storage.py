@@ -331,20 +331,25 @@ def materialize(uri: str, cache_dir: str | None = None) -> str:
     """
     if not is_s3(uri):
         return filesystem(uri)[1]
+    import fcntl
+
     root = cache_dir or os.environ.get("SAMA_CACHE") or os.path.expanduser("~/.cache/sama")
     dest = os.path.join(root, content_digest(uri), basename(uri))
     done = dest + ".complete"
     if os.path.exists(done):
         return dest
-    fs, path = filesystem(uri)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(uri)
-    if info.type == pafs.FileType.File:
-        write_bytes(dest, read_bytes(uri))
-    else:
-        for f in list_files(uri):
-            rel = f[len(uri.rstrip("/")) + 1 :]
-            write_bytes(os.path.join(dest, rel), read_bytes(f))
-    open(done, "w").close()
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with open(dest + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process per node downloads; the others wait, then reuse it
+        if os.path.exists(done):
+            return dest
+        fs, path = filesystem(uri)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(uri)
+        files = [uri] if info.type == pafs.FileType.File else list_files(uri)
+        for f in files:
+            rel = f[len(uri.rstrip("/")) + 1 :] if f != uri else ""
+            download_file(f, os.path.join(dest, rel) if rel else dest)  # streamed to disk, not memory
+        open(done, "w").close()
     return dest

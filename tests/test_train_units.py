@@ -24,9 +24,17 @@ def rows(n: int, seed: int = 0) -> list[dict]:
              "src_latent_shape": [16, 1, 6, 10]} for i in range(n)]
 
 
+def opener(data: list[dict], passes: int):
+    """open_rows for a list: rows of ``passes`` epochs from (epoch, start), annotated like the reader's."""
+    def open_rows(epoch: int, start: int):
+        for e in range(epoch, epoch + passes):
+            for i in range(start if e == epoch else 0, len(data)):
+                yield {**data[i], "_e": e, "_i": i}
+    return open_rows
+
+
 def stream(data: list[dict], position=(0, 0), passes=1, seed=0, batch=4) -> BucketStream:
-    return BucketStream("img", lambda: iter(data * passes), len(data), batch, seed, rank=0,
-                        epochs_per_pass=passes, shuffle_buffer=8, position=position)
+    return BucketStream("img", data, opener(data, passes), batch, seed, rank=0, shuffle_buffer=8, position=position)
 
 
 def ids(batch: list[dict]) -> list[str]:
@@ -77,6 +85,22 @@ def test_stream_resumes_exactly_from_its_position(passes):
             next(ref)
         resumed = stream(data, position=ref.position, passes=passes)
         assert [ids(next(resumed)) for _ in range(40 - k)] == seen[k:], k
+
+
+def test_resume_seeks_instead_of_replaying():
+    """Resuming deep into an epoch reads the rows still needed, not every row before them."""
+    data = rows(400)
+    ref = stream(data)
+    for _ in range(80):  # ~320 rows into the 400-row epoch
+        next(ref)
+    assert ref.rows_read >= 300
+    resumed = stream(data, position=ref.position)
+    nxt = ids(next(resumed))
+    assert nxt == ids(next(ref))
+    # re-read: the span from the oldest row still waiting (in the shuffle buffer or a partial
+    # bucket batch) to the stream's position, not the 300+ rows before it
+    assert resumed.rows_read <= 40, resumed.rows_read
+    assert [ids(next(resumed)) for _ in range(30)] == [ids(next(ref)) for _ in range(30)]  # into the next epoch
 
 
 def test_passes_needed():
@@ -183,7 +207,8 @@ def test_deal_by_size_balances():
 
 def test_data_plan_gives_every_rank_its_own_files(tmp_path):
     def shard(name, tasks):
-        table = pa.table({"task": tasks, "sample_id": [f"{name}{i}" for i in range(len(tasks))]})
+        table = pa.table({"task": tasks, "bucket": ["1x4x4"] * len(tasks), "src_latent_shape": [[1]] * len(tasks),
+                          "sample_id": [f"{name}{i}" for i in range(len(tasks))]})
         storage.write_parquet(str(tmp_path / "latents" / f"{name}.parquet"), table)
 
     shard("a", ["image_edit"] * 3)
@@ -203,12 +228,14 @@ def test_data_plan_gives_every_rank_its_own_files(tmp_path):
         plan_files(srcs, world=4, steps=10, batch_per_rank={"img": 2, "vid": 1})
     split = plan_files([srcs[1]], world=3, steps=10, batch_per_rank={"vid": 1})["vid"]
     assert [r.rows for r in split] == [1, 1, 1] and all(r.offsets == [0, 1] for r in split)
-    from sama.pipelines.train.data import read_shards
+    from sama.pipelines.train.data import rank_index, read_row_groups
 
     got = []
     for r in split:
-        items = pa.table({"path": r.files, "offset": r.offsets, "world": [3] * 2, "rank": [r.rank] * 2})
-        got.append(read_shards(items, ["t2v"])["sample_id"].to_pylist())
+        _, groups = rank_index(r, ["t2v"])
+        items = pa.table({"path": [g[0] for g in groups], "row_group": [g[1] for g in groups],
+                          "rows": [g[2] for g in groups], "first": [g[3] for g in groups], "epoch": [0] * len(groups)})
+        got.append(read_row_groups(items)["sample_id"].to_pylist())
     assert sorted(sum(got, [])) == ["b1", "c0", "c1"] and all(len(g) == 1 for g in got)
 
 
@@ -218,10 +245,12 @@ def test_sequence_parallel_config_checks_groups_heads_and_batches(capsys):
     from sama.pipelines.train.deepspeed_config import deepspeed_config
 
     y = job_yaml("train_stage1_wan14b")
-    assert main(["run", "--dry-run", y, "train.engine.sequence_parallel=4", "train.workers.num_workers=448"]) == 0
+    assert main(["run", "--dry-run", y, "train.engine.sequence_parallel=4", "train.workers.num_workers=448",
+                 "train.engine.grad_accum=1"]) == 0
     out = capsys.readouterr().out
     assert "video steps: global batch 112 = 1 per group x 112 data-parallel group(s) of 4 sequence-parallel ranks" in out
-    assert main(["run", "--dry-run", y, "train.engine.sequence_parallel=3", "train.workers.num_workers=336"]) == 2
+    assert main(["run", "--dry-run", y, "train.engine.sequence_parallel=3", "train.workers.num_workers=336",
+                 "train.engine.grad_accum=1"]) == 2
     assert "sequence_parallel=3 must divide the model's 40 attention heads" in capsys.readouterr().err
     assert main(["run", "--dry-run", y, "train.engine.sequence_parallel=5", "train.workers.num_workers=112"]) == 2
     assert "num_workers=112 is not divisible by engine.sequence_parallel=5" in capsys.readouterr().err
@@ -230,9 +259,14 @@ def test_sequence_parallel_config_checks_groups_heads_and_batches(capsys):
 
     from sama.jobs.launcher import resolve
 
-    cfg, _ = resolve(y, ["train.engine.sequence_parallel=2", "train.workers.num_workers=224"])
+    cfg, _ = resolve(y, ["train.engine.sequence_parallel=2", "train.workers.num_workers=224", "train.engine.grad_accum=1"])
     ds = deepspeed_config(cfg.train, 224, use_gpu=True)
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["train_batch_size"] == 4 * 224  # 448 images / 112 groups
+    # the shipped recipe: 56 groups x 2 micro-batches of 4 images
+    cfg, _ = resolve(y, [])
+    ds = deepspeed_config(cfg.train, 112, use_gpu=True)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (4, 2)
+    assert ds["train_batch_size"] == 4 * 2 * 112
 
 
 def test_ema_shard_files_rebuild_any_parameter_and_any_rank_slice(tmp_path):
@@ -283,3 +317,29 @@ def test_ema_shard_files_rebuild_any_parameter_and_any_rank_slice(tmp_path):
             expected = p.ds_tensor if n in partitioned else weights[n]
             torch.testing.assert_close(target.shadow[n], expected.float(), msg=n)
     shards.close()
+
+
+def test_rank_index_reads_light_columns_and_locates_row_groups(tmp_path):
+    """A rank's epoch in stream order: matching rows only, their row groups, and the row-split
+    fallback's share; what row_opener reads from any stream index."""
+    from sama.pipelines.train.data import RankData, rank_index, read_row_groups
+
+    def shard(name, tasks):
+        table = pa.table({"task": tasks, "bucket": ["1x4x4"] * len(tasks),
+                          "src_latent_shape": [[16, 1, 1, 1]] * len(tasks),
+                          "sample_id": [f"{name}{i}" for i in range(len(tasks))]})
+        path = str(tmp_path / f"{name}.parquet")
+        storage.write_parquet(path, table, row_group_size=2)
+        return path
+
+    a = shard("a", ["image_edit", "t2v", "image_edit", "image_edit", "t2v"])  # row groups [0,1] [2,3] [4]
+    b = shard("b", ["image_edit", "image_edit"])
+    records, groups = rank_index(RankData([a, b], rows=5, passes=1), ["image_edit"])
+    assert len(records) == 5 and records[0] == {"task": "image_edit", "bucket": "1x4x4", "src_latent_shape": [16, 1, 1, 1]}
+    assert groups == [(a, 0, [0], 0), (a, 1, [0, 1], 1), (b, 0, [0, 1], 3)]
+    # reading a group returns its rows, numbered within the epoch
+    t = read_row_groups(pa.table({"path": [a], "row_group": [1], "rows": [[1]], "first": [2], "epoch": [3]}))
+    assert t["sample_id"].to_pylist() == ["a3"] and t["_i"].to_pylist() == [2] and t["_e"].to_pylist() == [3]
+    # row-split fallback: rank 1 of 2 keeps every other matching row
+    records, groups = rank_index(RankData([a, b], rows=2, passes=1, offsets=[0, 3], world=2, rank=1), ["image_edit"])
+    assert groups == [(a, 1, [0], 0), (b, 0, [0], 1)]  # matching rows #1 (a2) and #3 (b0)

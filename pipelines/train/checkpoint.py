@@ -163,23 +163,25 @@ def fp32_params(ckpt: str) -> dict:
     return _load(uri) if storage.exists(uri) else {}
 
 
-def raw_weights(ckpt: str, workdir: str | None = None) -> dict:
+def raw_weights(ckpt: str, lazy: bool = False) -> dict:
     """The trained (non-EMA) fp32 weights, consolidated from DeepSpeed's ZeRO shards (plus the
-    fp32-kept parameters). With ``workdir`` (a local folder the DeepSpeed files are fetched to,
-    kept by the caller) the values are DeepSpeed's lazy tensors over memory-mapped shards:
-    ``.contiguous()`` materialises one, so no full copy is held. Without: a full dict."""
+    fp32-kept parameters). The DeepSpeed files are read in place when local, or fetched once
+    per node into the cache (a file lock) from s3://. ``lazy``: the values are DeepSpeed's lazy
+    tensors over memory-mapped shards (``.contiguous()`` materialises one), so no full copy
+    is held; else a full dict."""
     import tempfile
 
-    if workdir is None:
-        with tempfile.TemporaryDirectory(prefix="sama-ckpt-") as tmp:
-            return {n: (t.contiguous() if hasattr(t, "contiguous") else t) for n, t in raw_weights(ckpt, tmp).items()}
     meta = read_meta(ckpt)
-    fetch(ckpt, [n for n in list_relative(ckpt) if n.startswith(DS_TAG + "/")], workdir)
+    ds = storage.materialize(storage.join(ckpt, DS_TAG))  # a local path as it is; s3: the node's cache
     extra = dict(fp32_params(ckpt).get("params", {}))
     if meta["zero_stage"] == 0:
-        module = torch.load(os.path.join(workdir, DS_TAG, "mp_rank_00_model_states.pt"), map_location="cpu",
+        module = torch.load(os.path.join(ds, "mp_rank_00_model_states.pt"), map_location="cpu",
                             weights_only=False, mmap=True)["module"]
         return {**module, **extra}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return {**get_fp32_state_dict_from_zero_checkpoint(workdir, tag=DS_TAG, lazy_mode=True), **extra}
+    # DeepSpeed wants <dir>/<tag>/...: a folder holding a link to the DeepSpeed files
+    parent = tempfile.mkdtemp(prefix="sama-ckpt-")
+    os.symlink(ds, os.path.join(parent, DS_TAG))
+    weights = get_fp32_state_dict_from_zero_checkpoint(parent, tag=DS_TAG, lazy_mode=lazy)
+    return {**weights, **extra}

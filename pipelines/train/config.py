@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from sama import storage
+from sama.buckets import BucketConfig
 from sama.config import JobConfig
 from sama.models.losses import LossConfig
 from sama.models.transformer import SamaModelConfig
@@ -23,6 +24,9 @@ class DataConfig:
     max_pending_buckets: int = 64  # open partial batches per stream before the oldest is flushed short
     text_len: Optional[int] = None  # pad text embeddings to this length; null: the longest in the batch
     read_num_cpus: float = 0.25  # per Ray Data read task (the workers hold the rest)
+    # The buckets the shards were made with (precompute.buckets): the dry run sizes the tokens
+    # per GPU from their largest sample.
+    buckets: BucketConfig = field(default_factory=BucketConfig)
 
     def validate(self) -> None:
         if not self.sources:

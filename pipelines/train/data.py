@@ -3,9 +3,10 @@
 Ray Data's ``streaming_split`` hands blocks to whichever worker asks first, so which rows a
 rank sees, and in what order, changes from run to run; exact resume and a deterministic
 order need a fixed assignment. The driver therefore deals each source's shard files to
-ranks (balanced by matching rows, read from the ``task`` column only), and
-:class:`RankShardedDataConfig` gives every rank a Ray Data stream over its own files with
-``preserve_order``: nothing is downloaded whole, and no worker reads another's files.
+ranks (balanced by matching rows, read from the ``task`` column only). Each worker indexes
+its own files (:func:`rank_index`: three small columns) and streams their row groups through
+Ray Data in order (:func:`row_opener`), from any position: nothing is downloaded whole, no
+worker reads another's files, and a resume starts reading where its position is.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
-from ray.train import DataConfig
 
 from sama import storage
 from sama.latents import shard_files
@@ -73,63 +72,88 @@ def plan_files(sources: list[SourceConfig], world: int, steps: int, batch_per_ra
     return plan
 
 
-def read_shards(batch: pa.Table, tasks: list[str]) -> pa.Table:
-    """Ray Data UDF: shard paths -> their rows of ``tasks`` (a task, not an actor, so no CPU is held
-    between reads; one operator, so a stream starts quickly)."""
+def rank_index(data: RankData, tasks: list[str]) -> tuple[list[dict], list[tuple[str, int, list[int], int]]]:
+    """This rank's rows of one epoch, in stream order, as light records (task, bucket, source
+    shape: what bucket batches group by; no tensors), and the row groups holding them:
+    ``[(path, row group, rows within it, stream index of the first)]``. Reads three small
+    columns and the Parquet footers, never a tensor."""
+    import pyarrow.parquet as pq
+
+    records: list[dict] = []
+    groups: list[tuple[str, int, list[int], int]] = []
+    offsets = data.offsets or [0] * len(data.files)
+    for path, offset in zip(data.files, offsets):
+        fs, local = storage.filesystem(path)
+        with fs.open_input_file(local) as fh:
+            pf = pq.ParquetFile(fh)
+            table = pf.read(columns=["task", "bucket", "src_latent_shape"])
+            starts = [0]
+            for i in range(pf.metadata.num_row_groups):
+                starts.append(starts[-1] + pf.metadata.row_group(i).num_rows)
+        task, bucket, shape = (table[c].to_pylist() for c in ("task", "bucket", "src_latent_shape"))
+        matching = 0
+        rg = 0
+        for row in range(table.num_rows):
+            if task[row] not in tasks:
+                continue
+            keep = data.offsets is None or (offset + matching) % data.world == data.rank  # row-split fallback
+            matching += 1
+            if not keep:
+                continue
+            while row >= starts[rg + 1]:
+                rg += 1
+            if not groups or groups[-1][0] != path or groups[-1][1] != rg:
+                groups.append((path, rg, [], len(records)))
+            groups[-1][2].append(row - starts[rg])
+            records.append({"task": task[row], "bucket": bucket[row], "src_latent_shape": shape[row]})
+    return records, groups
+
+
+def read_row_groups(batch: pa.Table) -> pa.Table:
+    """Ray Data UDF: (path, row group, rows, first index, epoch) -> those rows, numbered ``_i``
+    within the epoch ``_e`` (a task, not an actor, so no CPU is held between reads)."""
+    import pyarrow.parquet as pq
+
     tables = []
-    for path, offset, world, rank in zip(*(batch[c].to_pylist() for c in ("path", "offset", "world", "rank"))):
-        t = storage.read_parquet(path)
-        t = t.filter(pc.is_in(t["task"], pa.array(tasks)))
-        if world > 1:  # row-split fallback
-            t = t.take(pa.array([i for i in range(t.num_rows) if (offset + i) % world == rank], pa.int64()))
-        tables.append(t)
+    for path, rg, rows, first, epoch in zip(*(batch[c].to_pylist() for c in ("path", "row_group", "rows", "first",
+                                                                           "epoch"))):
+        fs, local = storage.filesystem(path)
+        with fs.open_input_file(local) as fh:
+            t = pq.ParquetFile(fh).read_row_group(rg)
+        t = t.take(pa.array(rows, pa.int64()))
+        t = t.append_column("_e", pa.array([epoch] * len(rows), pa.int64()))
+        tables.append(t.append_column("_i", pa.array(range(first, first + len(rows)), pa.int64())))
     return pa.concat_tables(tables)
 
 
-def read_rank(data: RankData, tasks: list[str], read_num_cpus: float) -> "ray.data.Dataset":
-    """The rank's files, listed ``passes`` times, read one file per block, in order."""
-    offsets = data.offsets or [0] * len(data.files)
-    one = [{"path": f, "offset": o, "world": data.world if data.offsets else 1, "rank": data.rank}
-           for f, o in zip(data.files, offsets)]
-    items = one * data.passes
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    return ds.map_batches(read_shards, fn_kwargs={"tasks": tasks}, batch_size=1, batch_format="pyarrow",
-                          num_cpus=read_num_cpus)
+def row_opener(groups: list[tuple[str, int, list[int], int]], passes: int, read_num_cpus: float):
+    """``open_rows(epoch, start)`` for :class:`sama.training.mixing.BucketStream`: a Ray Data
+    stream, in order, of this rank's rows from index ``start`` of ``epoch`` through ``passes``
+    epochs (one pipeline start serves several epochs of a small set). Only row groups at or
+    after ``start`` are read: a resume seeks to its position."""
+    import ray
 
+    def open_rows(epoch: int, start: int):
+        items = []
+        for e in range(epoch, epoch + max(1, passes)):
+            for path, rg, rows, first in groups:
+                skip = max(0, start - first) if e == epoch else 0
+                if skip < len(rows):
+                    items.append({"path": path, "row_group": rg, "rows": rows[skip:], "first": first + skip,
+                                  "epoch": e})
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map_batches(read_row_groups, batch_size=1, batch_format="pyarrow", num_cpus=read_num_cpus)
+        ds.context.execution_options.preserve_order = True  # the row order is part of the position
+        ds.context.enable_progress_bars = False  # one bar per rank and source floods the driver
+        return (dict(r) for r in ds.iter_rows())
 
-class RankShardedDataConfig(DataConfig):
-    """Rank ``r`` of source ``s`` streams ``plan[s][r]`` (see the module docstring)."""
-
-    def __init__(self, plan: Plan, tasks: dict[str, list[str]], read_num_cpus: float = 0.25):
-        super().__init__(datasets_to_split=[])
-        self.plan, self.tasks, self.read_num_cpus = plan, tasks, read_num_cpus
-
-    def configure(self, datasets, world_size, worker_handles=None, worker_node_ids=None, **kwargs):
-        out: list[dict] = [{} for _ in range(world_size)]
-        for name in datasets:
-            if len(self.plan[name]) != world_size:
-                raise ValueError(f"data plan for {name!r} has {len(self.plan[name])} ranks, the run has {world_size}")
-            for rank in range(world_size):
-                ds = read_rank(self.plan[name][rank], self.tasks[name], self.read_num_cpus)
-                ds.set_name(f"{name}-rank{rank}")
-                options = self._resolve_execution_options(name)
-                options.preserve_order = True  # the rank's row order is part of the resume position
-                ds.context.execution_options = options
-                ds.context.enable_progress_bars = False  # one bar per rank and source floods the driver
-                out[rank][name] = ds.iterator()
-        return out
+    return open_rows
 
 
 def build(sources: list[SourceConfig], world: int, steps: int, batch_per_rank: dict[str, int],
-          read_num_cpus: float, sequence_parallel: int = 1):
-    """``datasets=`` for the trainer, the data config that replaces each with per-rank streams, the plan.
-
-    The datasets handed to the trainer only carry the names: ``RankShardedDataConfig``
-    builds the real per-rank streams from the plan. With sequence parallelism the files are
-    dealt to the data-parallel groups, and every rank of a group streams its group's files
-    (the same rows in the same order, so the group agrees on each batch without talking).
-    """
+          sequence_parallel: int = 1) -> Plan:
+    """The per-rank plan: each source's files dealt to the data-parallel groups, and every
+    rank of a group streaming its group's files (the same rows in the same order, so the group
+    agrees on each batch without talking). Workers build their streams from it."""
     per_group = plan_files(sources, world // sequence_parallel, steps, batch_per_rank)
-    plan = {name: [ranks[r // sequence_parallel] for r in range(world)] for name, ranks in per_group.items()}
-    datasets = {s.name: ray.data.from_items([{"source": s.name}]) for s in sources}
-    return datasets, RankShardedDataConfig(plan, {s.name: list(s.tasks) for s in sources}, read_num_cpus), plan
+    return {name: [ranks[r // sequence_parallel] for r in range(world)] for name, ranks in per_group.items()}

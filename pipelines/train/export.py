@@ -49,7 +49,7 @@ def export_checkpoint(ckpt_uri: str, output: str, weights: str = "ema", dtype: s
             source = C.ema_shards(ckpt)
             names, get, close = set(source.names()), source.__getitem__, source.close
         elif weights == "raw":
-            raw = C.raw_weights(ckpt, workdir=os.path.join(tmp, "ds"))
+            raw = C.raw_weights(ckpt, lazy=True)
             names, close = set(raw), (lambda: None)
 
             def get(n: str) -> torch.Tensor:

@@ -44,8 +44,7 @@ def build_trainer(cfg: TrainJobConfig):
 
     t, w = cfg.train, cfg.train.workers
     batch = {s.name: t.micro_batch(s.family) for s in t.data.sources}
-    datasets, data_config, plan = data.build(t.data.sources, w.num_workers, t.steps, batch, t.data.read_num_cpus,
-                                             t.engine.sequence_parallel)
+    plan = data.build(t.data.sources, w.num_workers, t.steps, batch, t.engine.sequence_parallel)
     path, fs = storage_target(cfg.output)
     # NCCL: a failed or timed-out collective aborts the rank (an error, not a hang)
     env = {"DS_ACCELERATOR": "cpu"} if not w.use_gpu else {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
@@ -59,8 +58,6 @@ def build_trainer(cfg: TrainJobConfig):
                              failure_config=FailureConfig(max_failures=t.checkpoint.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoint.keep),
                              worker_runtime_env={"env_vars": env}),
-        datasets=datasets,
-        dataset_config=data_config,
     )
 
 

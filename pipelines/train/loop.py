@@ -35,6 +35,7 @@ from sama.training.mixing import BucketStream, pick_source, seed_of
 from sama.training.schedule import LRLambda
 
 from . import checkpoint as C
+from . import data as D
 from . import weights as W
 from .config import TrainConfig, TrainJobConfig
 from .deepspeed_config import deepspeed_config, resolve_precision
@@ -198,7 +199,7 @@ def train_loop_per_worker(config: dict) -> None:
     if resumed is not None or init_same:
         source = None  # the architecture only: the weights are restored below
     elif init is not None:
-        source = lambda: W.checkpoint_source(init, os.path.join(workdir, "init"))  # noqa: E731
+        source = lambda: W.checkpoint_source(init)  # noqa: E731
     elif t.model.pretrained is not None:
         source = lambda: W.pretrained_source(t.model)  # noqa: E731
     else:
@@ -267,14 +268,14 @@ def train_loop_per_worker(config: dict) -> None:
             shards.close()
     shutil.rmtree(workdir, ignore_errors=True)
 
-    # 5. One endless bucket stream per source over this rank's shard files.
+    # 5. One endless bucket stream per source over this rank's shard files, at its position.
     streams = {}
     for s in t.data.sources:
-        shard, mine = ray.train.get_dataset_shard(s.name), config["plan"][s.name][rank]
+        mine = config["plan"][s.name][rank]
+        index, groups = D.rank_index(mine, list(s.tasks))
         streams[s.name] = BucketStream(
-            s.name, lambda shard=shard: (dict(r) for r in shard.iter_rows()), mine.rows,
-            t.micro_batch(s.family), t.seed, dp_rank, mine.passes, t.data.shuffle_buffer,
-            t.data.max_pending_buckets, state.positions.get(s.name, (0, 0)))
+            s.name, index, D.row_opener(groups, mine.passes, t.data.read_num_cpus), t.micro_batch(s.family),
+            t.seed, dp_rank, t.data.shuffle_buffer, t.data.max_pending_buckets, state.positions.get(s.name, (0, 0)))
     names, weights = [s.name for s in t.data.sources], [s.weight for s in t.data.sources]
 
     logger = remote = None
@@ -372,6 +373,7 @@ def train_loop_per_worker(config: dict) -> None:
                      "samples_per_s": stats[4].item() / sp / dt, "tokens_per_s": stats[5].item() / sp / dt,
                      "data_wait_frac": min(1.0, stats[6].item() / world / dt), "step_time_s": dt,
                      "skipped_steps": float(state.skipped), f"source/{source}": 1.0}
+                m["rows_read"] = float(sum(s.rows_read for s in streams.values()))  # this rank's, since start
                 if accum > 1:
                     m["dropped_micro_batches"] = float(state.dropped_micro_batches)
                 logger.log(step, m)

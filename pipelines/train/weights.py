@@ -158,8 +158,9 @@ def pretrained_source(cfg: SamaModelConfig) -> WeightSource:
     return WeightSource(config, set(reader.entries), reader.get, reader.close)
 
 
-def checkpoint_source(ckpt: str, workdir: str) -> WeightSource:
-    """A training checkpoint's raw fp32 weights (DeepSpeed's lazy consolidation)."""
+def checkpoint_source(ckpt: str) -> WeightSource:
+    """A training checkpoint's raw fp32 weights (DeepSpeed's lazy consolidation, one parameter
+    at a time over memory-mapped shards fetched once per node)."""
     import json
 
     from sama import storage
@@ -168,7 +169,7 @@ def checkpoint_source(ckpt: str, workdir: str) -> WeightSource:
 
     config = {k: v for k, v in json.loads(storage.read_text(storage.join(ckpt, "model_config.json"))).items()
               if not k.startswith("_")}
-    raw = C.raw_weights(ckpt, workdir=workdir)
+    raw = C.raw_weights(ckpt, lazy=True)
     return WeightSource(config, set(raw), lambda n: raw[n] if isinstance(raw[n], torch.Tensor) else raw[n].contiguous())
 
 

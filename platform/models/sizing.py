@@ -76,7 +76,8 @@ class MemoryEstimate:
 def estimate_memory(params: int, world: int, zero_stage: int, bf16: bool = True, ema: bool = True) -> MemoryEstimate:
     """Mixed-precision AdamW (ZeRO paper): weights 2, grads 2, fp32 master + m + v 12 bytes a
     parameter (4 + 4 + 4 in fp32 training, without the extra master copy); stage 1 shards the
-    optimizer, 2 also the grads, 3 also the weights. The EMA copy (fp32) is sharded under ZeRO-3."""
+    optimizer, 2 also the grads, 3 also the weights. The EMA copy (fp32) is sharded over every rank
+    at any stage (sama.training.ema.ShardedEMA: ZeRO-3 partitions, else whole tensors dealt by size)."""
     gib = 1024**3
     w_bytes, g_bytes, o_bytes = (2, 2, 12) if bf16 else (4, 4, 8)
     shard = lambda on: world if on else 1  # noqa: E731
@@ -85,6 +86,63 @@ def estimate_memory(params: int, world: int, zero_stage: int, bf16: bool = True,
         "grads": params * g_bytes / shard(zero_stage >= 2) / gib,
         "optimizer": params * o_bytes / shard(zero_stage >= 1) / gib,
     }
-    if ema:
-        per["ema"] = params * 4 / shard(zero_stage >= 3) / gib
+    if ema:  # ShardedEMA: ZeRO-3 partitions, else whole parameters dealt to ranks by size
+        per["ema"] = params * 4 / world / gib
     return MemoryEstimate(params, per, zero_stage, world)
+
+
+# ---------------------------------------------------------------------- does a training step fit?
+
+# Bytes autograd keeps per token per transformer block, in rows of ``dim`` values of the compute
+# dtype, measured on a real-size Wan2.1-14B block (bench/activation_memory.py: 39.68 plain and
+# 1.03 checkpointed at 2,377 tokens, 40.30 / 1.13 at 577; SDPA's flash kernel: O(tokens)).
+ACTIVATION_ROWS_PLAIN = 39.7  # every intermediate of the block, kept for backward
+ACTIVATION_ROWS_CHECKPOINTED = 1.03  # the block's input (+ RoPE tables), recomputed in backward
+GPU_TYPES = {"H100": 79.6, "H200": 140.4}  # GiB usable (nvidia-smi), 80 GB and 141 GB parts
+CUDA_RESERVE_GIB = 2.0  # CUDA context, NCCL buffers, kernels' workspaces
+FRAGMENTATION = 0.10  # the caching allocator's slack on top of what is live
+
+
+def tokens_per_sample(height: int, width: int, frames: int, semantic: int, source: bool = True,
+                      vae_spatial: int = 8, vae_temporal: int = 4, patch: tuple[int, int, int] = (1, 2, 2)) -> int:
+    """In-context tokens of one sample: target (+ source of the same shape) + semantic tokens."""
+    latent_frames = (frames - 1) // vae_temporal + 1
+    per = (latent_frames // patch[0]) * (height // vae_spatial // patch[1]) * (width // vae_spatial // patch[2])
+    return per * (2 if source else 1) + semantic
+
+
+def activation_gib(tokens: int, dim: int, layers: int, checkpointing: bool, itemsize: int = 2) -> float:
+    """Activation memory of a forward+backward over ``tokens`` tokens on one GPU: with
+    checkpointing, every block's input plus one block recomputed at a time in backward."""
+    rows = layers * ACTIVATION_ROWS_CHECKPOINTED + ACTIVATION_ROWS_PLAIN if checkpointing \
+        else layers * ACTIVATION_ROWS_PLAIN
+    return tokens * dim * itemsize * rows / 1024**3
+
+
+@dataclass
+class Fit:
+    """One GPU's memory for a training step, term by term, against each GPU type."""
+
+    terms: dict[str, float]  # GiB
+
+    @property
+    def total_gib(self) -> float:
+        live = sum(v for k, v in self.terms.items() if k != "reserve")
+        return live * (1 + FRAGMENTATION) + self.terms.get("reserve", 0.0)
+
+    def verdicts(self) -> dict[str, bool]:
+        return {gpu: self.total_gib <= cap for gpu, cap in GPU_TYPES.items()}
+
+
+def training_fit(states: MemoryEstimate, fp32_kept: int, block_params: int, zero_stage: int, prefetch: int,
+                 activations: float) -> Fit:
+    """Per-GPU memory: ZeRO states + EMA (``states``), the fp32-kept parameters replicated outside
+    DeepSpeed (param, grad, AdamW m and v, EMA: 20 bytes each), ZeRO-3's gathered parameters
+    (the block being computed and the next, prefetched, in bf16), activations, a fixed reserve."""
+    terms = dict(states.per_gpu_gb)
+    terms["fp32_kept"] = fp32_kept * 20 / 1024**3
+    if zero_stage == 3:
+        terms["gathered"] = (2 * block_params + prefetch) * 2 / 1024**3
+    terms["activations"] = activations
+    terms["reserve"] = CUDA_RESERVE_GIB
+    return Fit(terms)

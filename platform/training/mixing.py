@@ -7,9 +7,13 @@ batch itself comes from that source's :class:`BucketStream` on this rank: its ro
 shuffled by a buffer seeded by ``(seed, source, rank, epoch)``, grouped into batches that
 share one bucket shape (``sama.latents.bucket_batches``), cycling over epochs forever.
 
-A stream's position is ``(epoch, batches taken in that epoch)``; resuming replays the
-epoch up to there (the row order is a pure function of the rank's shard files and the
-seed), so no row is seen twice or skipped.
+A stream's position is ``(epoch, batches taken in that epoch)``, and resuming *seeks* to it:
+an epoch's batches are planned from a light index of the rank's rows (task, bucket, shape:
+no tensors), by the same shuffle and bucket grouping the rows would go through, so the plan
+is a pure function of the rank's files and the seed. Resuming recomputes the plan, skips the
+batches already taken without reading them, and opens the row stream at the first row still
+needed (at most a shuffle buffer behind the position), so no row is seen twice or skipped
+and the rows read again are bounded by the buffer, not by the position.
 """
 
 from __future__ import annotations
@@ -77,63 +81,85 @@ def shuffled(rows: Iterable[dict], buffer: int, rng: random.Random) -> Iterator[
     yield from pool
 
 
-class BucketStream:
-    """Endless batches of one source on one rank, with a resumable position.
+RowOpener = Callable[[int, int], Iterable[dict]]  # (epoch, first index) -> rows with "_e", "_i"
 
-    ``open_rows()`` streams the rank's rows for ``epochs_per_pass`` epochs back to back (a
-    Ray Data iterator over the rank's files listed that many times, so a tiny dataset does
-    not pay a pipeline start per epoch), in the same order every time it is called;
-    ``rows_per_epoch`` cuts that stream into epochs. Each epoch is shuffled by its own seed
-    and grouped into bucket batches; its last, short batches are flushed, never dropped.
+
+class BucketStream:
+    """Endless batches of one source on one rank, with a position resumed by seeking.
+
+    ``index``: the rank's rows of one epoch in stream order, as small dicts with the fields
+    :func:`sama.latents.batch_key` reads (task, bucket, src_latent_shape). ``open_rows(epoch,
+    start)``: the full rows from stream index ``start`` of ``epoch`` on (later epochs may
+    follow), each carrying its epoch ``_e`` and index ``_i``. Each epoch is shuffled by its
+    own seed and grouped into bucket batches; its last, short batches are flushed, never
+    dropped. ``rows_read`` counts the rows pulled from the stream (none twice per epoch,
+    except at most a buffer's worth after a resume).
     """
 
-    def __init__(self, name: str, open_rows: Callable[[], Iterable[dict]], rows_per_epoch: int, batch_size: int,
-                 seed: int, rank: int = 0, epochs_per_pass: int = 1, shuffle_buffer: int = 64,
-                 max_pending: int = 64, position: tuple[int, int] = (0, 0)):
-        if rows_per_epoch < 1:
+    def __init__(self, name: str, index: list[dict], open_rows: RowOpener, batch_size: int, seed: int,
+                 rank: int = 0, shuffle_buffer: int = 64, max_pending: int = 64, position: tuple[int, int] = (0, 0)):
+        if not index:
             raise ValueError(f"data source {name!r} has no rows on rank {rank}")
-        self.name, self.open_rows, self.rows_per_epoch = name, open_rows, rows_per_epoch
-        self.batch_size, self.seed, self.rank, self.epochs_per_pass = batch_size, seed, rank, max(1, epochs_per_pass)
+        self.name, self.index, self.open_rows = name, index, open_rows
+        self.batch_size, self.seed, self.rank = batch_size, seed, rank
         self.shuffle_buffer, self.max_pending = shuffle_buffer, max_pending
         self.epoch, self.taken = position
-        self._rows: Iterator[dict] | None = None
-        self._batches: Iterator[list[dict]] | None = None
+        self.rows_read = 0
+        self._plan: list[list[int]] | None = None
+        self._needed: set[int] = set()  # indices of this epoch's remaining batches
+        self._rows: dict[int, dict] = {}  # pulled ahead of their batch
+        self._stream: Iterator[dict] | None = None
 
     @property
     def position(self) -> tuple[int, int]:
         return self.epoch, self.taken
 
-    def _epoch_rows(self) -> Iterator[dict]:
-        if self._rows is None or self.epoch % self.epochs_per_pass == 0:
-            self._rows = iter(self.open_rows())
-            for _ in range((self.epoch % self.epochs_per_pass) * self.rows_per_epoch):  # resume mid-pass
-                next(self._rows)
-        for _ in range(self.rows_per_epoch):
-            row = next(self._rows, None)
-            if row is None:
-                raise RuntimeError(f"data source {self.name!r} on rank {self.rank}: the stream ended before "
-                                   f"{self.rows_per_epoch} rows of epoch {self.epoch}")
-            yield row
+    def plan(self, epoch: int) -> list[list[int]]:
+        """The epoch's batches as row indices: the shuffle and bucket grouping, run on the index."""
+        rng = random.Random(seed_of("shuffle", self.seed, self.name, self.rank, epoch))
+        light = ({**r, "_i": i} for i, r in enumerate(self.index))
+        batches = bucket_batches(shuffled(light, self.shuffle_buffer, rng), self.batch_size,
+                                 max_pending=self.max_pending)
+        return [[r["_i"] for r in b] for b in batches]
 
-    def _start_epoch(self) -> Iterator[list[dict]]:
-        rng = random.Random(seed_of("shuffle", self.seed, self.name, self.rank, self.epoch))
-        rows = shuffled(self._epoch_rows(), self.shuffle_buffer, rng)
-        it = bucket_batches(rows, self.batch_size, max_pending=self.max_pending)
-        for _ in range(self.taken):  # replay to the saved position
-            next(it)
-        return it
+    def _next_epoch_if_done(self) -> None:
+        if self._plan is None:
+            self._plan = self.plan(self.epoch)
+            self._needed = {i for b in self._plan[self.taken:] for i in b}
+        if self.taken >= len(self._plan):  # the epoch is served: the next one
+            self.epoch, self.taken = self.epoch + 1, 0
+            self._plan = self.plan(self.epoch)
+            self._needed = set(range(len(self.index)))
+            self._rows.clear()
+
+    def _pull(self) -> dict:
+        for attempt in range(2):
+            if self._stream is None:  # (re)open at the first row still needed
+                self._stream = iter(self.open_rows(self.epoch, min(self._needed)))
+            row = next(self._stream, None)
+            if row is not None:
+                self.rows_read += 1
+                return row
+            self._stream = None  # this pass is exhausted: the next opens where we are
+        raise RuntimeError(f"data source {self.name!r} on rank {self.rank}: the stream has no rows for epoch "
+                           f"{self.epoch} from index {min(self._needed)}")
 
     def __iter__(self) -> BucketStream:
         return self
 
     def __next__(self) -> list[dict]:
-        if self._batches is None:
-            self._batches = self._start_epoch()
-        batch = next(self._batches, None)
-        if batch is None:  # epoch done: the next one
-            self.epoch, self.taken = self.epoch + 1, 0
-            self._batches = self._start_epoch()
-            batch = next(self._batches)
+        self._next_epoch_if_done()
+        wanted = self._plan[self.taken]
+        while any(i not in self._rows for i in wanted):
+            row = self._pull()
+            e, i = row["_e"], row["_i"]
+            if e != self.epoch or i not in self._needed:
+                if e > self.epoch:  # the stream is past us (opened elsewhere): open it again here
+                    self._stream = None
+                continue  # taken before this run resumed, or another epoch's row
+            self._rows[i] = row
+        batch = [self._rows.pop(i) for i in wanted]
+        self._needed.difference_update(wanted)
         self.taken += 1
         return batch
 
