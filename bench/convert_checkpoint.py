@@ -23,8 +23,8 @@ import time
 import torch
 
 from sama.models.convert import RELEASE_NUMERICS, ours_to_release
-from sama.tensorfiles import write_safetensors
 from sama.models.sizing import WAN_ARCHITECTURES
+from sama.tensorfiles import write_safetensors
 
 NAIVE = r"""
 import sys, torch

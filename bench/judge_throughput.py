@@ -33,7 +33,7 @@ def serve(latency: float, q) -> None:
 
 async def run(base_url: str, concurrency: int, n: int, cache: str) -> tuple[float, float]:
     """(requests/s, client CPU seconds per request)."""
-    from sama.pipelines.filter.judge import Judge, JudgeConfig, Secret
+    from sama.judging import Judge, JudgeConfig, Secret
     from sama.testing.media import frames_array
 
     frames = {"source": frames_array(4, 96, 64, seed=1), "target": frames_array(4, 96, 64, seed=2)}

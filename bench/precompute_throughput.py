@@ -26,7 +26,7 @@ from sama import storage
 from sama.buckets import make_buckets
 from sama.config import from_dict
 from sama.media import probe, read_frames
-from sama.pipelines.precompute.job import (DecodeStage, Encoders, PrecomputeJobConfig, decode_sample, run)
+from sama.pipelines.precompute.job import Encoders, PrecomputeJobConfig, decode_sample, run
 from sama.schemas import MANIFEST, sample_id
 from sama.testing.media import write_video
 
@@ -60,7 +60,7 @@ def make_manifest(root: str, n: int) -> str:
 def plain_loop(cfg: PrecomputeJobConfig) -> int:
     """The same per-sample work, one process, no Ray: decode -> encode (batch of 1)."""
     p = cfg.precompute
-    enc, buckets = Encoders(p, "cpu"), make_buckets(p.buckets)
+    enc, buckets = Encoders(p.vae, p.semantic, p.text, "cpu"), make_buckets(p.buckets)
     n = 0
     for row in storage.read_parquet(p.manifest).to_pylist():
         d = decode_sample(row, p, buckets)
@@ -84,7 +84,7 @@ def main() -> None:
         manifest = make_manifest(root, args.samples)
         cfg = from_dict(PrecomputeJobConfig, {"output": os.path.join(root, "out"),
                                               "precompute": {**PRECOMPUTE, "manifest": manifest}})
-        Encoders(cfg.precompute, "cpu")  # warm the model code paths once
+        Encoders(cfg.precompute.vae, cfg.precompute.semantic, cfg.precompute.text, "cpu")  # warm the model code paths once
         t0 = time.perf_counter()
         n_loop = plain_loop(cfg)
         t_loop = time.perf_counter() - t0

@@ -9,16 +9,14 @@ sequential loop are what to read (absolute numbers depend on the machine).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
-from functools import partial
 
 import ray
 
 from sama.media import probe
-from sama.pipelines.common import map_tasks
+from sama.pipelines.stage import map_parts
 from sama.testing.media import write_image, write_video
 
 
@@ -32,9 +30,8 @@ def make_files(root: str, n: int) -> list[str]:
     return files
 
 
-def probe_chunk(item: dict) -> dict:
-    frames = sum(probe(f).frames for f in item["files"])
-    return {"result": json.dumps({"n": len(item["files"]), "frames": frames})}
+def probe_chunk(files: list[str]) -> int:
+    return sum(probe(f).frames for f in files)
 
 
 def timed(fn) -> tuple[float, object]:
@@ -53,14 +50,14 @@ def main() -> None:
         files = make_files(root, args.files)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        items = [{"files": files[i : i + args.chunk]} for i in range(0, len(files), args.chunk)]
-        map_tasks(items[:2], probe_chunk, 1, "warm-up", concurrency=2)  # start workers, import modules
+        items = [files[i : i + args.chunk] for i in range(0, len(files), args.chunk)]
+        map_parts(items[:2], probe_chunk, 1, "warm-up", concurrency=2)  # start workers, import modules
 
         t_seq, frames_seq = timed(lambda: sum(probe(f).frames for f in files))
         results = {}
         for workers in (1, 2):
-            t, out = timed(lambda: map_tasks(items, probe_chunk, 1, f"{workers} workers", concurrency=workers))
-            assert sum(o["frames"] for o in out) == frames_seq  # same work, same answer
+            t, out = timed(lambda w=workers: map_parts(items, probe_chunk, 1, f"{w} workers", concurrency=w))
+            assert sum(out) == frames_seq  # same work, same answer
             results[workers] = t
         ray.shutdown()
 

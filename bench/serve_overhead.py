@@ -53,8 +53,8 @@ def run_clients(call, clients: int, edits: int) -> tuple[float, float]:
 
 def in_process(source: str, steps: int):
     """The editor's decode -> edit -> encode, called directly; one edit at a time."""
-    from sama.media import encode_mp4, read_clip
     from sama.buckets import BucketConfig
+    from sama.media import encode_mp4, read_clip
     from sama.models.encoders import TextEncoderConfig
     from sama.models.pipeline import EditModelConfig, PipelineConfig
 

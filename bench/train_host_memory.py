@@ -84,8 +84,9 @@ def worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     import deepspeed
     import torch.distributed as dist
 
-    from sama.models.transformer import SamaModelConfig, load_transformer
-    from sama.pipelines.train import checkpoint as C
+    from sama.models.loading import load_transformer
+    from sama.models.transformer import SamaModelConfig
+    from sama.pipelines.train import checkpoint as checkpoints
     from sama.pipelines.train.weights import build_zero3, pretrained_source
     from sama.training.ema import ShardedEMA
 
@@ -111,27 +112,27 @@ def worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()], config=cfg)
     ema = ShardedEMA([*engine.module.named_parameters(), *fp32.named_parameters()], 0.9998, rank, world)
     ckpt = os.path.join(root, "ckpt")
-    engine.save_checkpoint(ckpt, tag=C.DS_TAG)
-    C.save_rank_state(ckpt, rank, C.TrainState(), ema)
+    engine.save_checkpoint(ckpt, tag=checkpoints.DS_TAG)
+    checkpoints.save_rank_state(ckpt, rank, checkpoints.TrainState(), ema)
     if rank == 0:
         json.dump({"step": 1, "world_size": world, "zero_stage": 3, "precision": "bf16"},
                   open(os.path.join(ckpt, "meta.json"), "w"))
         json.dump(dict(engine.module.config), open(os.path.join(ckpt, "model_config.json"), "w"), default=list)
         os.makedirs(os.path.join(ckpt, "fp32"), exist_ok=True)
-        torch.save(fp32.state_dict(), os.path.join(ckpt, C.FP32_FILE))
+        torch.save(fp32.state_dict(), os.path.join(ckpt, checkpoints.FP32_FILE))
     dist.barrier()
     del ema
 
     # init_from
-    phase("init_from before", lambda: (C.raw_weights(ckpt), C.ema_weights(ckpt)))
+    phase("init_from before", lambda: (checkpoints.raw_weights(ckpt), checkpoints.ema_weights(ckpt)))
     work = tempfile.mkdtemp()
 
     def rank_local():
-        names = C.own_files(C.list_relative(ckpt), rank, 3)
-        C.fetch(ckpt, [n for n in names if not n.startswith("state/")], work)
-        engine.load_checkpoint(work, tag=C.DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
+        names = checkpoints.own_files(checkpoints.list_relative(ckpt), rank, 3)
+        checkpoints.fetch(ckpt, [n for n in names if not n.startswith("state/")], work)
+        engine.load_checkpoint(work, tag=checkpoints.DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
         again = ShardedEMA([*engine.module.named_parameters(), *fp32.named_parameters()], 0.9998, rank, world)
-        again.load(os.path.join(work, C.rank_file("ema", rank)))
+        again.load(os.path.join(work, checkpoints.rank_file("ema", rank)))
 
     phase("init_from after", rank_local)
 
@@ -144,7 +145,7 @@ def worker(rank: int, world: int, port: int, root: str, out: str) -> None:
 
             from sama.models.transformer import SamaTransformer3DModel
 
-            state = C.ema_weights(ckpt)
+            state = checkpoints.ema_weights(ckpt)
             with init_empty_weights():
                 m = SamaTransformer3DModel.from_config(
                     {k: v for k, v in json.load(open(os.path.join(ckpt, "model_config.json"))).items()

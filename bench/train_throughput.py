@@ -21,8 +21,9 @@ import torch
 def plain_loop(latents: str, steps: int, batch: int) -> float:
     """samples/s of one process: same model, loss and bucket batches, torch AdamW, no Ray/DeepSpeed."""
     from sama.latents import bucket_batches, collate, iter_rows
+    from sama.models.loading import load_transformer
     from sama.models.losses import LossConfig, sama_loss
-    from sama.models.transformer import SamaModelConfig, load_transformer
+    from sama.models.transformer import SamaModelConfig
 
     rows = [r for r in iter_rows(latents) if r["task"] == "image_edit"]
     model = load_transformer(SamaModelConfig()).train()

@@ -50,26 +50,27 @@ def job_name(path: str, overrides: Sequence[str] = ()) -> str:
 
 def resolve(path: str, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
     """The job's typed config (defaults < YAML < overrides) and its entry point."""
-    cls, entry = JOBS[job_name(path, overrides)].load()
-    return C.load(cls, path, overrides, data=read_job_yaml(path)), entry
+    entry = JOBS[job_name(path, overrides)].load()
+    return C.load(entry.config, path, overrides, data=read_job_yaml(path)), entry.run
 
 
 def dry_run(path: str, overrides: Sequence[str] = (), cluster: str | None = None) -> str:
-    """The resolved config plus the job's own checks (``dry_run(cfg) -> lines`` in its module,
-    e.g. resource consistency and model sizes on the meta device). Does no work. ``cluster``:
-    a KubeRay RayCluster or cluster launcher YAML the job's workers must fit on."""
-    import importlib
+    """The resolved config plus the job's own checks (its ``JOB.dry_run``: e.g. the parts it
+    would run, resource consistency, model sizes on the meta device). Does no work.
+    ``cluster``: a KubeRay RayCluster or cluster launcher YAML the job's workers must fit on."""
     import inspect
 
-    cfg, _ = resolve(path, overrides)
+    name = job_name(path, overrides)
+    entry = JOBS[name].load()
+    cfg = C.load(entry.config, path, overrides, data=read_job_yaml(path))
     text = C.dump_yaml(cfg)
-    check = getattr(importlib.import_module(JOBS[cfg.job].module), "dry_run", None)
+    check = entry.dry_run
     kwargs = {}
     if cluster is not None:
         from sama.clusters import load_cluster
 
         if check is None or "cluster" not in inspect.signature(check).parameters:
-            raise C.ConfigError(f"{path}: --cluster checks worker placement, which job '{cfg.job}' does not plan")
+            raise C.ConfigError(f"{path}: --cluster checks worker placement, which job '{name}' does not plan")
         try:
             kwargs["cluster"] = load_cluster(cluster)
         except (OSError, ValueError, KeyError) as e:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import types
-import typing
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, Optional, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -228,3 +227,13 @@ class JobConfig:
     output: str = "outputs"  # local folder or s3:// prefix; the resolved config is written here
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     submit: SubmitConfig = dataclasses.field(default_factory=SubmitConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobEntry:
+    """What a job module declares (as ``JOB``) so the launcher can run it: its config class,
+    the entry point, and optionally a dry run (``dry_run(cfg[, cluster=...]) -> lines``)."""
+
+    config: type
+    run: Callable[..., Any]
+    dry_run: Optional[Callable[..., list[str]]] = None

@@ -12,12 +12,16 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import av
 from av.video.reformatter import VideoReformatter
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from sama import storage
+
+if TYPE_CHECKING:  # numpy is imported where frames are decoded
+    import numpy as np
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")

@@ -183,6 +183,36 @@ FETCH = register(TableSchema(
 ))
 
 
+# --- a job's own resumable state (under ``_work/``), typed like every other table ------------------
+
+LISTING = register(TableSchema(
+    "listing",  # ingest: a metadata file's samples as its reader saw them, one row group per part
+    1,
+    pa.schema([
+        ("sample_id", pa.string()), ("dataset", pa.string()), ("category", pa.string()), ("task", pa.string()),
+        ("instruction", pa.string()), ("source_uri", pa.string()), ("target_uri", pa.string()),
+        ("extra", pa.string()), ("reject_reason", pa.string()), ("reject_detail", pa.string()),
+    ]),
+))
+
+FETCH_ITEMS = register(TableSchema(
+    "fetch_items",  # fetch: what a metadata file asks to download, one row group per part
+    1,
+    pa.schema([
+        ("id", pa.string()), ("dataset", pa.string()), ("group", pa.string()), ("kind", pa.string()),
+        ("source_url", pa.string()), ("fetch_url", pa.string()), ("method", pa.string()), ("output_uri", pa.string()),
+        ("start", pa.float64()), ("end", pa.float64()), ("row", pa.string()), ("error", pa.string()),
+        ("detail", pa.string()),
+    ]),
+))
+
+TAR_INDEX = register(TableSchema(
+    "tar_index",  # fetch: member names of an archive the user already has -> their tar:// URIs
+    1,
+    pa.schema([("name", pa.string()), ("uri", pa.string())]),
+))
+
+
 def validate(table: pa.Table, expected: TableSchema, where: str = "<table>") -> pa.Table:
     """Check ``table`` against ``expected`` and return it cast to the exact schema.
 
@@ -216,6 +246,13 @@ def validate(table: pa.Table, expected: TableSchema, where: str = "<table>") -> 
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
                 raise SchemaError(f"{where}: column '{f.name}' has type {col.type}, expected {f.type}: {e}") from e
     return table.cast(expected.with_metadata())
+
+
+def read_table(uri: str, expected: TableSchema):
+    """The table under ``uri`` (one Parquet file or a folder of them), validated against ``expected``."""
+    from sama import storage
+
+    return validate(storage.read_parquet(uri), expected, where=uri)
 
 
 def sample_id(dataset: str, *keys: str | None) -> str:

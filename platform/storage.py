@@ -25,7 +25,7 @@ import posixpath
 import tarfile
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import IO
 from urllib.parse import urlparse
 
@@ -258,10 +258,17 @@ def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
-def write_parquet(uri: str, table: pa.Table, **kwargs) -> None:
-    """Atomically write one Parquet file (visible only once complete)."""
+def write_parquet(uri: str, table: pa.Table | Sequence[pa.Table], **kwargs) -> None:
+    """Atomically write one Parquet file (visible only once complete). A list of tables
+    (one schema) becomes one row group each, so readers can take them one by one."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression=kwargs.pop("compression", "zstd"), **kwargs)
+    compression = kwargs.pop("compression", "zstd")
+    if isinstance(table, pa.Table):
+        pq.write_table(table, buf, compression=compression, **kwargs)
+    else:
+        with pq.ParquetWriter(buf, table[0].schema, compression=compression, **kwargs) as writer:
+            for group in table:
+                writer.write_table(group, row_group_size=max(group.num_rows, 1))
     write_bytes(uri, buf.getvalue())
 
 
@@ -276,6 +283,13 @@ def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
         raise FileNotFoundError(f"no Parquet files under {uri}")
     tables = [pq.read_table(filesystem(f)[1], filesystem=fs, columns=columns) for f in files]
     return pa.concat_tables(tables, promote_options="default")
+
+
+def read_row_group(uri: str, index: int, columns: list[str] | None = None) -> pa.Table:
+    """Row group ``index`` of one Parquet file (reads only that group's byte ranges)."""
+    fs, path = filesystem(uri)
+    with fs.open_input_file(path) as f:
+        return pq.ParquetFile(f).read_row_group(index, columns=columns)
 
 
 def delete(uri: str) -> None:

@@ -38,7 +38,7 @@ from .inputs import FIELDS, EditRequest, check_media, parse_params, upload_suffi
 from .metrics import IngressMetrics, rejected
 from .security import RequestError, bearer_ok, resolve_source_uri
 from .settings import IngressSettings
-from .state import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, JobTable
+from .state import CANCELLED, FAILED, RUNNING, SUCCEEDED, EditTask, EditTasks
 from .video import local_file
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class Ingress:
         self.editor = editor.options(stream=True)
         self.cfg = cfg
         self.token = token
-        self.table = JobTable(cfg.queue.max_pending, cfg.queue.keep_finished)
+        self.table = EditTasks(cfg.queue.max_pending, cfg.queue.keep_finished)
         self.results = cfg.results or os.path.join(tempfile.gettempdir(), f"sama-serve-{cfg.name}")
         self.page = _page()
         self.metrics = IngressMetrics()
@@ -147,7 +147,7 @@ class Ingress:
             status = 404 if e.reason == "missing_file" else 422
             raise RequestError(status, f"not a readable video or image ({e.reason})") from None
 
-    def _finish(self, job: Job, state: str, error: str | None = None, kind: str | None = None) -> None:
+    def _finish(self, job: EditTask, state: str, error: str | None = None, kind: str | None = None) -> None:
         for old in self.table.finish(job, state, error, kind):
             if old.result:
                 try:
@@ -160,7 +160,7 @@ class Ingress:
         if error:
             log.info("job %s %s: %s", job.id, state, error)
 
-    async def _drive(self, job: Job, req: EditRequest) -> dict[str, Any] | None:
+    async def _drive(self, job: EditTask, req: EditRequest) -> dict[str, Any] | None:
         """Follow one edit on the editor to its end; the job always ends terminal (never lost)."""
         q = self.cfg.queue
         stream = self.editor.edit.remote(req)
@@ -208,7 +208,7 @@ class Ingress:
             self._finish(job, FAILED, f"{type(e).__name__}: {e}", "edit_error")
         return None
 
-    def _admit(self, req: EditRequest, mode: str) -> Job:
+    def _admit(self, req: EditRequest, mode: str) -> EditTask:
         job = self.table.admit(req.instruction, mode, self.cfg.queue.retry_after_s)
         self.metrics.requests.inc(tags={"mode": mode})
         self.metrics.pending.set(self.table.pending)
@@ -265,4 +265,4 @@ class Ingress:
             status = SYNC_STATUS.get(job.error_kind or "", 500)
             raise RequestError(status, job.error or "the edit failed",
                                {"Retry-After": str(self.cfg.queue.retry_after_s)} if status == 503 else None)
-        return Response(done["video"], media_type="video/mp4", headers={"X-Job-Id": job.id})
+        return Response(done["video"], media_type="video/mp4", headers={"X-EditTask-Id": job.id})

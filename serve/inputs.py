@@ -10,8 +10,8 @@ from typing import Any, Optional
 
 from sama.media import IMAGE_EXTS, VIDEO_EXTS, MediaInfo
 
-from .settings import IngressSettings
 from .security import RequestError
+from .settings import IngressSettings
 
 FIELDS = ("instruction", "seed", "steps", "guidance_scale", "source_guidance_scale", "num_frames", "height",
           "width", "uri", "video")

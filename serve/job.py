@@ -14,6 +14,8 @@ import time
 
 from ray import serve
 
+from sama.config import JobEntry
+
 from .app import build_app
 from .config import ServeJobConfig
 
@@ -82,3 +84,6 @@ def run(cfg: ServeJobConfig) -> str:
     finally:
         serve.delete(cfg.serve.name)
     return address
+
+
+JOB = JobEntry(ServeJobConfig, run, dry_run)

@@ -1,7 +1,8 @@
-"""The job table: every accepted edit, its state and progress, kept by the ingress.
+"""The edit tasks: every accepted edit request, its state and progress, kept by the ingress.
 
-Job state lives here, outside the editor replicas, so a replica that dies takes no
-record with it: the ingress sees the broken stream and marks the job failed. The
+(The HTTP API calls a task a "job", as in ``X-Job-Id``; in the code a job is a YAML run.)
+Task state lives here, outside the editor replicas, so a replica that dies takes no
+record with it: the ingress sees the broken stream and marks the task failed. The
 table is in the memory of the ingress, which therefore runs as one replica (it only
 parses requests and relays bytes; the editors do the work). The table bounds the
 work in flight (``max_pending``: queued + running), which is what turns overload
@@ -23,7 +24,7 @@ TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
 
 
 @dataclass
-class Job:
+class EditTask:
     id: str
     instruction: str
     mode: str  # async | sync
@@ -53,33 +54,33 @@ class Job:
         return out
 
 
-class JobTable:
+class EditTasks:
     def __init__(self, max_pending: int, keep_finished: int):
         self.max_pending = max_pending
         self.keep_finished = keep_finished
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._jobs: OrderedDict[str, EditTask] = OrderedDict()
         self._finished: OrderedDict[str, None] = OrderedDict()  # finish order, for eviction
 
     @property
     def pending(self) -> int:
         return len(self._jobs) - len(self._finished)
 
-    def admit(self, instruction: str, mode: str, retry_after_s: int) -> Job:
+    def admit(self, instruction: str, mode: str, retry_after_s: int) -> EditTask:
         """A new queued job, or 503 when ``max_pending`` edits are already in flight."""
         if self.pending >= self.max_pending:
             raise RequestError(503, f"the server is busy ({self.pending} edits in flight, the limit is "
                                     f"{self.max_pending}); retry later", {"Retry-After": str(retry_after_s)})
-        job = Job(id=uuid.uuid4().hex, instruction=instruction, mode=mode)
+        job = EditTask(id=uuid.uuid4().hex, instruction=instruction, mode=mode)
         self._jobs[job.id] = job
         return job
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str) -> EditTask:
         job = self._jobs.get(job_id)
         if job is None:
             raise RequestError(404, f"no edit job {job_id!r} (unknown, or finished long ago and forgotten)")
         return job
 
-    def finish(self, job: Job, state: str, error: str | None = None, kind: str | None = None) -> list[Job]:
+    def finish(self, job: EditTask, state: str, error: str | None = None, kind: str | None = None) -> list[EditTask]:
         """Mark ``job`` terminal; returns the oldest finished jobs evicted beyond ``keep_finished``."""
         if job.done:
             return []
@@ -93,7 +94,7 @@ class JobTable:
             evicted.append(self._jobs.pop(old))
         return evicted
 
-    def forget(self, job: Job) -> None:
+    def forget(self, job: EditTask) -> None:
         """Drop a job that was never started (its request failed before running)."""
         self._jobs.pop(job.id, None)
         self._finished.pop(job.id, None)

@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from release_reference import random_release_state_dict, release_forward, release_sample, release_sigmas
 from sama.models.convert import CheckpointError, as_diffusers, convert, ours_to_release, release_to_ours
-from sama.models.transformer import SamaModelConfig, SamaTransformer3DModel, load_transformer
+from sama.models.loading import load_transformer
+from sama.models.transformer import SamaModelConfig, SamaTransformer3DModel
 
 HEADS, DIM, SEM = 2, 32, 32
 

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
+from sama.judging import EVAL_RUBRICS, parse_answer
 from sama.pipelines.evaluate.aggregate import aggregate, geometric_mean
 from sama.pipelines.evaluate.manifest import ManifestError, read_manifest
 from sama.pipelines.evaluate.metrics import MetricsConfig, block_flow, downscale, edit_metrics, gray
-from sama.pipelines.filter.rubrics import EVAL_RUBRICS, parse_answer
 
 # --- aggregation against hand-computed values -------------------------------------------------------
 

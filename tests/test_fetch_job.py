@@ -21,9 +21,8 @@ from conftest import REPO
 from sama import storage
 from sama.jobs import launcher
 from sama.media import probe
-from sama.pipelines.fetch.job import read_fetch_table
 from sama.pipelines.fetch.testserver import MediaServer
-from sama.pipelines.ingest.job import read_manifest
+from sama.schemas import FETCH, MANIFEST, read_table
 from sama.testing.media import image_bytes, write_image, write_video
 
 JOB = os.path.join(REPO, "jobs", "fetch.yaml")
@@ -84,7 +83,7 @@ def test_fetch_then_ingest_end_to_end(ray_cluster, server, tmp_path):
             f"fetch.pico.open_images_tars={tmp_path / 'openimages'}"]
     summary = launcher.run(JOB, args)
 
-    table = {r["id"]: r for r in read_fetch_table(storage.join(out, "fetch")).to_pylist()}
+    table = {r["id"]: r for r in read_table(storage.join(out, "fetch"), FETCH).to_pylist()}
     status = {k: (r["status"], r["error"]) for k, r in table.items()}
     assert status == {
         "vidA_1000-3500.mp4": ("ok", None), "vidA_4000-6000.mp4": ("ok", None), "vidB_500-2500.mp4": ("ok", None),
@@ -118,20 +117,20 @@ def test_fetch_then_ingest_end_to_end(ray_cluster, server, tmp_path):
     launcher.run(JOB, [*args, "fetch.recheck=true", "fetch.retry_failed=[http_404]"])
     assert server.hits["/yt/vidA.mp4"] > hits["/yt/vidA.mp4"]  # the deleted clip was re-fetched
     assert server.hits["/flickr/oi1.jpg"] == 1
-    table = {r["id"]: r for r in read_fetch_table(storage.join(out, "fetch")).to_pylist()}
+    table = {r["id"]: r for r in read_table(storage.join(out, "fetch"), FETCH).to_pylist()}
     assert table["vidGone_0-2000.mp4"]["error"] == "http_5xx" and table["vidA_4000-6000.mp4"]["status"] == "ok"
 
     # ingest reads the fetched files directly: every fetched row is kept
     ing = str(tmp_path / "ingest")
     launcher.run(INGEST, [f"output={ing}", "ingest.datasets=null", f"ingest.datasets.koala36m.root={koala}",
                           f"ingest.datasets.pico_banana.root={pico}"])
-    manifest = read_manifest(storage.join(ing, "manifest")).to_pylist()
+    manifest = read_table(storage.join(ing, "manifest"), MANIFEST).to_pylist()
     clips = sorted(os.path.basename(r["target_uri"]) for r in manifest if r["dataset"] == "koala36m")
     assert clips == ["vidA_1000-3500.mp4", "vidA_4000-6000.mp4", "vidB_500-2500.mp4"]
     sources = sorted(os.path.basename(r["source_uri"]) for r in manifest if r["dataset"] == "pico_banana")
     assert sources == ["oi0.jpg", "oi0.jpg", "oi1.jpg", "oi2.jpg", "oitar.jpg"]
     ingest_summary = json.loads(storage.read_text(storage.join(ing, "summary.json")))
-    assert ingest_summary["koala36m"]["not_listed"] == {"clip_not_fetched": 2}  # the removed video, the bad span
+    assert ingest_summary["datasets"]["koala36m"]["not_listed"] == {"clip_not_fetched": 2}  # the removed video, the bad span
 
 
 def test_fetch_resumes_after_kill(ray_cluster, server, tmp_path):
@@ -161,7 +160,7 @@ def test_fetch_resumes_after_kill(ray_cluster, server, tmp_path):
 
     server.delay = 0.0
     summary = launcher.run(JOB, args)
-    table = read_fetch_table(storage.join(out, "fetch")).to_pylist()
+    table = read_table(storage.join(out, "fetch"), FETCH).to_pylist()
     assert len(table) == n and all(r["status"] == "ok" for r in table)
     assert summary["datasets"]["pico_banana"]["ok"] == n
     for name, mtime in before.items():

@@ -8,8 +8,7 @@ import pytest
 from sama import storage
 from sama.jobs import launcher
 from sama.jobs.demo import job_yaml
-from sama.pipelines.filter.job import read_verdicts
-from sama.pipelines.ingest.job import read_manifest
+from sama.schemas import MANIFEST, VERDICTS, read_table
 
 pytestmark = pytest.mark.slow
 KEY = "sk-job-test-key-9876543210"
@@ -29,10 +28,10 @@ def run_filter(manifest: str, out: str, *extra: str) -> dict:
 
 def outcome(out: str, manifest: str):
     """Verdicts and filtered manifest, checked for the invariants every run must hold."""
-    v = read_verdicts(storage.join(out, "verdicts")).to_pandas()
-    ids = read_manifest(manifest)["sample_id"].to_pylist()
+    v = read_table(storage.join(out, "verdicts"), VERDICTS).to_pandas()
+    ids = read_table(manifest, MANIFEST)["sample_id"].to_pylist()
     assert sorted(v.sample_id) == sorted(ids)  # every sample exactly one verdict: nothing lost, nothing twice
-    kept = read_manifest(storage.join(out, "manifest"))["sample_id"].to_pylist()
+    kept = read_table(storage.join(out, "manifest"), MANIFEST)["sample_id"].to_pylist()
     assert sorted(kept) == sorted(v.sample_id[v.verdict == "keep"])
     return v.set_index("sample_id")
 

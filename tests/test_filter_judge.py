@@ -5,8 +5,7 @@ import time
 
 import pytest
 
-from sama.pipelines.filter.judge import Judge, JudgeConfig, Secret
-from sama.pipelines.filter.rubrics import RUBRICS, Answer, KeepRule, MalformedAnswer, decide, parse_answer
+from sama.judging import RUBRICS, Answer, Judge, JudgeConfig, KeepRule, MalformedAnswer, Secret, decide, parse_answer
 from sama.testing.media import frames_array
 
 KEY = "sk-test-0123456789-secret"
@@ -62,7 +61,7 @@ def test_every_task_and_fenced_json_object_format(fake, tmp_path):
         frames = FRAMES if task != "t2v" else {"target": FRAMES["target"]}
         c = cfg(fake, response_format="json_object")
 
-        async def go():
+        async def go(c=c, task=task, frames=frames):
             j = Judge(c, Secret(KEY), str(tmp_path))
             try:
                 return await j.judge(f"x-{task}", task, "a cat walks", frames)
@@ -147,7 +146,7 @@ def test_parse_and_decide():
 
 def test_config_and_key_handling(monkeypatch):
     from sama.config import ConfigError, from_dict
-    from sama.pipelines.filter.judge import api_key
+    from sama.judging import api_key
 
     with pytest.raises(ConfigError, match="thresholds are on normalised"):
         from_dict(JudgeConfig, {"keep": {"min_overall": {"t2v": 3}}})
@@ -165,7 +164,7 @@ def test_config_and_key_handling(monkeypatch):
 def test_in_cluster_requests_carry_the_rubric_schema_and_replies_land_in_the_cache(tmp_path):
     import json
 
-    from sama.pipelines.filter.judge import JudgeCache, build_messages
+    from sama.judging import JudgeCache, build_messages
     from sama.pipelines.filter.vllm_judge import ERROR, from_reply, record, to_request
 
     jc = JudgeConfig(backend="vllm", frames=3, max_tokens=123)
@@ -199,7 +198,7 @@ def test_in_cluster_processor_is_ray_data_llm_on_vllm(ray_cluster):
     the vLLM engine on GPU actors with our engine settings, detokenizer."""
     from ray.data.llm import build_processor
 
-    from sama.pipelines.filter.judge import VLLMConfig
+    from sama.judging import VLLMConfig
     from sama.pipelines.filter.vllm_judge import from_reply, processor_config
 
     jc = JudgeConfig(backend="vllm", frames=4, vllm=VLLMConfig(model_source="/models/judge", tensor_parallel_size=1,

@@ -13,8 +13,7 @@ from conftest import REPO
 from sama import storage
 from sama.jobs import launcher
 from sama.jobs.demo import job_yaml
-from sama.pipelines.ingest.job import read_manifest
-from sama.schemas import REJECTS, validate
+from sama.schemas import MANIFEST, REJECTS, read_table, validate
 from sama.testing.lookalikes import upload_tree
 
 pytestmark = pytest.mark.slow
@@ -25,12 +24,12 @@ def overrides(roots: dict[str, str], output: str, *extra: str) -> list[str]:
 
 
 def check_outcome(output: str, lookalikes) -> None:
-    summary = json.loads(storage.read_text(storage.join(output, "summary.json")))
+    summary = json.loads(storage.read_text(storage.join(output, "summary.json")))["datasets"]
     for name, exp in lookalikes.expected.items():
         assert summary[name]["kept"] == exp.kept, name
         assert summary[name]["reasons"] == dict(exp.reasons), name
         assert summary[name]["not_listed"] == dict(exp.not_listed), name
-    manifest = read_manifest(storage.join(output, "manifest"))
+    manifest = read_table(storage.join(output, "manifest"), MANIFEST)
     ids = manifest["sample_id"].to_pylist()
     assert len(ids) == len(set(ids)) == sum(e.kept for e in lookalikes.expected.values())
     rejects = validate(storage.read_parquet(storage.join(output, "rejects")), REJECTS)
@@ -42,7 +41,7 @@ def test_ingest_local_end_to_end_and_rerun(ray_cluster, lookalikes, tmp_path):
     out = str(tmp_path / "out")
     launcher.run(job_yaml("ingest"), overrides(lookalikes.roots, out, "ingest.shard_size=4"))
     check_outcome(out, lookalikes)
-    m = read_manifest(storage.join(out, "manifest")).to_pandas().set_index("sample_id")
+    m = read_table(storage.join(out, "manifest"), MANIFEST).to_pandas().set_index("sample_id")
     rot = m[m.target_uri.str.contains("vid000")].iloc[0]
     assert (rot.tgt_width, rot.tgt_height) == (48, 64)  # rotated clip probed as displayed
     vfr = m[m.target_uri.str.endswith("mb001.mp4")].iloc[0]
@@ -66,7 +65,7 @@ def test_ingest_s3_in_and_out(ray_cluster, lookalikes, s3_bucket):
     out = storage.join(s3_bucket, "ingest")
     launcher.run(job_yaml("ingest"), overrides(roots, out))
     check_outcome(out, lookalikes)
-    uris = read_manifest(storage.join(out, "manifest"))["target_uri"].to_pylist()
+    uris = read_table(storage.join(out, "manifest"), MANIFEST)["target_uri"].to_pylist()
     assert all(u.startswith(s3_bucket) for u in uris)
 
 
@@ -116,5 +115,5 @@ def test_changed_metadata_replaces_old_parts(ray_cluster, tmp_path):
     meta = tmp_path / "data" / "NHR-Edit" / "train" / "metadata.jsonl"
     meta.write_text(meta.read_text().splitlines()[0] + "\n")  # the dataset shrank to one sample
     launcher.run(job_yaml("ingest"), args)
-    assert read_manifest(storage.join(out, "manifest")).num_rows == 1
-    assert json.loads(storage.read_text(storage.join(out, "summary.json")))["nhr_edit"]["kept"] == 1
+    assert read_table(storage.join(out, "manifest"), MANIFEST).num_rows == 1
+    assert json.loads(storage.read_text(storage.join(out, "summary.json")))["datasets"]["nhr_edit"]["kept"] == 1

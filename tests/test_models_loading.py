@@ -7,8 +7,9 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from sama import storage
+from sama.models.loading import load_transformer
 from sama.models.tiny import tiny_transformer, tiny_wan_transformer
-from sama.models.transformer import SamaModelConfig, SamaTransformer3DModel, load_transformer
+from sama.models.transformer import SamaModelConfig, SamaTransformer3DModel
 
 
 def _inputs(seed=0):

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -95,8 +94,15 @@ def test_stage1_has_no_pretexts_and_bad_media_is_rejected(manifest, tmp_path):
 
 def test_job_matches_the_library_computed_directly(manifest, tmp_path):
     """No drift: decode -> bucket -> pretext -> encode by hand gives the job's tensors."""
-    from sama.models.encoders import (SemanticConfig, TextEncoderConfig, VaeConfig, load_semantic_tokenizer,
-                                      load_text_encoder, load_vae, video_to_tensor)
+    from sama.models.encoders import (
+        SemanticConfig,
+        TextEncoderConfig,
+        VaeConfig,
+        load_semantic_tokenizer,
+        load_text_encoder,
+        load_vae,
+        video_to_tensor,
+    )
     from sama.pretexts import PretextConfig, PretextSampler
 
     out = str(tmp_path / "pc")

@@ -76,7 +76,9 @@ def test_speed_changes_frame_order_and_motion():
         speed_indices(5, 0.5, "ceil")
     fast, slow = speed_perturb(video, 2.0), speed_perturb(video, 0.5, "floor")
     assert fast.shape == slow.shape == video.shape  # same frame count
-    motion = lambda v, a, b: (square_x(v[b]) - square_x(v[a])) / (b - a)
+    def motion(v, a, b):
+        return (square_x(v[b]) - square_x(v[a])) / (b - a)
+
     assert motion(video, 0, 8) == pytest.approx(2.0)
     assert motion(fast, 0, 8) == pytest.approx(4.0)  # 2x: the motion per frame doubles
     assert motion(slow, 0, 8) == pytest.approx(1.0)  # 0.5x: the motion per frame halves
@@ -93,7 +95,9 @@ def test_release_tube_shuffle_permutes_every_tube_within_its_shape_group():
         perm = res.params["perm"]
         assert sorted(perm) == list(range(64)) and res.params["mode"] == "release"
         # tubes only trade places with tubes of the same shape; every pixel belongs to a tube
-        sizes = lambda n, k: [n // k + (1 if i < n % k else 0) for i in range(k)]
+        def sizes(n, k):
+            return [n // k + (1 if i < n % k else 0) for i in range(k)]
+
         shape = [(a, b, c) for a in sizes(17, 4) for b in sizes(50, 4) for c in sizes(70, 4)]
         assert all(shape[i] == shape[p] for i, p in enumerate(perm))
         assert np.array_equal(np.sort(res.video, axis=None), np.sort(video, axis=None))

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from sama.pipelines.ingest import readers as R
-from sama.pipelines.ingest.readers import IngestError
+from sama import datasets as R
+from sama.records import DatasetError
 
 
 def read_all(reader: R.Reader) -> list[R.RawSample]:
@@ -47,7 +47,7 @@ def test_sample_ids_are_stable_across_storage_locations(lookalikes, tmp_path):
 
 def test_subsets_and_categories_are_config(lookalikes):
     assert read_all(build("ditto1m", lookalikes.roots["ditto1m"], subsets=["local"]))[0].instruction == "not read"
-    with pytest.raises(IngestError, match="global_style9"):
+    with pytest.raises(DatasetError, match="global_style9"):
         build("ditto1m", lookalikes.roots["ditto1m"], subsets=["global_style9"]).units()
     cats = {s.category for s in read_all(build("openve3m", lookalikes.roots["openve3m"], categories=["local_remove"]))}
     assert cats == {"local_remove"}
@@ -65,12 +65,12 @@ def test_missing_field_names_file_and_variants(tmp_path):
     os.makedirs(tmp_path / "csvs_for_DiffSynth")
     path = tmp_path / "csvs_for_DiffSynth" / "global_style1.csv"
     path.write_text("left,right,prompt\na.mp4,b.mp4,x\n")
-    with pytest.raises(IngestError) as e:
+    with pytest.raises(DatasetError) as e:
         read_all(build("ditto1m", str(tmp_path)))
     assert str(path) in str(e.value) and "src_video" in str(e.value)
 
     (tmp_path / "train.jsonl").write_text(json.dumps({"clip": "a.mp4", "motion_caption": "x"}) + "\n")
-    with pytest.raises(IngestError, match="video_path"):
+    with pytest.raises(DatasetError, match="video_path"):
         read_all(build("motionbench", str(tmp_path)))
 
 

@@ -15,11 +15,11 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 import zipfile
 
 import jsonschema
 import pytest
+import tomllib
 import yaml
 
 from conftest import REPO

@@ -3,7 +3,6 @@ group, the same gradients as the model without it, on an odd-length in-context s
 
 from __future__ import annotations
 
-import os
 import socket
 
 import pytest

@@ -13,7 +13,7 @@ from sama.serve.config import ServeConfig
 from sama.serve.inputs import check_media, parse_params
 from sama.serve.security import RequestError, bearer_ok, resolve_source_uri
 from sama.serve.settings import Geometry, IngressConfig, IngressSettings, LimitsConfig, QueueConfig
-from sama.serve.state import CANCELLED, SUCCEEDED, JobTable
+from sama.serve.state import CANCELLED, SUCCEEDED, EditTasks
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def test_media_limits():
 
 
 def test_job_table_bounds_pending_and_forgets_the_oldest():
-    t = JobTable(max_pending=2, keep_finished=1)
+    t = EditTasks(max_pending=2, keep_finished=1)
     a, b = t.admit("a", "async", 5), t.admit("b", "async", 5)
     with pytest.raises(RequestError) as e:
         t.admit("c", "async", 5)

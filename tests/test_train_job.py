@@ -10,7 +10,7 @@ import torch
 from sama import storage
 from sama.jobs import launcher
 from sama.jobs.demo import job_yaml
-from sama.pipelines.train import checkpoint as C
+from sama.pipelines.train import checkpoint as checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -69,8 +69,8 @@ def test_stage0_then_stage1_and_the_export_loads(stage0, latents, tmp_path):
     assert m[1]["lr"] == pytest.approx(5e-4) and m[6]["lr"] == pytest.approx(1e-3)  # warmup 2 steps
     assert storage.list_files(storage.join(out0, "stage0", "metrics"), ".jsonl")
     assert any("tfevents" in f for f in storage.list_files(storage.join(out0, "stage0", "metrics")))
-    ckpt = C.resolve(storage.join(out0, "stage0"))
-    assert ckpt.endswith("step_00000006") and C.read_meta(ckpt)["world_size"] == 2
+    ckpt = checkpoints.resolve(storage.join(out0, "stage0"))
+    assert ckpt.endswith("step_00000006") and checkpoints.read_meta(ckpt)["world_size"] == 2
 
     # stage 1 (ZeRO-3, activation checkpointing) from stage 0's newest checkpoint
     out1 = str(tmp_path / "stage1")
@@ -78,13 +78,14 @@ def test_stage0_then_stage1_and_the_export_loads(stage0, latents, tmp_path):
     m1 = losses(out1, "stage1")
     assert sorted(m1) == [1, 2, 3, 4] and all(v["loss"] == v["loss"] for v in m1.values())
     # stage 1 started from stage 0's weights: its EMA (decay 0.9998) is still next to stage 0's
-    ema0, ema1 = C.ema_weights(ckpt), C.ema_weights(C.resolve(f"{out1}/stage1"))
+    ema0, ema1 = checkpoints.ema_weights(ckpt), checkpoints.ema_weights(checkpoints.resolve(f"{out1}/stage1"))
     assert max((ema0[k] - ema1[k]).abs().max().item() for k in ema0) < 1e-3
 
     # the export: EMA weights in SAMA, in plain diffusers Wan, and through the job config the pipeline uses
     from diffusers import WanTransformer3DModel
 
-    from sama.models.transformer import SamaModelConfig, SamaTransformer3DModel, load_transformer
+    from sama.models.loading import load_transformer
+    from sama.models.transformer import SamaModelConfig, SamaTransformer3DModel
 
     export = f"{out1}/export"
     sama = SamaTransformer3DModel.from_pretrained(export, subfolder="transformer")
@@ -106,7 +107,7 @@ def test_interrupted_run_resumes_on_s3_through_a_worker_failure(stage0, latents,
     train(0, latents, out, *STAGE0, "train.debug.stop_after_step=3", "train.export.enabled=false")
     first = losses(out, "stage0")
     assert sorted(first) == [1, 2, 3]
-    assert C.resolve(f"{out}/stage0").endswith("step_00000003")
+    assert checkpoints.resolve(f"{out}/stage0").endswith("step_00000003")
     train(0, latents, out, *STAGE0, "train.debug.fail_at_step=5", "train.debug.record_fetches=true")
     assert storage.exists(f"{out}/stage0/debug_failed_at_step_5")  # the worker did die once
     # every resume (the rerun at step 3, the restart at step 5) fetched only the rank's own files
@@ -123,7 +124,7 @@ def test_interrupted_run_resumes_on_s3_through_a_worker_failure(stage0, latents,
             a, b = got[step][k], ref[step][k]
             assert (a != a and b != b) or a == pytest.approx(b, rel=1e-6, abs=1e-7), (step, k, a, b)
     # the exported EMA equals the uninterrupted run's
-    ema_ref, ema = C.ema_weights(C.resolve(f"{stage0[0]}/stage0")), C.ema_weights(C.resolve(f"{out}/stage0"))
+    ema_ref, ema = checkpoints.ema_weights(checkpoints.resolve(f"{stage0[0]}/stage0")), checkpoints.ema_weights(checkpoints.resolve(f"{out}/stage0"))
     for k in ema_ref:
         torch.testing.assert_close(ema[k], ema_ref[k], rtol=1e-6, atol=1e-7)
     assert storage.list_files(f"{out}/export/transformer")
@@ -157,8 +158,8 @@ def test_bf16_zero3_accumulation_then_a_same_layout_init_reads_only_rank_files(l
     rank's own files and starts exactly from its weights."""
     from safetensors.torch import load_file
 
-    from sama.pipelines.train.weights import fp32_kept_names
     from sama.models.tiny import tiny_transformer
+    from sama.pipelines.train.weights import fp32_kept_names
     from sama.training.ema import assemble
 
     out_a = str(tmp_path / "a")
@@ -166,17 +167,17 @@ def test_bf16_zero3_accumulation_then_a_same_layout_init_reads_only_rank_files(l
     m = losses(out_a, "stage1")
     assert sorted(m) == [1, 2] and all(v["loss"] == v["loss"] for v in m.values())
     assert m[2]["lr"] == pytest.approx(5e-4)  # warmup of 2 optimizer steps: the schedule moves once per step
-    ckpt = C.resolve(f"{out_a}/stage1")
-    meta = C.read_meta(ckpt)
+    ckpt = checkpoints.resolve(f"{out_a}/stage1")
+    meta = checkpoints.read_meta(ckpt)
     assert (meta["world_size"], meta["zero_stage"], meta["precision"]) == (2, 3, "bf16")
-    kept = C.fp32_params(ckpt)["params"]
+    kept = checkpoints.fp32_params(ckpt)["params"]
     assert sorted(kept) == sorted(fp32_kept_names(tiny_transformer())) and kept
     assert {t.dtype for t in kept.values()} == {torch.float32}
 
     # the streamed export == the EMA gathered in memory, bit for bit
     shards = []
     for r in range(2):
-        path = storage.join(ckpt, C.rank_file("ema", r))
+        path = storage.join(ckpt, checkpoints.rank_file("ema", r))
         from sama.tensorfiles import safetensors_header
         layout = json.loads(safetensors_header(path)[1]["sama_ema"])
         shards.append({**layout, "shadow": load_file(path)})
@@ -198,7 +199,7 @@ def test_bf16_zero3_accumulation_then_a_same_layout_init_reads_only_rank_files(l
             "ds/zero_pp_rank_{r}_mp_rank_00_model_states.pt".format(r=r),
             f"ema/rank_{r:05d}.safetensors", "fp32/params.pt", "meta.json", "model_config.json"])
     # ... and starts from its weights (LR 0 keeps them): stage 1's raw weights are stage 0's
-    before, after = C.raw_weights(ckpt), C.raw_weights(C.resolve(f"{out_b}/stage1"))
+    before, after = checkpoints.raw_weights(ckpt), checkpoints.raw_weights(checkpoints.resolve(f"{out_b}/stage1"))
     assert before.keys() == after.keys()
     for k in before:
         assert torch.equal(before[k], after[k]), k

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from ..filter.rubrics import Rubric
+from sama.judging import Rubric
 
 
 def geometric_mean(values: list[float]) -> float:

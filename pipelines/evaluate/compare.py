@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from sama import storage
-from sama.config import JobConfig
+from sama.config import JobConfig, JobEntry
 from sama.media import read_frames
 
 from .job import ReportConfig, aligned_clips, contact_sheet, item_key, read_results
@@ -99,3 +99,6 @@ def run(cfg: CompareJobConfig) -> dict:
     print(f"paired items: {len(pairs)}  only in a: {summary['only_a']}  only in b: {summary['only_b']}")
     print(f"deltas: {storage.join(cfg.output, 'compare.parquet')}\nreport: {summary.get('report', '-')}")
     return summary
+
+
+JOB = JobEntry(CompareJobConfig, run)

@@ -8,18 +8,19 @@ Ray Data pipeline, streaming::
       -> score  actor pool:  decode source + edit, automatic metrics (threads), the VLM judge
                              (many requests in flight), contact sheet -> results/<key>.parquet
 
-``key`` = ``<item id>-<edit digest>`` (model + sampling settings), so outputs are named by
-content: a rerun overwrites instead of duplicating, an edit already on storage is scored
-without editing again, and a result is redone only when its scoring settings changed or it
-holds an error (``retry_errors``; the judge cache makes the retry pay only for the
-missing answers). Files of items no longer planned are removed, so the tables hold exactly
-the current manifest x checkpoint.
+On the stage runner (``pipelines/stage.py``) a part is one item, named ``<item id>-<edit
+digest>`` (model + sampling settings), so outputs are named by content: a rerun overwrites
+instead of duplicating, an edit already on storage is scored without editing again, and a
+result is redone only when its scoring settings changed or it holds an error
+(``retry_errors``; the judge cache makes the retry pay only for the missing answers). Files
+of items no longer planned are removed, so the tables hold exactly the current manifest x
+checkpoint.
 
 Output under ``output``::
 
     edits/<key>.mp4, edits/<key>.json     results/<key>.parquet (schemas.EVAL_RESULTS)
     by_category.parquet, summary.json     report/index.html, report/sheets/<key>.jpg
-    _cache/judge/...                      config.yaml
+    _cache/judge/..., _work/done/...      config.yaml
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ from typing import Optional
 import numpy as np
 
 from sama import storage
-from sama.config import JobConfig, to_dict
+from sama.config import JobConfig, JobEntry, to_dict
+from sama.judging import EVAL_RUBRICS, Judge, JudgeConfig, Rubric, Secret, api_key
 from sama.media import MediaError, probe, read_clip, read_frames, write_mp4
 from sama.models.pipeline import EditModelConfig
 from sama.schemas import EVAL_RESULTS, validate
 
-from ..filter.judge import Judge, JudgeConfig, Secret, api_key
-from ..filter.rubrics import EVAL_RUBRICS, Rubric
+from ..stage import Marker, Part, Stage, Table, dry_run_stage, run_stage
 from .aggregate import aggregate
 from .manifest import FORMATS, Item, read_manifest
 from .metrics import MetricsConfig, SemanticScorer, edit_metrics
@@ -162,7 +163,6 @@ def item_key(item_id: str, digest: str) -> str:
 
 def uris(output: str, key: str) -> dict[str, str]:
     return {"edit": storage.join(output, "edits", f"{key}.mp4"), "meta": storage.join(output, "edits", f"{key}.json"),
-            "result": storage.join(output, "results", f"{key}.parquet"),
             "sheet": storage.join(output, "report", "sheets", f"{key}.jpg")}
 
 
@@ -215,8 +215,7 @@ class EditStage:
         return {**item, **meta, "edit_uri": u["edit"]}
 
     def __call__(self, batch: dict) -> dict:
-        rows = [self.edit(json.loads(r)) for r in batch["item"]]
-        return {"item": [json.dumps(r) for r in rows]}
+        return {"part": np.array([Part(p.name, self.edit(p.spec)) for p in batch["part"]], dtype=object)}
 
 
 # --- score stage ---------------------------------------------------------------------------------
@@ -268,11 +267,13 @@ def contact_sheet(rows: list[tuple[str, np.ndarray]], caption: str, n: int, thum
 class ScoreStage:
     """Actor: metrics + judge + contact sheet per edited item; writes ``results/<key>.parquet``."""
 
-    def __init__(self, cfg: EvalConfig, output: str, key: Secret | None, cache_root: str, digest: str):
-        self.cfg, self.output, self.key, self.cache_root, self.digest = cfg, output, key, cache_root, digest
+    def __init__(self, evaluation: EvalStage):
+        cfg = evaluation.cfg
+        self.evaluation, self.cfg, self.output, self.key = evaluation, cfg, evaluation.output, evaluation.key
+        self.cache_root, self.digest = evaluation.cache_root, evaluation.digest()
         sem = cfg.metrics.semantic
         self.semantic = SemanticScorer(sem) if cfg.metrics.enabled and sem.model else None
-        self.rubrics: list[Rubric] = [EVAL_RUBRICS[r] for r in cfg.rubrics] if key is not None else []
+        self.rubrics: list[Rubric] = [EVAL_RUBRICS[r] for r in cfg.rubrics] if self.key is not None else []
         from sama.buckets import make_buckets
 
         self.decode_side = max(max(b) for b in make_buckets(cfg.model.pipeline.buckets))  # as the edit stage did
@@ -336,14 +337,13 @@ class ScoreStage:
                 await judge.close()
 
     def __call__(self, batch: dict) -> dict:
-        rows = asyncio.run(self._score([json.loads(r) for r in batch["item"]]))
-        out = []
+        rows = asyncio.run(self._score([p.spec for p in batch["part"]]))
+        markers = []
         for r in rows:
             r.update(score_digest=self.digest, judge_model=judge_label(self.cfg),
                      rubrics=[x.version for x in self.rubrics], status="error" if r.get("error_kind") else "ok")
-            storage.write_parquet(uris(self.output, r["key"])["result"], EVAL_RESULTS.table([r]))
-            out.append(json.dumps({"key": r["key"], "status": r["status"], "error_kind": r.get("error_kind")}))
-        return {"result": out}
+            markers.append(self.evaluation.commit(r["key"], [r["key"]], {"results": [r]}))
+        return {"marker": np.array(markers, dtype=object)}
 
 
 # --- the job -------------------------------------------------------------------------------------
@@ -355,83 +355,87 @@ def read_results(output: str):
     return validate(storage.read_parquet(uri), EVAL_RESULTS, where=uri).to_pandas()
 
 
-def done_keys(output: str, digest: str, retry_errors: bool) -> set[str]:
-    files = storage.list_files(storage.join(output, "results"), ".parquet")
-    if not files:
-        return set()
-    t = storage.read_parquet(storage.join(output, "results"), columns=["key", "status", "score_digest"])
-    return {k for k, s, d in zip(*(t[c].to_pylist() for c in ("key", "status", "score_digest")))
-            if d == digest and not (retry_errors and s != "ok")}
+class EvalStage(Stage):
+    """A part per benchmark item: edit it (once per edit digest), then score it."""
 
+    name = "evaluate"
+    tables = {"results": Table(EVAL_RESULTS, "results", status_column="status", statuses=("ok", "error"),
+                               reason_column="error_kind", ok=("ok",), errors=("error",))}
+    files = {"edits": (".mp4", ".json"), "report/sheets": (".jpg",)}
 
-def sweep(output: str, keys: set[str]) -> int:
-    """Delete edits, results and sheets of items no longer planned (manifest or checkpoint changed)."""
-    removed = 0
-    for sub, suffix in (("edits", ".mp4"), ("edits", ".json"), ("results", ".parquet"), ("report/sheets", ".jpg")):
-        for f in storage.list_files(storage.join(output, *sub.split("/")), suffix, recursive=False):
-            if storage.basename(f)[: -len(suffix)] not in keys:
-                storage.delete(f)
-                removed += 1
-    return removed
+    def __init__(self, cfg: EvalConfig, output: str):
+        super().__init__(output)
+        self.cfg, self.retry_errors = cfg, cfg.retry_errors
+        self.key: Secret | None = None  # read by execute, on the driver
+        self.cache_root = cfg.judge.cache or storage.join(output, "_cache", "judge")
+        self.started = time.time()
 
+    def plan(self) -> list[Part]:
+        e = self.cfg
+        items: list[Item] = read_manifest(e.manifest, e.format, e.benchmark, e.categories, e.limit)
+        digest = edit_digest(e)
+        return [Part(key, {**it.to_json(), "key": key, "model": e.model.name, "edit_digest": digest})
+                for it in items for key in [item_key(it.item_id, digest)]]
 
-def plan(cfg: EvalJobConfig) -> tuple[list[dict], int]:
-    """Items still to do (as dicts with their key) and the number planned in all."""
-    e = cfg.evaluate
-    items: list[Item] = read_manifest(e.manifest, e.format, e.benchmark, e.categories, e.limit)
-    digest = edit_digest(e)
-    rows = [{**it.to_json(), "key": item_key(it.item_id, digest), "model": e.model.name, "edit_digest": digest}
-            for it in items]
-    removed = sweep(cfg.output, {r["key"] for r in rows})
-    if removed:
-        log.info("evaluate: removed %d file(s) of items no longer planned", removed)
-    done = done_keys(cfg.output, score_digest(e), e.retry_errors)
-    return [r for r in rows if r["key"] not in done], len(rows)
+    def digest(self) -> str:
+        return score_digest(self.cfg)
+
+    def execute(self, todo: list[Part]) -> list[Marker]:
+        import ray
+
+        e = self.cfg
+        if e.judge.backend == "openai":
+            self.key = api_key(e.judge)  # read once, by the driver
+        log.info("evaluate: %d item(s) to edit and score with %s", len(todo), e.model.name)
+        ray.data.DataContext.get_current().enable_fallback_to_arrow_object_ext_type = True  # parts as objects
+        ds = ray.data.from_items([{"part": p} for p in todo], override_num_blocks=len(todo))
+        ds = ds.map_batches(EditStage, fn_constructor_kwargs={"cfg": e, "output": self.output}, batch_size=1,
+                            num_gpus=e.edit.num_gpus, num_cpus=e.edit.num_cpus, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(min_size=e.edit.actors,
+                                                               max_size=e.edit.max_actors or e.edit.actors))
+        ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"evaluation": self}, batch_size=e.score.batch_size,
+                            num_cpus=e.score.num_cpus, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=e.score.actors))
+        return [row["marker"] for row in ds.take_all()]
+
+    def summarize(self, summary: dict, markers) -> None:
+        from .tables import by_category
+
+        e = self.cfg
+        results = read_results(self.output)
+        table = by_category(results)
+        self.by_category = table
+        storage.write_parquet(storage.join(self.output, "by_category.parquet"), table_to_arrow(table))
+        benchmarks = sorted(set(results.benchmark))
+        summary.update(model=e.model.name, benchmark=", ".join(benchmarks) or e.benchmark or e.format,
+                       judge_model=judge_label(e), edit_digest=edit_digest(e), score_digest=self.digest(),
+                       items=summary["parts"], items_run=summary["parts_run"],
+                       errors=int((results.status != "ok").sum()), seconds=round(time.time() - self.started, 1),
+                       semantic_model=e.metrics.semantic.model or "none",
+                       by_category=json.loads(table.to_json(orient="index")))
+        if e.report.enabled:
+            from .report import write_report
+
+            summary["report"] = write_report(self.output, results, table, summary)
+
+    def report(self, summary: dict) -> None:
+        from .tables import format_table
+
+        print(format_table(self.by_category, f"{summary['model']} on {summary['benchmark']} "
+                                             f"(judge: {summary['judge_model']})"))
+        print(f"items run: {summary['items_run']}/{summary['items']}  errors: {summary['errors']}")
+        print(f"results: {storage.join(self.output, 'results')}\nreport: {summary.get('report', '-')}")
 
 
 def run(cfg: EvalJobConfig) -> dict:
-    import ray
+    return run_stage(EvalStage(cfg.evaluate, cfg.output)).summary
 
-    from .tables import by_category, format_table
 
-    e = cfg.evaluate
-    key = api_key(e.judge) if e.judge.backend == "openai" else None  # read once, by the driver
-    todo, planned = plan(cfg)
-    digest = score_digest(e)
-    cache_root = e.judge.cache or storage.join(cfg.output, "_cache", "judge")
-    t0 = time.time()
-    statuses: list[dict] = []
-    if todo:
-        log.info("evaluate: %d of %d item(s) to edit and score with %s", len(todo), planned, e.model.name)
-        ds = ray.data.from_items([{"item": json.dumps(r)} for r in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(EditStage, fn_constructor_kwargs={"cfg": e, "output": cfg.output}, batch_size=1,
-                            num_gpus=e.edit.num_gpus, num_cpus=e.edit.num_cpus,
-                            compute=ray.data.ActorPoolStrategy(min_size=e.edit.actors,
-                                                               max_size=e.edit.max_actors or e.edit.actors))
-        ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"cfg": e, "output": cfg.output, "key": key,
-                                                               "cache_root": cache_root, "digest": digest},
-                            batch_size=e.score.batch_size, num_cpus=e.score.num_cpus,
-                            compute=ray.data.ActorPoolStrategy(size=e.score.actors))
-        statuses = [json.loads(r["result"]) for r in ds.take_all()]
-    results = read_results(cfg.output)
-    table = by_category(results)
-    storage.write_parquet(storage.join(cfg.output, "by_category.parquet"), table_to_arrow(table))
-    benchmarks = sorted(set(results.benchmark))
-    summary = {"model": e.model.name, "benchmark": ", ".join(benchmarks) or e.benchmark or e.format, "judge_model": judge_label(e),
-               "edit_digest": edit_digest(e), "score_digest": digest, "items": planned, "items_run": len(todo),
-               "errors": int((results.status != "ok").sum()), "seconds": round(time.time() - t0, 1),
-               "semantic_model": e.metrics.semantic.model or "none",
-               "by_category": json.loads(table.to_json(orient="index"))}
-    storage.write_text(storage.join(cfg.output, "summary.json"), json.dumps(summary, indent=2))
-    if e.report.enabled:
-        from .report import write_report
+def dry_run(cfg: EvalJobConfig) -> list[str]:
+    return dry_run_stage(EvalStage(cfg.evaluate, cfg.output))
 
-        summary["report"] = write_report(cfg.output, results, table, summary)
-    print(format_table(table, f"{e.model.name} on {summary['benchmark']} (judge: {summary['judge_model']})"))
-    print(f"items run: {len(todo)}/{planned}  errors: {summary['errors']}  "
-          f"{'by status: ' + str(sorted({s['status'] for s in statuses})) if statuses else ''}")
-    print(f"results: {storage.join(cfg.output, 'results')}\nreport: {summary.get('report', '-')}")
-    return summary
+
+JOB = JobEntry(EvalJobConfig, run, dry_run)
 
 
 def table_to_arrow(table):

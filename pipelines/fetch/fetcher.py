@@ -20,7 +20,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import os
-import posixpath
 import shutil
 import tempfile
 import threading
@@ -216,7 +215,3 @@ class Fetcher:
         self._count(fetched=1)
         return self._row(it, "ok", bytes=len(data), sha256=dl.sha256 or sha256_of(data), attempts=attempts)
 
-
-def part_name(chunk: str) -> tuple[str, str]:
-    """(dataset, file name) of a listing chunk ``.../listing/<dataset>/<name>.parquet``."""
-    return posixpath.basename(posixpath.dirname(chunk.replace("\\", "/"))), posixpath.basename(chunk)

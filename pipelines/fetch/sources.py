@@ -1,8 +1,8 @@
-"""What to fetch: Koala-36M CSV rows and Pico-Banana JSONL records -> :data:`ITEM` rows.
+"""What to fetch: Koala-36M CSV rows and Pico-Banana JSONL records -> ``schemas.FETCH_ITEMS`` rows.
 
 Output names are exactly those the ingest readers look for, so ingest reads the
 fetched files directly: a Koala clip is ``<clips>/<videoID>_<start_ms>-<end_ms>.mp4``
-(``readers.koala_clip_name``), a Pico-Banana source image is ``<sources>/<file name of
+(``sama.datasets.koala_clip_name``), a Pico-Banana source image is ``<sources>/<file name of
 the URL>``. Rows that cannot be fetched at all become items carrying ``error=bad_record``
 and a detail naming the file and line, so they land in the fetch table too.
 
@@ -18,21 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-import pyarrow as pa
-
 from sama import storage
+from sama.datasets import KoalaReader, PicoBananaReader, koala_clip_name, parse_span
+from sama.records import DatasetError, manifest_files, pick, read_csv, read_jsonl, require_columns
+from sama.schemas import FETCH_ITEMS
 
-from ..ingest.readers import (
-    IngestError, KoalaReader, PicoBananaReader, koala_clip_name, manifest_files, parse_span, pick, read_csv, read_jsonl,
-    require_columns,
-)
 from .ytdlp import route
-
-ITEM = pa.schema([
-    ("id", pa.string()), ("dataset", pa.string()), ("group", pa.string()), ("kind", pa.string()),
-    ("source_url", pa.string()), ("fetch_url", pa.string()), ("method", pa.string()), ("output_uri", pa.string()),
-    ("start", pa.float64()), ("end", pa.float64()), ("row", pa.string()), ("error", pa.string()), ("detail", pa.string()),
-])
 
 
 @dataclass
@@ -65,7 +56,7 @@ class PicoFetchConfig:
 
 def _item(dataset: str, id: str, group: str, kind: str, row: str, **kw) -> dict:
     base = {"id": id, "dataset": dataset, "group": group, "kind": kind, "row": row}
-    return {**{f: None for f in ITEM.names}, **base, **kw}
+    return {**{f: None for f in FETCH_ITEMS.schema.names}, **base, **kw}
 
 
 def _bad(dataset: str, unit: str, line: int, detail: str) -> dict:
@@ -86,7 +77,7 @@ class KoalaSource:
     def units(self) -> list[str]:
         files = [f for f in storage.list_files(self.root, ".csv", recursive=False) if posixpath.basename(f).startswith("Koala_36M")]
         if not files:
-            raise IngestError(f"{self.name}: no Koala_36M_*.csv files found under {self.root}")
+            raise DatasetError(f"{self.name}: no Koala_36M_*.csv files found under {self.root}")
         return files
 
     def items(self, unit: str) -> Iterator[dict]:

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 
 from sama import storage
 from sama.media import MediaError, read_frames
+from sama.schemas import VERDICTS, read_table
 
 METRICS = ("motion", "sharpness", "blank_fraction", "edit_diff", "overall")
 
@@ -71,9 +72,7 @@ def contact_sheet(rows: list[dict], n_frames: int = 4, thumb: int = 96) -> bytes
 
 def write_report(output: str, cfg, keep=None) -> str:
     """Write the report under ``output/report``; ``keep`` (a KeepRule) places the borderline."""
-    from .job import read_verdicts
-
-    table = read_verdicts(storage.join(output, "verdicts"))
+    table = read_table(storage.join(output, "verdicts"), VERDICTS)
     rows = table.to_pylist()
     out = storage.join(output, "report")
     parts = ["<html><head><meta charset='utf-8'><title>filter report</title><style>body{font-family:sans-serif}"

@@ -24,11 +24,21 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
+from sama.judging import (
+    RUBRICS,
+    CachedAnswers,
+    JudgeCache,
+    JudgeConfig,
+    MalformedAnswer,
+    Outcome,
+    build_messages,
+    parse_answer,
+)
 from sama.media import MediaError
 
-from .job import FilterConfig, part_rows, screen
-from .judge import CachedAnswers, JudgeCache, JudgeConfig, Outcome, build_messages
-from .rubrics import RUBRICS, MalformedAnswer, parse_answer
+from ..stage import Part
+from .config import FilterConfig
+from .samples import part_rows, screen
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +51,18 @@ ERROR = "__inference_error__"
 # --- pass 1: requests ------------------------------------------------------------------------------
 
 
-def requests_of_part(item: dict, cfg: FilterConfig, cache_root: str) -> Iterator[dict]:
+def requests_of_part(row: dict, cfg: FilterConfig, cache_root: str) -> Iterator[dict]:
     """One request per sample of the part that passes the checks and has no cached answer.
 
     Samples that fail (bad media, failed checks, storage trouble) send nothing: pass 2
     decodes them again and records why."""
     cache = JudgeCache(cache_root, cfg.judge.model_label)
-    rows = [r for r in part_rows(item, cfg) if cache.get(r["sample_id"], RUBRICS[r["task"]]) is None]
+    part: Part = row["part"]
+    rows = [r for r in part_rows(part.spec, cfg.datasets) if cache.get(r["sample_id"], RUBRICS[r["task"]]) is None]
 
     def request(row: dict) -> dict | None:
         try:
-            result, frames = screen(row, cfg, judging=True)
+            result, frames = screen(row, cfg.checks, cfg.judge)
         except MediaError:
             return None
         except Exception as e:  # noqa: BLE001 - pass 2 meets the same trouble and records it
@@ -122,9 +133,9 @@ def vllm_engine(cfg: JudgeConfig) -> Engine:
     return build_processor(processor_config(cfg), preprocess=partial(to_request, cfg=cfg), postprocess=from_reply)
 
 
-def prejudge(items: list[dict], cfg: FilterConfig, cache_root: str, engine: Engine | None = None
+def prejudge(parts: list[Part], cfg: FilterConfig, cache_root: str, engine: Engine | None = None
              ) -> tuple[int, dict[str, str]]:
-    """Answer every unanswered sample of ``items`` into the cache. Returns (requests sent,
+    """Answer every unanswered sample of ``parts`` into the cache. Returns (requests sent,
     {sample_id: why it has no answer}). A malformed answer is asked again, in up to
     ``malformed_retries`` more rounds over the samples still without one."""
     import ray
@@ -133,8 +144,9 @@ def prejudge(items: list[dict], cfg: FilterConfig, cache_root: str, engine: Engi
     label = cfg.judge.model_label
     sent, failures = 0, {}
     for round_ in range(1 + cfg.judge.malformed_retries):
-        requests = ray.data.from_items(items).flat_map(partial(requests_of_part, cfg=cfg, cache_root=cache_root),
-                                                       num_cpus=cfg.task_cpus)
+        ray.data.DataContext.get_current().enable_fallback_to_arrow_object_ext_type = True  # parts as objects
+        requests = ray.data.from_items([{"part": p} for p in parts]).flat_map(
+            partial(requests_of_part, cfg=cfg, cache_root=cache_root), num_cpus=cfg.task_cpus)
         results = engine(requests).map(partial(record, cache_root=cache_root, model_label=label))
         asked, failures = 0, {}
         for r in results.iter_rows():  # streamed: only the failures stay in memory

@@ -7,10 +7,12 @@ Ray Data pipeline, streaming, each stage with its own resources::
       -> encode   actor pool:  Wan VAE (source, target), SigLIP anchors, UMT5 text   (GPUs)
       -> write    CPU tasks:   one Parquet shard per batch, named by its sample ids
 
-A shard is written atomically (a local rename or one completed S3 upload); before
-running, the job reads the ``sample_id`` column of the shards and rejects already
-on storage and skips those samples, so a killed run resumes and a rerun duplicates
-nothing. A sample that fails to decode or encode becomes a row of ``rejects/``.
+On the stage runner (``pipelines/stage.py``) a part is one sample; a shard is a commit
+covering the samples it holds, written atomically, its done marker last. A killed run
+resumes and a rerun duplicates nothing; a shard holding a sample the manifest no longer
+lists is removed whole (its other samples are simply encoded again), so training never
+sees a sample that was filtered out. A sample that fails to decode or encode becomes a
+row of ``rejects/``.
 
 Output under ``output``: ``latents/*.parquet`` (schema ``sama.latents.LATENTS``),
 ``rejects/*.parquet`` (``schemas.REJECTS``), ``summary.json``, ``config.yaml``.
@@ -18,7 +20,6 @@ Output under ``output``: ``latents/*.parquet`` (schema ``sama.latents.LATENTS``)
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter, defaultdict
@@ -32,12 +33,21 @@ import torch
 
 from sama import media, storage
 from sama.buckets import Bucket, BucketConfig, fit_to_bucket, make_buckets, nearest_bucket
-from sama.config import JobConfig
+from sama.config import JobConfig, JobEntry
 from sama.latents import LATENTS, TENSORS, pack, params_json
-from sama.models.encoders import (SemanticConfig, TextEncoderConfig, VaeConfig, load_semantic_tokenizer,
-                                  load_text_encoder, load_vae, video_to_tensor)
+from sama.models.encoders import (
+    SemanticConfig,
+    TextEncoderConfig,
+    VaeConfig,
+    load_semantic_tokenizer,
+    load_text_encoder,
+    load_vae,
+    video_to_tensor,
+)
 from sama.pretexts import IMAGE_EDIT_TAG, VIDEO_EDIT_TAG, PretextConfig, PretextSampler, compose_prompt
-from sama.schemas import MANIFEST, REJECTS, validate
+from sama.schemas import MANIFEST, REJECTS, read_table
+
+from ..stage import Marker, Part, Stage, Table, dry_run_stage, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -191,11 +201,11 @@ ENCODED = pa.schema([f.with_nullable(True) for f in ENCODED])
 class Encoders:
     """The three frozen encoders on one device; ``encode`` turns uint8 frames into tensors."""
 
-    def __init__(self, cfg: PrecomputeConfig, device: str):
+    def __init__(self, vae: VaeConfig, semantic: SemanticConfig, text: TextEncoderConfig, device: str):
         self.device = torch.device(device)
-        self.vae = load_vae(cfg.vae).to(self.device)
-        self.semantic = load_semantic_tokenizer(cfg.semantic).to(self.device)
-        self.text = load_text_encoder(cfg.text).to(self.device)
+        self.vae = load_vae(vae).to(self.device)
+        self.semantic = load_semantic_tokenizer(semantic).to(self.device)
+        self.text = load_text_encoder(text).to(self.device)
 
     @torch.no_grad()
     def encode(self, src: list[np.ndarray], tgt: list[np.ndarray], prompts: list[str]) -> list[dict[str, torch.Tensor]]:
@@ -212,11 +222,11 @@ class Encoders:
 class EncodeStage:
     """Actor stage: loads the encoders once, encodes batches grouped by shape."""
 
-    def __init__(self, cfg: PrecomputeConfig):
-        gpu = cfg.encode.num_gpus > 0 and torch.cuda.is_available()
-        self.encoders = Encoders(cfg, "cuda" if gpu else "cpu")
-        d = cfg.encode.storage_dtype
-        self.dtype = ("bfloat16" if gpu else "float32") if d == "auto" else d
+    def __init__(self, encode: EncodeConfig, vae: VaeConfig, semantic: SemanticConfig, text: TextEncoderConfig):
+        gpu = encode.num_gpus > 0 and torch.cuda.is_available()
+        self.encoders = Encoders(vae, semantic, text, "cuda" if gpu else "cpu")
+        dtype = encode.storage_dtype
+        self.dtype = ("bfloat16" if gpu else "float32") if dtype == "auto" else dtype
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -254,122 +264,107 @@ class EncodeStage:
 # --- write (CPU) --------------------------------------------------------------------------------
 
 
-def write_shard(batch: pa.Table, output: str) -> pa.Table:
-    """One batch -> ``latents/<digest>.parquet`` + ``rejects/<digest>.parquet``, named by sample ids."""
+def write_shard(batch: pa.Table, owner: PrecomputeStage) -> dict:
+    """One batch -> ``latents/<name>.parquet`` + ``rejects/<name>.parquet`` and the marker of
+    the samples they cover, named by those sample ids."""
     ids = sorted(batch["sample_id"].to_pylist())
-    name = f"part-{storage.content_digest(*ids, n=16)}.parquet"
     failed = pc.invert(pc.is_null(batch["error_reason"]))
     ok, bad = batch.filter(pc.invert(failed)), batch.filter(failed)
-    if bad.num_rows:
-        rejects = [{"sample_id": r["sample_id"], "dataset": r["dataset"], "stage": "precompute",
-                    "reason": r["error_reason"], "detail": r["error_detail"], "source_uri": r["source_uri"],
-                    "target_uri": r["target_uri"]} for r in bad.to_pylist()]
-        storage.write_parquet(storage.join(output, "rejects", name), REJECTS.table(rejects))
-    if ok.num_rows:
-        table = ok.select([f.name for f in LATENTS.schema]).cast(LATENTS.with_metadata())
-        storage.write_parquet(storage.join(output, "latents", name), table, row_group_size=8)
-    return pa.table({"result": [json.dumps({"written": ok.num_rows, "rejected": bad.num_rows})]})
+    rejects = [{"sample_id": r["sample_id"], "dataset": r["dataset"], "stage": "precompute", "reason": r["error_reason"],
+                "detail": r["error_detail"], "source_uri": r["source_uri"], "target_uri": r["target_uri"]}
+               for r in bad.to_pylist()]
+    latents = ok.select([f.name for f in LATENTS.schema]).cast(LATENTS.with_metadata())
+    marker = owner.commit(f"part-{storage.content_digest(*ids, n=16)}", ids, {"latents": latents, "rejects": rejects})
+    return {"marker": np.array([marker], dtype=object)}
 
 
 # --- the job ------------------------------------------------------------------------------------
 
 
-def done_ids(output: str) -> set[str]:
-    ids: set[str] = set()
-    for sub in ("latents", "rejects"):
-        for f in storage.list_files(storage.join(output, sub), ".parquet"):
-            ids.update(storage.read_parquet(f, columns=["sample_id"])["sample_id"].to_pylist())
-    return ids
-
-
-def prune_stale(output: str, wanted: set[str]) -> list[str]:
-    """Delete shards holding samples the manifest no longer lists (their other samples are
-    then simply encoded again), so training never sees a sample that was filtered out."""
-    removed = []
-    for sub in ("latents", "rejects"):
-        for f in storage.list_files(storage.join(output, sub), ".parquet"):
-            if not set(storage.read_parquet(f, columns=["sample_id"])["sample_id"].to_pylist()) <= wanted:
-                storage.delete(f)
-                removed.append(f)
-    if removed:
-        log.warning("precompute: removed %d shard(s) with samples no longer in the manifest", len(removed))
-    return removed
-
-
-def plan(cfg: PrecomputeJobConfig) -> pa.Table:
-    """Manifest rows still to do, sorted by (bucket guess, sample id) so batches share shapes."""
-    pc_cfg = cfg.precompute
-    manifest = validate(storage.read_parquet(pc_cfg.manifest), MANIFEST, where=pc_cfg.manifest)
-    manifest = manifest.filter(pc.is_in(manifest["task"], pa.array(pc_cfg.tasks)))
-    prune_stale(cfg.output, set(manifest["sample_id"].to_pylist()))
-    done = done_ids(cfg.output)
-    if done:
-        manifest = manifest.filter(pc.invert(pc.is_in(manifest["sample_id"], pa.array(sorted(done)))))
-    buckets = make_buckets(pc_cfg.buckets)
-    guess = [str(nearest_bucket(h or 1, w or 1, buckets, pc_cfg.buckets.match)) + t for h, w, t in
+def bucket_order(manifest: pa.Table, buckets: BucketConfig) -> pa.Table:
+    """``manifest`` sorted by (bucket guess, task, sample id), so batches share shapes."""
+    shapes = make_buckets(buckets)
+    guess = [str(nearest_bucket(h or 1, w or 1, shapes, buckets.match)) + t for h, w, t in
              zip(manifest["tgt_height"].to_pylist(), manifest["tgt_width"].to_pylist(), manifest["task"].to_pylist())]
     manifest = manifest.append_column("_order", pa.array(guess))
     return manifest.sort_by([("_order", "ascending"), ("sample_id", "ascending")]).drop_columns(["_order"])
 
 
-def summarize(output: str) -> dict:
-    counts: dict[str, Counter] = defaultdict(Counter)
-    buckets: Counter[str] = Counter()
-    for f in storage.list_files(storage.join(output, "latents"), ".parquet"):
-        t = storage.read_parquet(f, columns=["dataset", "bucket", "pretext"])
-        for d, b, p in zip(*(t[c].to_pylist() for c in ("dataset", "bucket", "pretext"))):
-            counts[d]["written"] += 1
-            counts[d][f"pretext_{p}"] += 1
-            buckets[b] += 1
-    for f in storage.list_files(storage.join(output, "rejects"), ".parquet"):
-        t = storage.read_parquet(f, columns=["dataset", "reason"])
-        for d, r in zip(t["dataset"].to_pylist(), t["reason"].to_pylist()):
-            counts[d][f"rejected_{r}"] += 1
-    return {"datasets": {d: dict(sorted(c.items())) for d, c in sorted(counts.items())},
-            "buckets": dict(sorted(buckets.items()))}
+class PrecomputeStage(Stage):
+    """A part per manifest sample; a commit per written shard (the samples it covers)."""
+
+    name = "precompute"
+    tables = {"latents": Table(LATENTS, "latents", status="written", statuses=("written",),
+                               breakdown=("pretext", "bucket"), row_group_size=8, write_empty=False),
+              "rejects": Table(REJECTS, "rejects", status="rejected", statuses=("rejected",), reason_column="reason",
+                               write_empty=False)}
+
+    def __init__(self, cfg: PrecomputeConfig, output: str):
+        super().__init__(output)
+        self.cfg = cfg
+
+    def plan(self) -> list[Part]:
+        manifest = read_table(self.cfg.manifest, MANIFEST)
+        manifest = bucket_order(manifest.filter(pc.is_in(manifest["task"], pa.array(self.cfg.tasks))), self.cfg.buckets)
+        return [Part(row["sample_id"], row) for row in manifest.to_pylist()]
+
+    def execute(self, todo: list[Part]) -> list[Marker]:
+        """decode (CPU tasks) -> encode (an actor pool, GPUs) -> write (CPU tasks), streaming."""
+        p, enc = self.cfg, self.cfg.encode
+        t0 = time.time()
+        pool = ray.data.ActorPoolStrategy(min_size=enc.actors, max_size=enc.max_actors or enc.actors)
+        ray.data.DataContext.get_current().enable_fallback_to_arrow_object_ext_type = True  # markers as objects
+        ds = ray.data.from_arrow(MANIFEST.table([part.spec for part in todo]))
+        ds = ds.map_batches(decode_batch, fn_kwargs={"cfg": p}, batch_size=p.decode.batch_size,
+                            batch_format="pyarrow", num_cpus=p.decode.num_cpus)
+        ds = ds.map_batches(EncodeStage, fn_constructor_kwargs={"encode": enc, "vae": p.vae, "semantic": p.semantic,
+                                                                "text": p.text},
+                            batch_size=enc.batch_size, batch_format="pyarrow", num_gpus=enc.num_gpus,
+                            num_cpus=enc.num_cpus, compute=pool)
+        ds = ds.map_batches(write_shard, fn_kwargs={"owner": self}, batch_size=p.shard_size, batch_format="pyarrow",
+                            num_cpus=0.5)
+        markers = [row["marker"] for row in ds.take_all()]
+        seconds = time.time() - t0
+        log.info("precompute: %d samples in %.1fs (%.2f samples/s)", len(todo), seconds, len(todo) / max(seconds, 1e-9))
+        return markers
+
+    def summarize(self, summary: dict, markers) -> None:
+        buckets: Counter[str] = Counter()
+        for entry in summary["datasets"].values():
+            buckets.update(entry.get("bucket", {}))
+        summary["buckets"] = dict(sorted(buckets.items()))
+
+    def report(self, summary: dict) -> None:
+        for dataset, entry in summary["datasets"].items():
+            print(f"{dataset:<16} written={entry['written']} rejected={entry['rejected']} "
+                  f"pretexts={entry.get('pretext', {})} reasons={entry['reasons']}")
+        print(f"latents: {storage.join(self.output, 'latents')}  buckets: {summary['buckets']}")
+
+    def dry_run(self) -> list[str]:
+        """Buckets, stages, encoders."""
+        p, enc = self.cfg, self.cfg.encode
+        buckets = make_buckets(p.buckets)
+        frames = p.buckets.max_frames
+        biggest = max(b.height * b.width for b in buckets)
+        tokens = ((frames - 1) // 4 + 1) * biggest // (16 * 16)  # Wan VAE 8x, patch 2x
+        lines = [f"buckets: {len(buckets)} ({', '.join(f'{b.height}x{b.width}' for b in buckets)}), frames <= {frames}",
+                 f"largest sample: {tokens} target tokens, {2 * tokens} with the source",
+                 f"decode: CPU tasks of {p.decode.batch_size} samples, {p.decode.num_cpus} CPU each, at {p.decode.fps} fps",
+                 f"encode: {enc.actors}..{enc.max_actors or enc.actors} actors x {enc.num_gpus} GPU, batches of "
+                 f"{enc.batch_size}, stored as {enc.storage_dtype}"]
+        for name, c in (("vae", p.vae), ("semantic", p.semantic), ("text", p.text)):
+            lines.append(f"{name}: {c.pretrained or 'tiny random model'} ({c.dtype})")
+        if enc.num_gpus == 0 and any(c.pretrained for c in (p.vae, p.semantic, p.text)):
+            lines.append("warning: real encoders on CPU actors (encode.num_gpus=0) will be very slow")
+        return lines
 
 
 def run(cfg: PrecomputeJobConfig) -> dict:
-    p = cfg.precompute
-    todo = plan(cfg)
-    log.info("precompute: %d samples to encode (%s)", todo.num_rows, p.manifest)
-    t0 = time.time()
-    if todo.num_rows:
-        enc = p.encode
-        pool = ray.data.ActorPoolStrategy(min_size=enc.actors, max_size=enc.max_actors or enc.actors)
-        ds = ray.data.from_arrow(todo)
-        ds = ds.map_batches(decode_batch, fn_kwargs={"cfg": p}, batch_size=p.decode.batch_size,
-                            batch_format="pyarrow", num_cpus=p.decode.num_cpus)
-        ds = ds.map_batches(EncodeStage, fn_constructor_kwargs={"cfg": p}, batch_size=enc.batch_size,
-                            batch_format="pyarrow", num_gpus=enc.num_gpus, num_cpus=enc.num_cpus, compute=pool)
-        ds = ds.map_batches(write_shard, fn_kwargs={"output": cfg.output}, batch_size=p.shard_size,
-                            batch_format="pyarrow", num_cpus=0.5)
-        results = [json.loads(r["result"]) for r in ds.take_all()]
-        written = sum(r["written"] for r in results)
-        log.info("precompute: %d written, %d rejected in %.1fs (%.2f samples/s)", written,
-                 sum(r["rejected"] for r in results), time.time() - t0, todo.num_rows / max(time.time() - t0, 1e-9))
-    summary = summarize(cfg.output)
-    storage.write_text(storage.join(cfg.output, "summary.json"), json.dumps(summary, indent=2))
-    for d, c in summary["datasets"].items():
-        print(f"{d:<16} " + ", ".join(f"{k}={v}" for k, v in c.items()))
-    print(f"latents: {storage.join(cfg.output, 'latents')}  buckets: {summary['buckets']}")
-    return summary
+    return run_stage(PrecomputeStage(cfg.precompute, cfg.output)).summary
 
 
 def dry_run(cfg: PrecomputeJobConfig) -> list[str]:
-    """What the run would use (``sama run --dry-run``): buckets, stages, encoders."""
-    p, enc = cfg.precompute, cfg.precompute.encode
-    buckets = make_buckets(p.buckets)
-    frames = p.buckets.max_frames
-    biggest = max(b.height * b.width for b in buckets)
-    tokens = ((frames - 1) // 4 + 1) * biggest // (16 * 16)  # Wan VAE 8x, patch 2x
-    lines = [f"buckets: {len(buckets)} ({', '.join(f'{b.height}x{b.width}' for b in buckets)}), frames <= {frames}",
-             f"largest sample: {tokens} target tokens, {2 * tokens} with the source",
-             f"decode: CPU tasks of {p.decode.batch_size} samples, {p.decode.num_cpus} CPU each, at {p.decode.fps} fps",
-             f"encode: {enc.actors}..{enc.max_actors or enc.actors} actors x {enc.num_gpus} GPU, batches of "
-             f"{enc.batch_size}, stored as {enc.storage_dtype}"]
-    for name, c in (("vae", p.vae), ("semantic", p.semantic), ("text", p.text)):
-        lines.append(f"{name}: {c.pretrained or 'tiny random model'} ({c.dtype})")
-    if enc.num_gpus == 0 and any(c.pretrained for c in (p.vae, p.semantic, p.text)):
-        lines.append("warning: real encoders on CPU actors (encode.num_gpus=0) will be very slow")
-    return lines
+    return dry_run_stage(PrecomputeStage(cfg.precompute, cfg.output))
+
+
+JOB = JobEntry(PrecomputeJobConfig, run, dry_run)

@@ -22,7 +22,6 @@ from sama.training.ema import deal_by_size
 from sama.training.mixing import SourceConfig, passes_needed
 
 
-
 @dataclass
 class RankData:
     """What one rank streams of one source."""
@@ -112,15 +111,10 @@ def rank_index(data: RankData, tasks: list[str]) -> tuple[list[dict], list[tuple
 def read_row_groups(batch: pa.Table) -> pa.Table:
     """Ray Data UDF: (path, row group, rows, first index, epoch) -> those rows, numbered ``_i``
     within the epoch ``_e`` (a task, not an actor, so no CPU is held between reads)."""
-    import pyarrow.parquet as pq
-
     tables = []
     for path, rg, rows, first, epoch in zip(*(batch[c].to_pylist() for c in ("path", "row_group", "rows", "first",
                                                                            "epoch"))):
-        fs, local = storage.filesystem(path)
-        with fs.open_input_file(local) as fh:
-            t = pq.ParquetFile(fh).read_row_group(rg)
-        t = t.take(pa.array(rows, pa.int64()))
+        t = storage.read_row_group(path, rg).take(pa.array(rows, pa.int64()))
         t = t.append_column("_e", pa.array([epoch] * len(rows), pa.int64()))
         tables.append(t.append_column("_i", pa.array(range(first, first + len(rows)), pa.int64())))
     return pa.concat_tables(tables)

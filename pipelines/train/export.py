@@ -22,10 +22,11 @@ import tempfile
 import torch
 
 from sama import storage
+from sama.config import JobEntry
 from sama.models.transformer import SamaTransformer3DModel, torch_dtype
 from sama.tensorfiles import DEFAULT_SHARD_BYTES, write_sharded
 
-from . import checkpoint as C
+from . import checkpoint as checkpoints
 from .config import ExportJobConfig
 
 log = logging.getLogger(__name__)
@@ -40,16 +41,16 @@ def model_on_meta(model_config: dict) -> SamaTransformer3DModel:
 def export_checkpoint(ckpt_uri: str, output: str, weights: str = "ema", dtype: str = "float32",
                       max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> str:
     """Write ``<output>/transformer`` from the checkpoint at (or newest under) ``ckpt_uri``."""
-    ckpt = C.resolve(ckpt_uri)
+    ckpt = checkpoints.resolve(ckpt_uri)
     model = model_on_meta(json.loads(storage.read_text(storage.join(ckpt, "model_config.json"))))
     expected = {n: tuple(t.shape) for n, t in model.state_dict().items()}
     out_dtype = torch_dtype(dtype)
     with tempfile.TemporaryDirectory(prefix="sama-export-") as tmp:
         if weights == "ema":
-            source = C.ema_shards(ckpt)
+            source = checkpoints.ema_shards(ckpt)
             names, get, close = set(source.names()), source.__getitem__, source.close
         elif weights == "raw":
-            raw = C.raw_weights(ckpt, lazy=True)
+            raw = checkpoints.raw_weights(ckpt, lazy=True)
             names, close = set(raw), (lambda: None)
 
             def get(n: str) -> torch.Tensor:
@@ -74,7 +75,7 @@ def export_checkpoint(ckpt_uri: str, output: str, weights: str = "ema", dtype: s
         if storage.is_s3(output):
             for name in [*files, "config.json", *[f for f in os.listdir(stage) if f.endswith(".index.json")]]:
                 storage.upload_file(os.path.join(stage, name), storage.join(dest, name))
-    meta = {**C.read_meta(ckpt), "checkpoint": ckpt, "weights": weights, "dtype": dtype}
+    meta = {**checkpoints.read_meta(ckpt), "checkpoint": ckpt, "weights": weights, "dtype": dtype}
     storage.write_text(storage.join(output, "export.json"), json.dumps(meta, indent=2))
     log.info("exported %s weights of %s to %s", weights, ckpt, dest)
     return output
@@ -93,5 +94,8 @@ def export_as_task(ckpt_uri: str, output: str, weights: str = "ema", dtype: str 
 
 def run(cfg: ExportJobConfig) -> str:
     out = export_as_task(cfg.checkpoint, cfg.output, cfg.weights, cfg.dtype, cfg.memory_gb)
-    print(f"exported {cfg.weights} weights of {C.resolve(cfg.checkpoint)} -> {storage.join(out, 'transformer')}")
+    print(f"exported {cfg.weights} weights of {checkpoints.resolve(cfg.checkpoint)} -> {storage.join(out, 'transformer')}")
     return out
+
+
+JOB = JobEntry(ExportJobConfig, run)

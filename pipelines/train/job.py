@@ -17,10 +17,11 @@ import logging
 import os
 
 from sama import storage
+from sama.config import JobEntry
 
 from . import data
-from .config import ExportJobConfig, TrainJobConfig, absolute_paths  # noqa: F401  (the registry's config classes)
-from .dryrun import dry_run  # noqa: F401  (sama run --dry-run)
+from .config import TrainJobConfig, absolute_paths
+from .dryrun import dry_run
 from .export import export_as_task
 from .loop import train_loop_per_worker
 
@@ -50,7 +51,7 @@ def build_trainer(cfg: TrainJobConfig):
     env = {"DS_ACCELERATOR": "cpu"} if not w.use_gpu else {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg, "plan": plan},
+        train_loop_config={"train": t, "output": cfg.output, "plan": plan},
         torch_config=TorchConfig(backend="nccl" if w.use_gpu else "gloo", timeout_s=int(t.engine.collective_timeout_s)),
         scaling_config=ScalingConfig(num_workers=w.num_workers, use_gpu=w.use_gpu, resources_per_worker=w.resources(),
                                      accelerator_type=w.accelerator_type, placement_strategy=w.placement_strategy),
@@ -74,3 +75,6 @@ def run(cfg: TrainJobConfig) -> dict:
     storage.write_text(storage.join(cfg.output, "summary.json"), json.dumps(summary, indent=2, default=str))
     print(f"[train] stage {t.stage}: checkpoint {ckpt}" + (f", export {summary['export']}" if t.export.enabled else ""))
     return summary
+
+
+JOB = JobEntry(TrainJobConfig, run, dry_run)

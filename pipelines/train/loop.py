@@ -34,10 +34,10 @@ from sama.training.metrics import MetricsLogger
 from sama.training.mixing import BucketStream, pick_source, seed_of
 from sama.training.schedule import LRLambda
 
-from . import checkpoint as C
-from . import data as D
-from . import weights as W
-from .config import TrainConfig, TrainJobConfig
+from . import checkpoint as checkpoints
+from . import data as train_data
+from . import weights as model_weights
+from .config import TrainConfig
 from .deepspeed_config import deepspeed_config, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -148,15 +148,15 @@ class Uploads:
 
 def fetch_own(ckpt: str, rank: int, zero_stage: int, workdir: str, with_state: bool) -> list[str]:
     """Copy this rank's files of ``ckpt`` into ``workdir``; returns their names."""
-    names = C.own_files(C.list_relative(ckpt), rank, zero_stage)
+    names = checkpoints.own_files(checkpoints.list_relative(ckpt), rank, zero_stage)
     if not with_state:
         names = [n for n in names if not n.startswith("state/")]
-    return C.fetch(ckpt, names, workdir)
+    return checkpoints.fetch(ckpt, names, workdir)
 
 
-def record_fetches(job: TrainJobConfig, rank: int, kind: str, ckpt: str, names: list[str]) -> None:
-    if job.train.debug.record_fetches:
-        storage.write_text(storage.join(job.output, job.train.name, "debug", f"{kind}_rank_{rank:05d}.json"),
+def record_fetches(t: TrainConfig, output: str, rank: int, kind: str, ckpt: str, names: list[str]) -> None:
+    if t.debug.record_fetches:
+        storage.write_text(storage.join(output, t.name, "debug", f"{kind}_rank_{rank:05d}.json"),
                            json.dumps({"checkpoint": ckpt, "files": names}))
 
 
@@ -172,8 +172,9 @@ def fresh_optimizer(engine, t: TrainConfig, lr: float) -> None:
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
-    job: TrainJobConfig = config["cfg"]
-    t: TrainConfig = job.train
+    # Workers get the training config and where outputs go, not the job's launcher sections.
+    t: TrainConfig = config["train"]
+    output: str = config["output"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     use_gpu = t.workers.use_gpu
@@ -194,14 +195,14 @@ def train_loop_per_worker(config: dict) -> None:
     #    layout (restored rank-locally after the engine exists), another one (streamed in
     #    while building), or the pretrained / tiny model.
     resumed = ray.train.get_checkpoint()
-    init = C.resolve(t.init_from) if (t.init_from and resumed is None) else None
-    init_same = init is not None and Layout.of(C.read_meta(init)) == layout
+    init = checkpoints.resolve(t.init_from) if (t.init_from and resumed is None) else None
+    init_same = init is not None and Layout.of(checkpoints.read_meta(init)) == layout
     if resumed is not None or init_same:
         source = None  # the architecture only: the weights are restored below
     elif init is not None:
-        source = lambda: W.checkpoint_source(init)  # noqa: E731
+        source = lambda: model_weights.checkpoint_source(init)  # noqa: E731
     elif t.model.pretrained is not None:
-        source = lambda: W.pretrained_source(t.model)  # noqa: E731
+        source = lambda: model_weights.pretrained_source(t.model)  # noqa: E731
     else:
         source = None  # the seeded tiny model
 
@@ -209,9 +210,9 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(t.seed)
     keep_fp32 = precision == "bf16"
     if t.engine.zero_stage == 3:
-        model, fp32 = W.build_zero3(t.model, ds_config, dtype, rank, source, device, keep_fp32)
+        model, fp32 = model_weights.build_zero3(t.model, ds_config, dtype, rank, source, device, keep_fp32)
     else:
-        model, fp32 = W.build_replicated(t.model, dtype, keep_fp32, source)
+        model, fp32 = model_weights.build_replicated(t.model, dtype, keep_fp32, source)
     if t.engine.activation_checkpointing:
         model.enable_gradient_checkpointing()
     model.train()
@@ -237,31 +238,31 @@ def train_loop_per_worker(config: dict) -> None:
 
     # 4. Resume from Ray Train's latest checkpoint (a failure, or a rerun of the run), or start
     #    from init_from; either way a rank reads its own files when the layout is this run's.
-    state = C.TrainState()
+    state = checkpoints.TrainState()
     if resumed is not None:
-        ckpt = C.checkpoint_uri(resumed)
+        ckpt = checkpoints.checkpoint_uri(resumed)
         names = fetch_own(ckpt, rank, t.engine.zero_stage, workdir, with_state=True)
-        record_fetches(job, rank, "resume", ckpt, names)
-        engine.load_checkpoint(workdir, tag=C.DS_TAG)
-        state, rng = C.load_rank_state(workdir, rank)
-        C.set_rng_state(rng)
-        ema.load(os.path.join(workdir, C.rank_file("ema", rank)))
+        record_fetches(t, output, rank, "resume", ckpt, names)
+        engine.load_checkpoint(workdir, tag=checkpoints.DS_TAG)
+        state, rng = checkpoints.load_rank_state(workdir, rank)
+        checkpoints.set_rng_state(rng)
+        ema.load(os.path.join(workdir, checkpoints.rank_file("ema", rank)))
         if fp32.params:
-            fp32.load_state_dict(torch.load(os.path.join(workdir, C.FP32_FILE), map_location="cpu"))
+            fp32.load_state_dict(torch.load(os.path.join(workdir, checkpoints.FP32_FILE), map_location="cpu"))
     elif init_same:
         names = fetch_own(init, rank, t.engine.zero_stage, workdir, with_state=False)
-        record_fetches(job, rank, "init", init, names)
+        record_fetches(t, output, rank, "init", init, names)
         # Its own files only: DeepSpeed's weights-only load would consolidate every rank's
         # shards, so load the rank's optimizer shard (the fp32 weights live there) and start
         # the optimizer afresh: no moments, this run's hyper-parameters and LR schedule.
-        engine.load_checkpoint(workdir, tag=C.DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
+        engine.load_checkpoint(workdir, tag=checkpoints.DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
         fresh_optimizer(engine, t, scheduler.get_last_lr()[0])
-        ema.load(os.path.join(workdir, C.rank_file("ema", rank)))
+        ema.load(os.path.join(workdir, checkpoints.rank_file("ema", rank)))
         if fp32.params:
-            fp32.load_state_dict(torch.load(os.path.join(workdir, C.FP32_FILE), map_location="cpu"),
+            fp32.load_state_dict(torch.load(os.path.join(workdir, checkpoints.FP32_FILE), map_location="cpu"),
                                  weights_only=True)
     elif init is not None:
-        shards = C.ema_shards(init)  # stage 0's EMA, each rank reading only the slices it keeps
+        shards = checkpoints.ema_shards(init)  # stage 0's EMA, each rank reading only the slices it keeps
         try:
             ema.load_full(shards)
         finally:
@@ -272,15 +273,15 @@ def train_loop_per_worker(config: dict) -> None:
     streams = {}
     for s in t.data.sources:
         mine = config["plan"][s.name][rank]
-        index, groups = D.rank_index(mine, list(s.tasks))
+        index, groups = train_data.rank_index(mine, list(s.tasks))
         streams[s.name] = BucketStream(
-            s.name, index, D.row_opener(groups, mine.passes, t.data.read_num_cpus), t.micro_batch(s.family),
+            s.name, index, train_data.row_opener(groups, mine.passes, t.data.read_num_cpus), t.micro_batch(s.family),
             t.seed, dp_rank, t.data.shuffle_buffer, t.data.max_pending_buckets, state.positions.get(s.name, (0, 0)))
     names, weights = [s.name for s in t.data.sources], [s.weight for s in t.data.sources]
 
     logger = remote = None
     if rank == 0:
-        local, remote = metrics_dir(job.output, t.name)
+        local, remote = metrics_dir(output, t.name)
         logger = MetricsLogger(local, t.steps, state.step, t.metrics.tensorboard, t.metrics.progress_bar,
                                prefix=f"stage{t.stage}")
     patch = tuple(engine.module.config.patch_size)
@@ -291,7 +292,7 @@ def train_loop_per_worker(config: dict) -> None:
         while state.step < t.steps:
             step = state.step + 1
             if step == t.debug.fail_at_step and rank == world - 1:
-                marker = storage.join(job.output, t.name, f"debug_failed_at_step_{step}")
+                marker = storage.join(output, t.name, f"debug_failed_at_step_{step}")
                 if not storage.exists(marker):  # die once (a FailureConfig drill), not again after the restart
                     storage.write_text(marker, "the last rank exited here on purpose (train.debug.fail_at_step)\n")
                     os._exit(1)
@@ -383,7 +384,7 @@ def train_loop_per_worker(config: dict) -> None:
             # 9. Checkpoint every N steps, at the end, and where a test interrupts.
             last = step == t.steps or step == t.debug.stop_after_step
             if step % t.checkpoint.every == 0 or last:
-                save(engine, ema, fp32, state, job, layout, rank, {"step": step, "loss": stats[1].item() / world},
+                save(engine, ema, fp32, state, t, layout, rank, {"step": step, "loss": stats[1].item() / world},
                      uploads)
                 if logger is not None:
                     logger.flush()
@@ -405,19 +406,19 @@ def train_loop_per_worker(config: dict) -> None:
             mirror(logger.log_dir, remote)
 
 
-def save(engine, ema: ShardedEMA, fp32: W.Fp32Params, state: C.TrainState, job: TrainJobConfig, layout: Layout,
+def save(engine, ema: ShardedEMA, fp32: model_weights.Fp32Params, state: checkpoints.TrainState, t: TrainConfig, layout: Layout,
          rank: int, metrics: dict, uploads: Uploads) -> None:
     """Write this rank's part of a checkpoint locally and hand it to Ray Train, which uploads
     it in the background while training goes on."""
     import ray.train
+
     from sama.config import dump_yaml
 
     uploads.wait()  # the previous upload is done (its local copy gone) before this one is written
     folder = tempfile.mkdtemp(prefix=f"sama-ckpt-r{rank}-")
-    engine.save_checkpoint(folder, tag=C.DS_TAG)
-    C.save_rank_state(folder, rank, state, ema)
+    engine.save_checkpoint(folder, tag=checkpoints.DS_TAG)
+    checkpoints.save_rank_state(folder, rank, state, ema)
     if rank == 0:
-        t = job.train
         meta = {"step": state.step, "world_size": layout.world, "zero_stage": layout.zero_stage,
                 "precision": layout.precision, "run": t.name, "stage": t.stage, "samples": state.samples,
                 "skipped": state.skipped}
@@ -426,13 +427,13 @@ def save(engine, ema: ShardedEMA, fp32: W.Fp32Params, state: C.TrainState, job: 
         with open(os.path.join(folder, "model_config.json"), "w") as f:
             json.dump(dict(engine.module.config), f, indent=2, default=list)
         with open(os.path.join(folder, "train_config.yaml"), "w") as f:
-            f.write(dump_yaml(job))
+            f.write(dump_yaml(t))
         if fp32.params:
-            os.makedirs(os.path.join(folder, os.path.dirname(C.FP32_FILE)), exist_ok=True)
-            torch.save(fp32.state_dict(), os.path.join(folder, C.FP32_FILE))
-    mode = ray.train.CheckpointUploadMode.ASYNC if job.train.checkpoint.async_upload else \
+            os.makedirs(os.path.join(folder, os.path.dirname(checkpoints.FP32_FILE)), exist_ok=True)
+            torch.save(fp32.state_dict(), os.path.join(folder, checkpoints.FP32_FILE))
+    mode = ray.train.CheckpointUploadMode.ASYNC if t.checkpoint.async_upload else \
         ray.train.CheckpointUploadMode.SYNC
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                     checkpoint_dir_name=C.step_dir_name(state.step), checkpoint_upload_mode=mode,
+                     checkpoint_dir_name=checkpoints.step_dir_name(state.step), checkpoint_upload_mode=mode,
                      delete_local_checkpoint_after_upload=True)
     uploads.pending = folder

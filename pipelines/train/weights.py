@@ -36,7 +36,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from sama.models.transformer import SamaModelConfig, SamaTransformer3DModel, load_transformer, torch_dtype
+from sama.models.loading import load_transformer
+from sama.models.transformer import SamaModelConfig, SamaTransformer3DModel, legacy_numerics, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def pretrained_source(cfg: SamaModelConfig) -> WeightSource:
     folder = storage.join(path, subfolder) if subfolder else path
     raw = json.loads(storage.read_text(storage.join(folder, "config.json")))
     config = {k: v for k, v in raw.items() if not k.startswith("_")}
-    config.update(convert.legacy_numerics(raw))
+    config.update(legacy_numerics(raw))
     config.update(cfg.sama_kwargs())
     reader = TensorReader(weight_files(folder))
     return WeightSource(config, set(reader.entries), reader.get, reader.close)
@@ -165,11 +166,11 @@ def checkpoint_source(ckpt: str) -> WeightSource:
 
     from sama import storage
 
-    from . import checkpoint as C
+    from . import checkpoint as checkpoints
 
     config = {k: v for k, v in json.loads(storage.read_text(storage.join(ckpt, "model_config.json"))).items()
               if not k.startswith("_")}
-    raw = C.raw_weights(ckpt, lazy=True)
+    raw = checkpoints.raw_weights(ckpt, lazy=True)
     return WeightSource(config, set(raw), lambda n: raw[n] if isinstance(raw[n], torch.Tensor) else raw[n].contiguous())
 
 

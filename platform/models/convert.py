@@ -38,6 +38,7 @@ from typing import Any, Optional
 import torch
 
 from sama import storage
+from sama.models.transformer import SamaTransformer3DModel, legacy_numerics, torch_dtype
 from sama.tensorfiles import (
     DEFAULT_SHARD_BYTES,
     WEIGHT_SUFFIXES,
@@ -194,8 +195,6 @@ def infer_config(shapes: dict[str, tuple[int, ...]], src: str, sama: bool,
 def _meta_model(cfg: dict[str, Any], sama: bool):
     from diffusers import WanTransformer3DModel
 
-    from sama.models.transformer import SamaTransformer3DModel
-
     cls = SamaTransformer3DModel if sama else WanTransformer3DModel
     with torch.device("meta"):
         return cls(**cfg)
@@ -228,7 +227,6 @@ def _parse_bytes(value: Any) -> int:
 def _dtype_option(value: Any) -> Optional[torch.dtype]:
     if value in (None, "", "keep"):
         return None
-    from sama.models.transformer import torch_dtype
 
     return torch_dtype(str(value))
 
@@ -395,16 +393,6 @@ def _to_original(src: str, dst: str, fmt: str, overrides: dict, opts: dict) -> C
     finally:
         reader.close()
     return ConversionResult(dst, fmt, cfg, len(items), names)
-
-
-def legacy_numerics(cfg: dict[str, Any]) -> dict[str, Any]:
-    """What a SAMA config written before the numerics were configurable computed: identity
-    semantic RoPE, clean-token semantic head, eps 1e-5, a slot embedding. Empty for configs
-    that record them (or are not SAMA configs)."""
-    if "semantic_dim" not in cfg or "semantic_rope" in cfg:
-        return {}
-    return dict(semantic_rope="identity", semantic_prediction="sample", semantic_norm_eps=1e-5,
-                semantic_slot_embed=True)
 
 
 # ---------------------------------------------------------------------- loading any format

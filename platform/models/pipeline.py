@@ -46,8 +46,9 @@ from sama.models.encoders import (
     tensor_to_video,
     video_to_tensor,
 )
+from sama.models.loading import load_transformer
 from sama.models.scheduling import SAMPLERS, make_scheduler
-from sama.models.transformer import SamaModelConfig, SamaTransformer3DModel, load_transformer
+from sama.models.transformer import SamaModelConfig, SamaTransformer3DModel
 from sama.pretexts import IMAGE_EDIT_TAG, VIDEO_EDIT_TAG, compose_prompt
 
 __all__ = ["SAMPLERS", "make_scheduler", "PipelineConfig", "EditModelConfig", "SamaPipeline"]

@@ -43,7 +43,7 @@ error 0.87x (velocity) and 0.85x (sample) of the release's, inside the seed-to-s
 (0.11-0.18) but lower in most seeds; velocity vs sample made no consistent difference. That
 is too small and too toy to give up compatibility; ``semantic_rope=identity`` stays one key
 away for a run from plain Wan. Configs written before these keys existed load with their
-old behaviour (identity, sample, eps 1e-5, slot embedding): see ``convert.legacy_numerics``.
+old behaviour (identity, sample, eps 1e-5, slot embedding): see :func:`legacy_numerics`.
 
 Timestep of the clean source tokens (``source_timestep`` in the config):
 
@@ -321,22 +321,21 @@ class SamaTransformer3DModel(WanTransformer3DModel):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         """Load a SAMA checkpoint, or a plain Wan2.1 transformer (new parameters initialised).
 
-        ``pretrained_model_name_or_path``: a diffusers folder (model or pipeline), or an
-        original-format Wan / SAMA-release checkpoint (a weight file or folder of shards,
-        converted into the local cache on first use); local or ``s3://``. ``kwargs`` go to
-        diffusers (``subfolder``, ``torch_dtype``, and config overrides such as
-        ``semantic_dim=...``).
+        ``pretrained_model_name_or_path``: a diffusers folder (model or pipeline), local or
+        ``s3://`` (original-format Wan / SAMA-release files: ``sama.models.loading``, which
+        converts them first). ``kwargs`` go to diffusers (``subfolder``, ``torch_dtype``, and
+        config overrides such as ``semantic_dim=...``).
         """
         from sama import storage
-        from sama.models import convert
 
-        path, subfolder = convert.as_diffusers(str(pretrained_model_name_or_path), kwargs.pop("subfolder", None))
+        path = str(pretrained_model_name_or_path)
+        subfolder = kwargs.pop("subfolder", None)
         if subfolder:
             path = storage.join(path, subfolder)
         path = storage.materialize(path)  # s3: fetch only the transformer's folder
         # A SAMA config from before the numerics were recorded keeps its old behaviour.
         with open(os.path.join(path, "config.json")) as f:
-            for key, value in convert.legacy_numerics(json.load(f)).items():
+            for key, value in legacy_numerics(json.load(f)).items():
                 kwargs.setdefault(key, value)
         model = super().from_pretrained(path, **kwargs)
         model._materialize_meta_parameters()
@@ -556,29 +555,21 @@ class SamaModelConfig:
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
+def legacy_numerics(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What a SAMA config written before the numerics were configurable computed: identity
+    semantic RoPE, clean-token semantic head, eps 1e-5, a slot embedding. Empty for configs
+    that record them (or are not SAMA configs)."""
+    if "semantic_dim" not in cfg or "semantic_rope" in cfg:
+        return {}
+    return dict(semantic_rope="identity", semantic_prediction="sample", semantic_norm_eps=1e-5,
+                semantic_slot_embed=True)
+
+
 def torch_dtype(name: str) -> torch.dtype:
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if name not in dtypes:
         raise ValueError(f"dtype {name!r}: choose one of {sorted(dtypes)}")
     return dtypes[name]
-
-
-def load_transformer(cfg: SamaModelConfig) -> SamaTransformer3DModel:
-    attn_dispatch.set_attention_backend(cfg.attention_backend)
-    if cfg.pretrained is None:
-        from sama.models.tiny import tiny_transformer
-
-        # Tiny shapes throughout: semantic_dim / semantic_hidden_dim follow the tiny SigLIP.
-        kwargs = {k: v for k, v in cfg.sama_kwargs().items() if k not in ("semantic_dim", "semantic_hidden_dim")}
-        model = tiny_transformer(**kwargs).to(torch_dtype(cfg.dtype))
-    else:
-        kwargs: dict[str, Any] = dict(torch_dtype=torch_dtype(cfg.dtype), **cfg.sama_kwargs())
-        if cfg.subfolder:
-            kwargs["subfolder"] = cfg.subfolder
-        model = SamaTransformer3DModel.from_pretrained(cfg.pretrained, **kwargs)
-    if cfg.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
-    return model
 
 
 def num_tokens(latent_shape: tuple[int, ...], patch_size: tuple[int, ...] = (1, 2, 2)) -> int:

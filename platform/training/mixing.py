@@ -133,7 +133,7 @@ class BucketStream:
             self._rows.clear()
 
     def _pull(self) -> dict:
-        for attempt in range(2):
+        for _ in range(2):
             if self._stream is None:  # (re)open at the first row still needed
                 self._stream = iter(self.open_rows(self.epoch, min(self._needed)))
             row = next(self._stream, None)

@@ -125,7 +125,8 @@ class Boto3WriteS3Handler(pafs.FileSystemHandler):
 
 
 def s3_filesystem() -> pafs.PyFileSystem:
-    from sama import storage
     import os
+
+    from sama import storage
 
     return pafs.PyFileSystem(Boto3WriteS3Handler(storage.endpoint_url(), os.environ.get("AWS_REGION")))

@@ -1,4 +1,7 @@
-"""One reader per SAMA dataset: metadata on disk or S3 -> :class:`RawSample` rows.
+"""The datasets on disk: one reader per SAMA dataset, metadata on disk or S3 -> :class:`RawSample` rows.
+
+Shared by the ingest job (which reads every sample) and the fetch job (which downloads the
+media Koala-36M and Pico-Banana only reference, under the names these readers look for).
 
 A reader is cheap to build and does two things: ``units()`` lists the metadata
 files (CSV / JSON / JSONL / tar shards) on the driver, and ``read_unit(unit)``
@@ -13,33 +16,19 @@ becomes a ``bad_record`` reject naming the file and line.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import posixpath
 import re
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from sama import storage
+from sama.records import DatasetError, json_records, manifest_files, pick, read_csv, read_jsonl, require_columns
 from sama.schemas import sample_id
-
-
-class IngestError(RuntimeError):
-    """Metadata that cannot be read at all; the message names the file."""
-
-
-def manifest_files(dataset: str, root: str, names: Sequence[str]) -> list[str]:
-    """The dataset's manifest files under ``root``; all of them must exist."""
-    files = [storage.join(root, m) for m in names]
-    missing = [f for f in files if not storage.exists(f)]
-    if missing:
-        raise IngestError(f"{dataset}: missing manifest(s) {missing}")
-    return files
 
 
 @dataclass
@@ -68,51 +57,6 @@ class RawSample:
             "reject_reason": self.reject_reason,
             "reject_detail": self.reject_detail,
         }
-
-
-# --- shared helpers ------------------------------------------------------------------
-
-
-def pick(record: Mapping[str, Any], names: Sequence[str]) -> Any:
-    """The first present, non-empty value among ``names`` (None if none)."""
-    for n in names:
-        v = record.get(n)
-        if v not in (None, ""):
-            return v
-    return None
-
-
-def has_any(keys: Sequence[str], names: Sequence[str]) -> bool:
-    return any(n in keys for n in names)
-
-
-def require_columns(columns: Sequence[str], wanted: Mapping[str, Sequence[str]], where: str) -> None:
-    """Fail clearly when a file has none of the accepted names for a needed field."""
-    for what, names in wanted.items():
-        if not has_any(columns, names):
-            raise IngestError(f"{where}: no {what} field; looked for {list(names)}, found {sorted(columns)}")
-
-
-def read_csv(uri: str) -> Iterator[tuple[int, dict[str, str]]]:
-    """Stream a CSV (local or S3) as (line number, row) without loading it whole."""
-    with storage.open_input(uri) as f:
-        reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8", newline=""))
-        for i, row in enumerate(reader, start=2):
-            yield i, {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
-
-
-def read_jsonl(uri: str) -> Iterator[tuple[int, dict | None, str]]:
-    """(line number, record or None if malformed, raw line) for each non-blank line."""
-    with storage.open_input(uri) as f:
-        for i, line in enumerate(io.TextIOWrapper(f, encoding="utf-8"), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                yield i, None, line[:200]
-                continue
-            yield i, rec if isinstance(rec, dict) else None, line[:200]
 
 
 class BaseResolver:
@@ -181,7 +125,7 @@ class Reader(ABC):
 
     def _require_units(self, units: list[str], what: str) -> list[str]:
         if not units:
-            raise IngestError(f"{self.name}: no {what} found under {self.root}")
+            raise DatasetError(f"{self.name}: no {what} found under {self.root}")
         return units
 
 
@@ -296,7 +240,7 @@ class MotionBenchReader(Reader):
             uri = resolve_path(str(path))
             yield RawSample(self.name, self.task, rel(uri, self.root), pick(rec, self.CAPTION) or "", uri)
         if n and not n_ok:
-            raise IngestError(f"{unit}: no record has a video field; looked for {list(self.VIDEO)}")
+            raise DatasetError(f"{unit}: no record has a video field; looked for {list(self.VIDEO)}")
 
 
 # Paired video edits from CSV (Ditto-1M, OpenVE-3M) ----------------------------------------
@@ -392,27 +336,6 @@ class RecoConfig(ReaderConfig):
     tasks: list[str] = field(default_factory=lambda: ["add", "remove", "replace", "style"])
 
 
-def json_records(uri: str) -> list[dict]:
-    """Records of a JSON file that is a list, a dict of records, or ``{"data": [...]}``."""
-    try:
-        data = json.loads(storage.read_text(uri))
-    except json.JSONDecodeError as e:
-        raise IngestError(f"{uri}: not valid JSON ({e})") from None
-    if isinstance(data, dict):
-        for k in ("data", "items", "samples", "annotations"):
-            if isinstance(data.get(k), list):
-                data = data[k]
-                break
-        else:
-            if all(isinstance(v, dict) for v in data.values()):
-                data = [{"_id": k, **v} for k, v in data.items()]
-            else:
-                data = [data]
-    if not isinstance(data, list):
-        raise IngestError(f"{uri}: expected a list of records")
-    return data
-
-
 class RecoReader(Reader):
     config_cls = RecoConfig
     name = "reco"
@@ -425,7 +348,7 @@ class RecoReader(Reader):
         units = [storage.join(self.root, t, f"{t}_data_configs.json") for t in self.cfg.tasks]
         missing = [u for u in units if not storage.exists(u)]
         if missing:
-            raise IngestError(f"{self.name}: missing task config(s) {missing}")
+            raise DatasetError(f"{self.name}: missing task config(s) {missing}")
         return units
 
     def read_unit(self, unit: str) -> Iterator[RawSample]:
@@ -433,7 +356,7 @@ class RecoReader(Reader):
         category = posixpath.basename(task_dir.rstrip("/"))
         records = json_records(unit)
         if records and not any(pick(r, self.SRC) for r in records if isinstance(r, dict)):
-            raise IngestError(f"{unit}: no source video field; looked for {list(self.SRC)}")
+            raise DatasetError(f"{unit}: no source video field; looked for {list(self.SRC)}")
         src_res = BaseResolver([storage.join(task_dir, "src_videos"), task_dir, self.root])
         tgt_res = BaseResolver([storage.join(task_dir, "tar_videos"), task_dir, self.root])
         for i, r in enumerate(records):
@@ -490,7 +413,7 @@ class NHREditReader(Reader):
             yield RawSample(self.name, self.task, f"{rel(s, self.root)}|{rel(t, self.root)}|{instr}", instr, t, s,
                             pick(rec, self.CATEGORY), extra)
         if n and not n_ok:
-            raise IngestError(f"{unit}: no record names a source and target image; looked for {list(self.SRC)} / {list(self.TGT)}")
+            raise DatasetError(f"{unit}: no record names a source and target image; looked for {list(self.SRC)} / {list(self.TGT)}")
 
 
 # GPT-Image-Edit-1.5M --------------------------------------------------------------------------
