@@ -72,8 +72,10 @@ def main() -> None:
     t0 = time.perf_counter()
     model = SamaTransformer3DModel(**{**WAN_ARCHITECTURES[args.arch], "num_layers": 1}).to(dtype)
     model.requires_grad_(True)
-    print(f"[bench] one {args.arch} block ({sum(p.numel() for p in model.blocks[0].parameters()) / 1e6:.0f} M "
-          f"parameters), {args.dtype}, built in {time.perf_counter() - t0:.0f} s")
+    print(
+        f"[bench] one {args.arch} block ({sum(p.numel() for p in model.blocks[0].parameters()) / 1e6:.0f} M "
+        f"parameters), {args.dtype}, built in {time.perf_counter() - t0:.0f} s"
+    )
     print(f"{'tokens':>8s} {'rows/token (plain)':>20s} {'rows/token (checkpointed)':>26s}")
     for tokens in args.tokens:
         plain, n = measure(model, tokens, dtype, checkpoint=False)

@@ -24,10 +24,23 @@ def make_rows(root: str, n: int, frames: int, w: int, h: int) -> list[dict]:
     for i in range(n):
         src = write_video(os.path.join(root, f"s{i}.mp4"), frames=frames, width=w, height=h, seed=i)
         tgt = write_video(os.path.join(root, f"t{i}.mp4"), frames=frames, width=w, height=h, seed=1000 + i)
-        dims = {f"{p}_{k}": v for p in ("src", "tgt") for k, v in
-                (("width", w), ("height", h), ("frames", frames), ("duration", frames / 8))}
-        rows.append({"sample_id": f"b{i}", "dataset": "bench", "category": None, "task": "video_edit",
-                     "instruction": "x", "source_uri": src, "target_uri": tgt, **dims})
+        dims = {
+            f"{p}_{k}": v
+            for p in ("src", "tgt")
+            for k, v in (("width", w), ("height", h), ("frames", frames), ("duration", frames / 8))
+        }
+        rows.append(
+            {
+                "sample_id": f"b{i}",
+                "dataset": "bench",
+                "category": None,
+                "task": "video_edit",
+                "instruction": "x",
+                "source_uri": src,
+                "target_uri": tgt,
+                **dims,
+            }
+        )
     return rows
 
 

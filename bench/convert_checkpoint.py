@@ -45,8 +45,7 @@ def make_checkpoint(folder: str, arch: str, dtype: torch.dtype, shards: int) -> 
     cfg = dict(WAN_ARCHITECTURES[arch], semantic_dim=1152, semantic_hidden_dim=1024, **RELEASE_NUMERICS)
     with torch.device("meta"):
         meta = SamaTransformer3DModel(**cfg)
-    items = [(ours_to_release(k), tuple(v.shape), dtype) for k, v in meta.state_dict().items()
-             if ours_to_release(k)]
+    items = [(ours_to_release(k), tuple(v.shape), dtype) for k, v in meta.state_dict().items() if ours_to_release(k)]
     gen = torch.Generator().manual_seed(0)
 
     def get(name: str) -> torch.Tensor:
@@ -57,7 +56,7 @@ def make_checkpoint(folder: str, arch: str, dtype: torch.dtype, shards: int) -> 
     files = []
     for i in range(shards):
         path = os.path.join(folder, f"diffusion_pytorch_model-{i + 1:05d}-of-{shards:05d}.safetensors")
-        write_safetensors(path, items[i * per:(i + 1) * per], get)
+        write_safetensors(path, items[i * per : (i + 1) * per], get)
         files.append(path)
     dim = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     json.dump({"dim": dim, "num_heads": cfg["num_attention_heads"]}, open(os.path.join(folder, "config.json"), "w"))
@@ -88,24 +87,47 @@ def main() -> None:
         t0 = time.perf_counter()
         files, total = make_checkpoint(src, args.arch, getattr(torch, args.dtype), args.shards)
         shard = max(os.path.getsize(f) for f in files)
-        print(f"[bench] {args.arch} {args.dtype}: {total / 2**30:.2f} GiB in {len(files)} shards "
-              f"(largest {shard / 2**30:.2f} GiB), written in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"[bench] {args.arch} {args.dtype}: {total / 2**30:.2f} GiB in {len(files)} shards "
+            f"(largest {shard / 2**30:.2f} GiB), written in {time.perf_counter() - t0:.1f} s"
+        )
         baseline = measured([sys.executable, "-c", "import sama.models.convert"])
         rows = [("python + imports", *baseline)]
-        rows.append(("sama convert (streaming)", *measured(
-            [sys.executable, "-m", "sama.jobs.cli", "convert", "--from", "release", src, os.path.join(tmp, "out")])))
+        rows.append(
+            (
+                "sama convert (streaming)",
+                *measured(
+                    [
+                        sys.executable,
+                        "-m",
+                        "sama.jobs.cli",
+                        "convert",
+                        "--from",
+                        "release",
+                        src,
+                        os.path.join(tmp, "out"),
+                    ]
+                ),
+            )
+        )
         if not args.skip_naive:
             os.makedirs(os.path.join(tmp, "naive"))
-            rows.append(("load whole + save (naive)", *measured(
-                [sys.executable, "-c", NAIVE, os.path.join(tmp, "naive"), *files])))
+            rows.append(
+                (
+                    "load whole + save (naive)",
+                    *measured([sys.executable, "-c", NAIVE, os.path.join(tmp, "naive"), *files]),
+                )
+            )
         print(f"{'':28s} {'peak RSS GiB':>12s} {'seconds':>8s} {'RSS - imports':>14s} {'/ one shard':>12s}")
         for name, rss, sec in rows:
             extra = rss - baseline[0]
             print(f"{name:28s} {rss:12.2f} {sec:8.1f} {extra:14.2f} {extra * 2**30 / shard:12.2f}")
         if not args.skip_naive:
-            print(f"[bench] streaming / naive peak RSS above imports: "
-                  f"{(rows[1][1] - baseline[0]) / max(rows[2][1] - baseline[0], 1e-9):.3f}x; "
-                  f"time {rows[1][2] / rows[2][2]:.2f}x")
+            print(
+                f"[bench] streaming / naive peak RSS above imports: "
+                f"{(rows[1][1] - baseline[0]) / max(rows[2][1] - baseline[0], 1e-9):.3f}x; "
+                f"time {rows[1][2] / rows[2][2]:.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -30,16 +30,44 @@ def items(server: MediaServer, out: str, n_img: int, n_vid: int) -> list[dict]:
     rows = []
     for i in range(n_img):
         url = server.url(f"/i/{i:04d}.jpg")
-        rows.append({"id": f"{i:04d}.jpg", "dataset": "b", "group": url, "kind": "image", "source_url": url, "fetch_url": url,
-                     "method": "http", "output_uri": os.path.join(out, "img", f"{i:04d}.jpg"), "start": None, "end": None,
-                     "row": "bench", "error": None, "detail": None})
+        rows.append(
+            {
+                "id": f"{i:04d}.jpg",
+                "dataset": "b",
+                "group": url,
+                "kind": "image",
+                "source_url": url,
+                "fetch_url": url,
+                "method": "http",
+                "output_uri": os.path.join(out, "img", f"{i:04d}.jpg"),
+                "start": None,
+                "end": None,
+                "row": "bench",
+                "error": None,
+                "detail": None,
+            }
+        )
     for v in range(n_vid):
         url = server.url(f"/v/{v:03d}.mp4")
         for s, e in ((0.5, 2.5), (3.0, 5.0)):
             name = f"v{v:03d}_{int(s * 1000)}-{int(e * 1000)}.mp4"
-            rows.append({"id": name, "dataset": "b", "group": f"v{v}", "kind": "clip", "source_url": url, "fetch_url": url,
-                         "method": "http", "output_uri": os.path.join(out, "clips", name), "start": s, "end": e,
-                         "row": "bench", "error": None, "detail": None})
+            rows.append(
+                {
+                    "id": name,
+                    "dataset": "b",
+                    "group": f"v{v}",
+                    "kind": "clip",
+                    "source_url": url,
+                    "fetch_url": url,
+                    "method": "http",
+                    "output_uri": os.path.join(out, "clips", name),
+                    "start": s,
+                    "end": e,
+                    "row": "bench",
+                    "error": None,
+                    "detail": None,
+                }
+            )
     return rows
 
 
@@ -66,12 +94,16 @@ def scenario(label: str, n_img: int, n_vid: int, delay: float, tmp: str) -> None
         for i in range(n_img):
             server.add(f"/i/{i:04d}.jpg", image_bytes(1024, 768, seed=i))
         for v in range(n_vid):
-            path = write_video(os.path.join(tmp, "src", f"{v:03d}.mp4"), frames=48, width=640, height=352, fps=8, seed=v)
+            path = write_video(
+                os.path.join(tmp, "src", f"{v:03d}.mp4"), frames=48, width=640, height=352, fps=8, seed=v
+            )
             server.add(f"/v/{v:03d}.mp4", open(path, "rb").read())
         total_mb = sum(len(d) for d in server.files.values()) / 1e6
         n_items = n_img + 2 * n_vid
-        print(f"\n{label}: {n_img} images + {n_vid} videos ({2 * n_vid} clips), {total_mb:.1f} MB, "
-              f"server delay {delay * 1000:.0f} ms/request")
+        print(
+            f"\n{label}: {n_img} images + {n_vid} videos ({2 * n_vid} clips), {total_mb:.1f} MB, "
+            f"server delay {delay * 1000:.0f} ms/request"
+        )
         rows = {}
         cut = CutConfig(threads=1)
         out = os.path.join(tmp, label.split()[0])

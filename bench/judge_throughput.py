@@ -37,8 +37,14 @@ async def run(base_url: str, concurrency: int, n: int, cache: str) -> tuple[floa
     from sama.testing.media import frames_array
 
     frames = {"source": frames_array(4, 96, 64, seed=1), "target": frames_array(4, 96, 64, seed=2)}
-    cfg = JudgeConfig(backend="openai", model=f"bench-{concurrency}", base_url=base_url, concurrency=concurrency,
-                      timeout=30.0, max_side=96)
+    cfg = JudgeConfig(
+        backend="openai",
+        model=f"bench-{concurrency}",
+        base_url=base_url,
+        concurrency=concurrency,
+        timeout=30.0,
+        max_side=96,
+    )
     j = Judge(cfg, Secret("bench"), cache)
     await j.judge("warmup", "video_edit", "warm up", frames)  # connection set-up outside the timing
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -76,8 +82,10 @@ def main() -> None:
                 rate, client_cpu = asyncio.run(run(base_url, c, n, cache))
                 server_cpu = (cpu_seconds(proc.pid) - server0) / (n + 1)  # + the warm-up request
             bound = c / a.latency
-            print(f"{c:>9} {rate:>8.1f} {bound:>8.1f} {rate / bound:>6.2f} {1000 * client_cpu:>14.2f} "
-                  f"{1000 * server_cpu:>14.2f}")
+            print(
+                f"{c:>9} {rate:>8.1f} {bound:>8.1f} {rate / bound:>6.2f} {1000 * client_cpu:>14.2f} "
+                f"{1000 * server_cpu:>14.2f}"
+            )
     finally:
         proc.terminate()
 

@@ -53,8 +53,12 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", message="There are modules")
-    shape = dict(num_layers=args.layers, num_attention_heads=args.heads, attention_head_dim=args.head_dim,
-                 ffn_dim=4 * args.heads * args.head_dim)
+    shape = dict(
+        num_layers=args.layers,
+        num_attention_heads=args.heads,
+        attention_head_dim=args.head_dim,
+        ffn_dim=4 * args.heads * args.head_dim,
+    )
     f, h, w = (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
     g = torch.Generator().manual_seed(0)
     lat = lambda: torch.randn(args.batch, 16, f, h, w, generator=g).to(device, dtype)  # noqa: E731
@@ -64,15 +68,26 @@ def main() -> None:
 
     n_tgt = f * (h // 2) * (w // 2)
     # Without source and semantic tokens the SAMA model computes exactly plain Wan (tested).
-    plain = step_time(tiny_transformer(**shape), dict(target_latents=target, text_embeds=text), device, dtype, args.steps)
-    sama = step_time(tiny_transformer(**shape), dict(target_latents=target, text_embeds=text, source_latents=source,
-                                                    semantic_tokens=sem), device, dtype, args.steps)
-    print(f"device {device}, {args.layers} layers x {args.heads} heads x {args.head_dim}, batch {args.batch}, "
-          f"{n_tgt} target tokens")
+    plain = step_time(
+        tiny_transformer(**shape), dict(target_latents=target, text_embeds=text), device, dtype, args.steps
+    )
+    sama = step_time(
+        tiny_transformer(**shape),
+        dict(target_latents=target, text_embeds=text, source_latents=source, semantic_tokens=sem),
+        device,
+        dtype,
+        args.steps,
+    )
+    print(
+        f"device {device}, {args.layers} layers x {args.heads} heads x {args.head_dim}, batch {args.batch}, "
+        f"{n_tgt} target tokens"
+    )
     print(f"{'model':<26} {'s/step':>8} {'target tok/s':>13} {'vs plain':>9}")
     print(f"{'plain Wan (target only)':<26} {plain:>8.3f} {args.batch * n_tgt / plain:>13.0f} {1.0:>8.2f}x")
     print(f"{'SAMA [src][sem][tgt]':<26} {sama:>8.3f} {args.batch * n_tgt / sama:>13.0f} {plain / sama:>8.2f}x")
-    print(f"sequence: {n_tgt} -> {2 * n_tgt + 10} tokens ({(2 * n_tgt + 10) / n_tgt:.2f}x); step time {sama / plain:.2f}x")
+    print(
+        f"sequence: {n_tgt} -> {2 * n_tgt + 10} tokens ({(2 * n_tgt + 10) / n_tgt:.2f}x); step time {sama / plain:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -44,10 +44,19 @@ def make_manifest(root: str, n: int) -> str:
     rows = []
     for i in range(n):
         tgt = write_video(os.path.join(root, f"t{i}.mp4"), frames=33, width=176, height=96, fps=16, seed=i)
-        src = write_video(os.path.join(root, f"s{i}.mp4"), frames=33, width=176, height=96, fps=16, seed=100 + i) \
-            if i % 2 else None
-        row = {"sample_id": sample_id("bench", str(i)), "dataset": "bench", "task": "video_edit" if src else "t2v",
-               "instruction": f"make it snowy {i}", "source_uri": src, "target_uri": tgt}
+        src = (
+            write_video(os.path.join(root, f"s{i}.mp4"), frames=33, width=176, height=96, fps=16, seed=100 + i)
+            if i % 2
+            else None
+        )
+        row = {
+            "sample_id": sample_id("bench", str(i)),
+            "dataset": "bench",
+            "task": "video_edit" if src else "t2v",
+            "instruction": f"make it snowy {i}",
+            "source_uri": src,
+            "target_uri": tgt,
+        }
         row.update(probe(tgt).as_columns("tgt"))
         if src:
             row.update(probe(src).as_columns("src"))
@@ -70,8 +79,9 @@ def plain_loop(cfg: PrecomputeJobConfig) -> int:
 
 
 def ffmpeg_fps(path: str, frames: int, *extra: str) -> float:
-    out = subprocess.run(["ffmpeg", "-hide_banner", "-benchmark", "-i", path, *extra, "-f", "null", "-"],
-                         capture_output=True, text=True).stderr
+    out = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-benchmark", "-i", path, *extra, "-f", "null", "-"], capture_output=True, text=True
+    ).stderr
     rtime = float(re.search(r"rtime=([\d.]+)s", out).group(1))
     return frames / rtime
 
@@ -82,9 +92,13 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as root:
         manifest = make_manifest(root, args.samples)
-        cfg = from_dict(PrecomputeJobConfig, {"output": os.path.join(root, "out"),
-                                              "precompute": {**PRECOMPUTE, "manifest": manifest}})
-        Encoders(cfg.precompute.vae, cfg.precompute.semantic, cfg.precompute.text, "cpu")  # warm the model code paths once
+        cfg = from_dict(
+            PrecomputeJobConfig,
+            {"output": os.path.join(root, "out"), "precompute": {**PRECOMPUTE, "manifest": manifest}},
+        )
+        Encoders(
+            cfg.precompute.vae, cfg.precompute.semantic, cfg.precompute.text, "cpu"
+        )  # warm the model code paths once
         t0 = time.perf_counter()
         n_loop = plain_loop(cfg)
         t_loop = time.perf_counter() - t0

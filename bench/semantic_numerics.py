@@ -61,8 +61,15 @@ def edit(model, src, text, steps: int = 20, seed: int = 0):
 
 
 def run(rope: str, prediction: str, steps: int, seed: int, task: Task) -> dict:
-    model = tiny_transformer(seed=seed, semantic_rope=rope, semantic_prediction=prediction, num_layers=3,
-                             num_attention_heads=4, ffn_dim=256, num_semantic_tokens=N_SEM).train()
+    model = tiny_transformer(
+        seed=seed,
+        semantic_rope=rope,
+        semantic_prediction=prediction,
+        num_layers=3,
+        num_attention_heads=4,
+        ffn_dim=256,
+        num_semantic_tokens=N_SEM,
+    ).train()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(seed)
     cfg = LossConfig(semantic_layernorm=False)
@@ -97,14 +104,20 @@ def main() -> None:
         per_seed[(rope, pred)] = [r["edit_mse"] for r in runs]
     base = results[("zero_qk", "velocity")]["edit_mse"]
     identity_edit = (Task(0).offsets ** 2).mean().item()  # copying the source: error = offset energy
-    print(f"[bench] {args.steps} steps x {args.seeds} seeds per setting, {time.perf_counter() - t0:.0f} s; "
-          f"copying the source would score edit MSE {identity_edit:.3f}")
-    print(f"{'semantic_rope':14s} {'prediction':10s} {'L_FM':>8s} {'L_SA':>8s} {'edit MSE':>9s} {'vs release':>10s}  "
-          "edit MSE per seed")
+    print(
+        f"[bench] {args.steps} steps x {args.seeds} seeds per setting, {time.perf_counter() - t0:.0f} s; "
+        f"copying the source would score edit MSE {identity_edit:.3f}"
+    )
+    print(
+        f"{'semantic_rope':14s} {'prediction':10s} {'L_FM':>8s} {'L_SA':>8s} {'edit MSE':>9s} {'vs release':>10s}  "
+        "edit MSE per seed"
+    )
     for (rope, pred), r in results.items():
         seeds = " ".join(f"{e:.4f}" for e in per_seed[(rope, pred)])
-        print(f"{rope:14s} {pred:10s} {r['fm']:8.4f} {r['sa']:8.4f} {r['edit_mse']:9.4f} {r['edit_mse'] / base:10.2f}x  "
-              f"{seeds}")
+        print(
+            f"{rope:14s} {pred:10s} {r['fm']:8.4f} {r['sa']:8.4f} {r['edit_mse']:9.4f} {r['edit_mse'] / base:10.2f}x  "
+            f"{seeds}"
+        )
 
 
 if __name__ == "__main__":

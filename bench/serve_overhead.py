@@ -58,8 +58,10 @@ def in_process(source: str, steps: int):
     from sama.models.encoders import TextEncoderConfig
     from sama.models.pipeline import EditModelConfig, PipelineConfig
 
-    pipe = EditModelConfig(text=TextEncoderConfig(max_length=16),
-                           pipeline=PipelineConfig(num_inference_steps=steps, buckets=BucketConfig(**BUCKETS))).load()
+    pipe = EditModelConfig(
+        text=TextEncoderConfig(max_length=16),
+        pipeline=PipelineConfig(num_inference_steps=steps, buckets=BucketConfig(**BUCKETS)),
+    ).load()
     max_side = max(max(b) for b in pipe.buckets)
     lock = threading.Lock()
 
@@ -78,14 +80,24 @@ def service(port: int, steps: int, results: str):
     from sama.serve.app import build_app
 
     os.environ["SAMA_BENCH_TOKEN"] = token = "bench-token"
-    cfg = {"name": "bench", "route_prefix": "/", "results": results,
-           "model": {"warmup": True, "text": {"max_length": 16},
-                     "pipeline": {"num_inference_steps": steps, "buckets": BUCKETS}},
-           "editor": {"num_gpus": 0, "num_cpus": 1,  # one edit at a time, as the job default
-                      "autoscaling": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}},
-           "ingress": {"num_cpus": 0.5},
-           "queue": {"max_pending": 32},
-           "auth": {"token_env": "SAMA_BENCH_TOKEN"}}
+    cfg = {
+        "name": "bench",
+        "route_prefix": "/",
+        "results": results,
+        "model": {
+            "warmup": True,
+            "text": {"max_length": 16},
+            "pipeline": {"num_inference_steps": steps, "buckets": BUCKETS},
+        },
+        "editor": {
+            "num_gpus": 0,
+            "num_cpus": 1,  # one edit at a time, as the job default
+            "autoscaling": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1},
+        },
+        "ingress": {"num_cpus": 0.5},
+        "queue": {"max_pending": 32},
+        "auth": {"token_env": "SAMA_BENCH_TOKEN"},
+    }
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(cfg), name="bench", route_prefix="/")
     return f"http://127.0.0.1:{port}", token

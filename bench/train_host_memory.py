@@ -71,15 +71,27 @@ class Peak:
 
 
 def ds_config(zero3: bool = True) -> dict:
-    return {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": 0,
-            "optimizer": {"type": "AdamW", "params": {"lr": 1e-5, "torch_adam": True}},
-            "bf16": {"enabled": True}, "zero_allow_untested_optimizer": True, "steps_per_print": 2**31 - 1,
-            "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False}}
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": 0,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-5, "torch_adam": True}},
+        "bf16": {"enabled": True},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False},
+    }
 
 
 def worker(rank: int, world: int, port: int, root: str, out: str) -> None:
-    os.environ.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        DS_ACCELERATOR="cpu",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     import deepspeed
     import torch.distributed as dist
@@ -105,18 +117,26 @@ def worker(rank: int, world: int, port: int, root: str, out: str) -> None:
         return value
 
     # start
-    phase("start before", lambda: load_transformer(SamaModelConfig(pretrained=mcfg.pretrained, subfolder=None,
-                                                                    dtype="float32")))
-    model, fp32 = phase("start after", lambda: build_zero3(mcfg, cfg, torch.bfloat16, rank,
-                                                           lambda: pretrained_source(mcfg), torch.device("cpu"), True))
+    phase(
+        "start before",
+        lambda: load_transformer(SamaModelConfig(pretrained=mcfg.pretrained, subfolder=None, dtype="float32")),
+    )
+    model, fp32 = phase(
+        "start after",
+        lambda: build_zero3(
+            mcfg, cfg, torch.bfloat16, rank, lambda: pretrained_source(mcfg), torch.device("cpu"), True
+        ),
+    )
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()], config=cfg)
     ema = ShardedEMA([*engine.module.named_parameters(), *fp32.named_parameters()], 0.9998, rank, world)
     ckpt = os.path.join(root, "ckpt")
     engine.save_checkpoint(ckpt, tag=checkpoints.DS_TAG)
     checkpoints.save_rank_state(ckpt, rank, checkpoints.TrainState(), ema)
     if rank == 0:
-        json.dump({"step": 1, "world_size": world, "zero_stage": 3, "precision": "bf16"},
-                  open(os.path.join(ckpt, "meta.json"), "w"))
+        json.dump(
+            {"step": 1, "world_size": world, "zero_stage": 3, "precision": "bf16"},
+            open(os.path.join(ckpt, "meta.json"), "w"),
+        )
         json.dump(dict(engine.module.config), open(os.path.join(ckpt, "model_config.json"), "w"), default=list)
         os.makedirs(os.path.join(ckpt, "fp32"), exist_ok=True)
         torch.save(fp32.state_dict(), os.path.join(ckpt, checkpoints.FP32_FILE))
@@ -148,8 +168,12 @@ def worker(rank: int, world: int, port: int, root: str, out: str) -> None:
             state = checkpoints.ema_weights(ckpt)
             with init_empty_weights():
                 m = SamaTransformer3DModel.from_config(
-                    {k: v for k, v in json.load(open(os.path.join(ckpt, "model_config.json"))).items()
-                     if not k.startswith("_")})
+                    {
+                        k: v
+                        for k, v in json.load(open(os.path.join(ckpt, "model_config.json"))).items()
+                        if not k.startswith("_")
+                    }
+                )
             m.load_state_dict(state, strict=False, assign=True)
             m.save_pretrained(os.path.join(root, "export-before"))
 
@@ -174,8 +198,12 @@ def write_pretrained(folder: str, layers: int) -> tuple[int, int]:
     shapes = {n: tuple(p.shape) for n, p in meta.state_dict().items()}
     gen = torch.Generator().manual_seed(0)
     os.makedirs(folder, exist_ok=True)
-    names = write_sharded(folder, [(n, s, torch.bfloat16) for n, s in shapes.items()],
-                          lambda n: (torch.randn(shapes[n], generator=gen) * 0.02).bfloat16(), 2 * GIB // 4)
+    names = write_sharded(
+        folder,
+        [(n, s, torch.bfloat16) for n, s in shapes.items()],
+        lambda n: (torch.randn(shapes[n], generator=gen) * 0.02).bfloat16(),
+        2 * GIB // 4,
+    )
     meta.save_config(folder)
     return sum(p.numel() for p in meta.parameters()), max(os.path.getsize(os.path.join(folder, n)) for n in names)
 
@@ -198,20 +226,26 @@ def main() -> None:
         t0 = time.perf_counter()
         params, shard = write_pretrained(os.path.join(root, "pretrained"), args.layers)
         bf16, fp32 = params * 2 / GIB, params * 4 / GIB
-        print(f"[bench] {args.layers}-layer 1.3B-wide model: {params / 1e9:.2f} B params (bf16 {bf16:.2f} GiB, "
-              f"fp32 {fp32:.2f} GiB), largest shard {shard / GIB:.2f} GiB, written in {time.perf_counter() - t0:.0f} s")
+        print(
+            f"[bench] {args.layers}-layer 1.3B-wide model: {params / 1e9:.2f} B params (bf16 {bf16:.2f} GiB, "
+            f"fp32 {fp32:.2f} GiB), largest shard {shard / GIB:.2f} GiB, written in {time.perf_counter() - t0:.0f} s"
+        )
         out = os.path.join(root, "result")
         os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # inherited by the spawned workers
         mp.spawn(worker, args=(args.world, free_port(), root, out), nprocs=args.world)
         res = [json.load(open(f"{out}.{r}")) for r in range(args.world)]
     target = bf16 + shard / GIB
-    print(f"growth of peak RSS in GiB per phase (rank 0 | rank 1 ... | node = sum); target per node: one bf16 copy "
-          f"+ one shard = {target:.2f}")
+    print(
+        f"growth of peak RSS in GiB per phase (rank 0 | rank 1 ... | node = sum); target per node: one bf16 copy "
+        f"+ one shard = {target:.2f}"
+    )
     for name in res[0]:
         per = [r[name]["growth"] for r in res if name in r]
         node = sum(per)
-        print(f"{name:18s} " + " | ".join(f"{g:6.2f}" for g in per) + f" | node {node:6.2f}  "
-              f"({node / target:.2f}x the target)")
+        print(
+            f"{name:18s} " + " | ".join(f"{g:6.2f}" for g in per) + f" | node {node:6.2f}  "
+            f"({node / target:.2f}x the target)"
+        )
 
 
 if __name__ == "__main__":

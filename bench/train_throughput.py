@@ -34,8 +34,9 @@ def plain_loop(latents: str, steps: int, batch: int) -> float:
         for group in bucket_batches(rows, batch):
             t0 = time.perf_counter()
             b = collate(group)
-            out = sama_loss(model, b.target, b.text, b.source, b.semantic, LossConfig(),
-                            torch.Generator().manual_seed(i))
+            out = sama_loss(
+                model, b.target, b.text, b.source, b.semantic, LossConfig(), torch.Generator().manual_seed(i)
+            )
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -55,12 +56,21 @@ def ray_train(latents: str, steps: int) -> dict:
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     out = tempfile.mkdtemp(prefix="sama-bench-")
-    launcher.run(job_yaml("train_stage0"), [
-        f"output={out}", f"train.steps={steps}", f"train.checkpoint.every={steps}", "train.export.enabled=false",
-        f"train.data.sources=[{{name: image_edit, uri: {latents}, tasks: [image_edit]}}]"])
+    launcher.run(
+        job_yaml("train_stage0"),
+        [
+            f"output={out}",
+            f"train.steps={steps}",
+            f"train.checkpoint.every={steps}",
+            "train.export.enabled=false",
+            f"train.data.sources=[{{name: image_edit, uri: {latents}, tasks: [image_edit]}}]",
+        ],
+    )
     lines = [json.loads(x) for x in storage.read_text(f"{out}/stage0/metrics/metrics.jsonl").splitlines()][3:]
-    return {k: statistics.median(m[k] for m in lines)
-            for k in ("samples_per_s", "tokens_per_s", "data_wait_frac", "step_time_s")}
+    return {
+        k: statistics.median(m[k] for m in lines)
+        for k in ("samples_per_s", "tokens_per_s", "data_wait_frac", "step_time_s")
+    }
 
 
 def main() -> None:
@@ -70,9 +80,16 @@ def main() -> None:
     a = p.parse_args()
     plain = plain_loop(a.latents, a.steps, batch=4)  # the recipe's global image batch (2 per worker x 2)
     dist = ray_train(a.latents, a.steps)
-    print(json.dumps({"plain_torch_samples_per_s": round(plain, 1),
-                      "ray_train_deepspeed_2w": {k: round(v, 3) for k, v in dist.items()},
-                      "overhead_ratio": round(plain / dist["samples_per_s"], 2)}, indent=2))
+    print(
+        json.dumps(
+            {
+                "plain_torch_samples_per_s": round(plain, 1),
+                "ray_train_deepspeed_2w": {k: round(v, 3) for k, v in dist.items()},
+                "overhead_ratio": round(plain / dist["samples_per_s"], 2),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

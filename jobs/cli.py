@@ -14,17 +14,23 @@ def _parser() -> argparse.ArgumentParser:
     from .registry import JOBS
 
     kinds = "\n".join(f"  {s.name:<12} {s.summary}" for s in JOBS.values())
-    p = argparse.ArgumentParser(prog="sama", description="SAMA platform: datasets -> training -> serving, on Ray",
-                                epilog=f"jobs a YAML can name (its `job:` key):\n{kinds}",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="sama",
+        description="SAMA platform: datasets -> training -> serving, on Ray",
+        epilog=f"jobs a YAML can name (its `job:` key):\n{kinds}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run a job YAML on $RAY_ADDRESS or an embedded local Ray")
     r.add_argument("job", help="a job YAML (jobs/*.yaml), s3:// URI, or env:NAME")
     r.add_argument("overrides", nargs="*", help="key.sub=value overrides (YAML values)")
     r.add_argument("--dry-run", action="store_true", help="resolve and validate the config, print it, do no work")
-    r.add_argument("--cluster", help="with --dry-run: a KubeRay RayCluster or cluster launcher YAML the workers "
-                                     "must be placeable on (training jobs)")
+    r.add_argument(
+        "--cluster",
+        help="with --dry-run: a KubeRay RayCluster or cluster launcher YAML the workers "
+        "must be placeable on (training jobs)",
+    )
 
     s = sub.add_parser("submit", help="submit a job YAML to a Ray cluster (Job Submission API)")
     s.add_argument("job")
@@ -43,8 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--check", action="store_true", help="with --all: write nothing, exit 1 if -o is out of date")
     k.add_argument("--cluster", default="sama", help="the existing RayCluster a RayJob runs on (default: sama)")
     k.add_argument("--own-cluster", action="store_true", help="embed the cluster spec: one cluster per job")
-    k.add_argument("--cluster-manifest", default="infra/kuberay/raycluster.yaml",
-                   help="the RayCluster to check requests and secrets against (and to embed)")
+    k.add_argument(
+        "--cluster-manifest",
+        default="infra/kuberay/raycluster.yaml",
+        help="the RayCluster to check requests and secrets against (and to embed)",
+    )
     k.add_argument("--image", help="with --own-cluster: the image of every node")
     k.add_argument("--ttl", type=int, default=600, help="with --own-cluster: seconds the cluster outlives the job")
     k.add_argument("--name", help="metadata.name (default: sama-<yaml stem>)")
@@ -69,16 +78,26 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", help="where to write the edited mp4 (default: VIDEO's name + .edited.mp4)")
     e.add_argument("--remote", action="store_true", help="VIDEO is a URI on the server's side, not uploaded")
     e.add_argument("--sync", action="store_true", help="use the synchronous endpoint (short clips)")
-    for name, kind in (("seed", int), ("steps", int), ("guidance-scale", float), ("source-guidance-scale", float),
-                       ("num-frames", int), ("height", int), ("width", int)):
+    for name, kind in (
+        ("seed", int),
+        ("steps", int),
+        ("guidance-scale", float),
+        ("source-guidance-scale", float),
+        ("num-frames", int),
+        ("height", int),
+        ("width", int),
+    ):
         e.add_argument(f"--{name}", type=kind)
 
-    c = sub.add_parser("convert", help="convert a checkpoint: original Wan / SAMA-release names <-> diffusers",
-                       description="SRC: a weight file (.safetensors/.pt/.pth/.bin) or a folder of shards, local "
-                                   "or s3://; DST: a diffusers folder (--from), or a release-format file "
-                                   "(*.safetensors) or folder (--to). Overrides: model config keys "
-                                   "(num_attention_heads=40, num_semantic_tokens=65, ...) and dtype=bfloat16, "
-                                   "max_shard_size=5GB, base=<original Wan folder filling missing keys>.")
+    c = sub.add_parser(
+        "convert",
+        help="convert a checkpoint: original Wan / SAMA-release names <-> diffusers",
+        description="SRC: a weight file (.safetensors/.pt/.pth/.bin) or a folder of shards, local "
+        "or s3://; DST: a diffusers folder (--from), or a release-format file "
+        "(*.safetensors) or folder (--to). Overrides: model config keys "
+        "(num_attention_heads=40, num_semantic_tokens=65, ...) and dtype=bfloat16, "
+        "max_shard_size=5GB, base=<original Wan folder filling missing keys>.",
+    )
     way = c.add_mutually_exclusive_group(required=True)
     way.add_argument("--from", dest="from_format", choices=["release", "wan"], help="SRC's format (DST: diffusers)")
     way.add_argument("--to", dest="to_format", choices=["release", "wan"], help="DST's format (SRC: diffusers)")
@@ -99,8 +118,10 @@ def _jobs(args) -> int:
     if args.action == "list":
         for info in sorted(c.list_jobs(), key=lambda i: i.start_time or 0):
             meta = info.metadata or {}
-            print(f"{info.submission_id or info.job_id:<40} {info.status.value:<10} {meta.get('sama_job', '-'):<12} "
-                  f"{meta.get('sama_output', '')}")
+            print(
+                f"{info.submission_id or info.job_id:<40} {info.status.value:<10} {meta.get('sama_job', '-'):<12} "
+                f"{meta.get('sama_output', '')}"
+            )
         return 0
     if not args.submission_id:
         raise ConfigError(f"sama jobs {args.action} needs a submission id")
@@ -139,9 +160,15 @@ def _edit(args) -> int:
     from sama.serve.client import EditClient, EditError, EditOptions
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
-    opts = EditOptions(seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale,
-                       source_guidance_scale=args.source_guidance_scale, num_frames=args.num_frames,
-                       height=args.height, width=args.width)
+    opts = EditOptions(
+        seed=args.seed,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        source_guidance_scale=args.source_guidance_scale,
+        num_frames=args.num_frames,
+        height=args.height,
+        width=args.width,
+    )
     out = args.output or os.path.splitext(os.path.basename(args.video))[0] + ".edited.mp4"
     with EditClient(args.endpoint, args.token) as c:
         try:
@@ -149,9 +176,14 @@ def _edit(args) -> int:
                 with open(out, "wb") as f:
                     f.write(c.edit_sync(args.video, args.instruction, opts, args.remote))
             else:
+
                 def show(job: dict) -> None:
-                    print(f"\r[sama] {job['id'][:8]} {job['state']:<9} {job['progress'] * 100:5.1f}%",
-                          end="", file=sys.stderr, flush=True)
+                    print(
+                        f"\r[sama] {job['id'][:8]} {job['state']:<9} {job['progress'] * 100:5.1f}%",
+                        end="",
+                        file=sys.stderr,
+                        flush=True,
+                    )
 
                 c.edit(args.video, args.instruction, out, opts, args.remote, on_progress=show)
                 print(file=sys.stderr)
@@ -185,10 +217,22 @@ def _convert(args) -> int:
         print(f"sama convert: {err}", file=sys.stderr)
         return 2
     cfg = result.config
-    size = {k: cfg.get(k) for k in ("num_layers", "num_attention_heads", "attention_head_dim", "ffn_dim",
-                                     "semantic_dim", "num_semantic_tokens") if cfg.get(k) is not None}
-    print(f"sama convert: {result.tensors} tensors -> {result.dst} ({result.fmt}; {len(result.files)} file(s)) "
-          f"in {time.perf_counter() - start:.1f} s; {size}")
+    size = {
+        k: cfg.get(k)
+        for k in (
+            "num_layers",
+            "num_attention_heads",
+            "attention_head_dim",
+            "ffn_dim",
+            "semantic_dim",
+            "num_semantic_tokens",
+        )
+        if cfg.get(k) is not None
+    }
+    print(
+        f"sama convert: {result.tensors} tensors -> {result.dst} ({result.fmt}; {len(result.files)} file(s)) "
+        f"in {time.perf_counter() - start:.1f} s; {size}"
+    )
     return 0
 
 

@@ -27,8 +27,16 @@ def sample_data(workdir: str, n: int = 3) -> dict[str, str]:
     return {name: os.path.join(data, folder) for name, (folder, _) in MAKERS.items()}
 
 
-KOALA_COLUMNS = ["videoID", "url", "timestamp", "caption", "clarity_score", "aesthetic_score", "motion_score",
-                 "video_training_suitability_score"]
+KOALA_COLUMNS = [
+    "videoID",
+    "url",
+    "timestamp",
+    "caption",
+    "clarity_score",
+    "aesthetic_score",
+    "motion_score",
+    "video_training_suitability_score",
+]
 
 
 def fetch_step(workdir: str, outputs: str, n: int = 3) -> dict[str, str]:
@@ -48,9 +56,21 @@ def fetch_step(workdir: str, outputs: str, n: int = 3) -> dict[str, str]:
         for i in range(n):
             video = write_video(os.path.join(root, "web", f"demo{i:02d}.mp4"), frames=40, fps=8, seed=200 + i)
             server.add(f"/yt/demo{i:02d}.mp4", open(video, "rb").read())
-            rows.append([f"demo{i:02d}", f"https://www.youtube.com/watch?v=demo{i:02d}", "[0.5, 2.5]",
-                         f"a square moving, take {i}", 0.9, 5, 3, 0.8])
-        rows.append(["removed01", "https://www.youtube.com/watch?v=removed01", "[0.0, 2.0]", "a removed video", 1, 1, 1, 1])
+            rows.append(
+                [
+                    f"demo{i:02d}",
+                    f"https://www.youtube.com/watch?v=demo{i:02d}",
+                    "[0.5, 2.5]",
+                    f"a square moving, take {i}",
+                    0.9,
+                    5,
+                    3,
+                    0.8,
+                ]
+            )
+        rows.append(
+            ["removed01", "https://www.youtube.com/watch?v=removed01", "[0.0, 2.0]", "a removed video", 1, 1, 1, 1]
+        )
         os.makedirs(koala, exist_ok=True)
         with open(os.path.join(koala, "Koala_36M_1.csv"), "w", newline="") as f:
             csv.writer(f).writerows([KOALA_COLUMNS, *rows])
@@ -58,15 +78,30 @@ def fetch_step(workdir: str, outputs: str, n: int = 3) -> dict[str, str]:
         for i in range(n):
             server.add(f"/flickr/src{i}.jpg", image_bytes(64, 48, seed=300 + i))
             write_image(os.path.join(pico, "images", f"e{i}.png"), 64, 48, seed=320 + i)
-            recs.append({"open_image_input_url": server.url(f"/flickr/src{i}.jpg"), "text": f"make it snowy {i}",
-                         "output_image": f"images/e{i}.png", "edit_type": "weather"})
+            recs.append(
+                {
+                    "open_image_input_url": server.url(f"/flickr/src{i}.jpg"),
+                    "text": f"make it snowy {i}",
+                    "output_image": f"images/e{i}.png",
+                    "edit_type": "weather",
+                }
+            )
         write_image(os.path.join(pico, "images", "gone.png"), 64, 48, seed=9)
-        recs.append({"open_image_input_url": server.url("/flickr/gone.jpg"), "text": "x", "output_image": "images/gone.png"})
+        recs.append(
+            {"open_image_input_url": server.url("/flickr/gone.jpg"), "text": "x", "output_image": "images/gone.png"}
+        )
         with open(os.path.join(pico, "sft.jsonl"), "w") as f:
             f.write("".join(json.dumps(r) + "\n" for r in recs))
-        launcher.run(job_yaml("fetch"), [f"output={out}", f"fetch.koala.root={koala}", f"fetch.pico.root={pico}",
-                                         f"fetch.koala.url_template={server.url('/yt/{video_id}.mp4')}",
-                                         "fetch.hosts.default.rate=0"])
+        launcher.run(
+            job_yaml("fetch"),
+            [
+                f"output={out}",
+                f"fetch.koala.root={koala}",
+                f"fetch.pico.root={pico}",
+                f"fetch.koala.url_template={server.url('/yt/{video_id}.mp4')}",
+                "fetch.hosts.default.rate=0",
+            ],
+        )
     return {"fetch table": f"{out}/fetch", "fetched clips": f"{koala}/clips", "fetched sources": f"{pico}/sources"}
 
 
@@ -83,9 +118,15 @@ def serve_step(workdir: str, outputs: str) -> str:
     with socket.socket() as s:  # a free port, so a demo never collides with a running service
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    overrides = [f"output={outputs}/serve", f"http.port={port}", "detach=true", "serve.editor.num_cpus=0.5",
-                 "serve.ingress.num_cpus=0.1", "serve.editor.autoscaling.max_replicas=1",
-                 f"serve.results={os.path.abspath(outputs)}/serve/results"]
+    overrides = [
+        f"output={outputs}/serve",
+        f"http.port={port}",
+        "detach=true",
+        "serve.editor.num_cpus=0.5",
+        "serve.ingress.num_cpus=0.1",
+        "serve.editor.autoscaling.max_replicas=1",
+        f"serve.results={os.path.abspath(outputs)}/serve/results",
+    ]
     cfg, _ = launcher.resolve(job_yaml("serve"), overrides)
     source = write_video(os.path.join(workdir, "data", "serve", "source.mp4"), frames=9, width=64, height=64)
     out = os.path.join(outputs, "serve", "edited.mp4")
@@ -94,7 +135,9 @@ def serve_step(workdir: str, outputs: str) -> str:
         address = serve_job.deploy(cfg)
         with EditClient(address, os.environ[TOKEN_ENV]) as client:
             job = client.edit(source, "make the square red", out, EditOptions(steps=4))
-        print(f"[demo] edited {job['video']['frames']} frames in {job['video']['seconds']}s on replica {job['replica']}")
+        print(
+            f"[demo] edited {job['video']['frames']} frames in {job['video']['seconds']}s on replica {job['replica']}"
+        )
     finally:
         serve.shutdown()
         if started:
@@ -108,18 +151,30 @@ def train_steps(outputs: str) -> dict[str, str]:
     """Stage 0 then stage 1 (from stage 0's newest checkpoint) on the demo's latents; EMA exports."""
     latents = f"{outputs}/precompute/latents"
     print("\n[demo] 5/8 train stage 0: image edits + t2v with pretexts, 2 CPU workers (Ray Train + DeepSpeed)")
-    launcher.run(job_yaml("train_stage0"), [
-        f"output={outputs}/train_stage0",
-        f"train.data.sources=[{{name: image_edit, uri: {latents}, tasks: [image_edit]}}, "
-        f"{{name: t2v, uri: {latents}, tasks: [t2v]}}]"])
+    launcher.run(
+        job_yaml("train_stage0"),
+        [
+            f"output={outputs}/train_stage0",
+            f"train.data.sources=[{{name: image_edit, uri: {latents}, tasks: [image_edit]}}, "
+            f"{{name: t2v, uri: {latents}, tasks: [t2v]}}]",
+        ],
+    )
     print("\n[demo] 6/8 train stage 1: video edits + some image edits, from stage 0's checkpoint; EMA export")
-    launcher.run(job_yaml("train_stage1"), [
-        f"output={outputs}/train_stage1", f"train.init_from={outputs}/train_stage0/stage0",
-        f"train.data.sources=[{{name: video_edit, uri: {latents}, tasks: [video_edit], weight: 0.8}}, "
-        f"{{name: image_edit, uri: {latents}, tasks: [image_edit], weight: 0.2}}]"])
-    return {"stage 0 run": f"{outputs}/train_stage0/stage0", "stage 1 run": f"{outputs}/train_stage1/stage1",
-            "trained model": f"{outputs}/train_stage1/export/transformer",
-            "train metrics": f"{outputs}/train_stage1/stage1/metrics"}
+    launcher.run(
+        job_yaml("train_stage1"),
+        [
+            f"output={outputs}/train_stage1",
+            f"train.init_from={outputs}/train_stage0/stage0",
+            f"train.data.sources=[{{name: video_edit, uri: {latents}, tasks: [video_edit], weight: 0.8}}, "
+            f"{{name: image_edit, uri: {latents}, tasks: [image_edit], weight: 0.2}}]",
+        ],
+    )
+    return {
+        "stage 0 run": f"{outputs}/train_stage0/stage0",
+        "stage 1 run": f"{outputs}/train_stage1/stage1",
+        "trained model": f"{outputs}/train_stage1/export/transformer",
+        "train metrics": f"{outputs}/train_stage1/stage1/metrics",
+    }
 
 
 def eval_set(workdir: str, n: int = 3) -> str:
@@ -131,8 +186,12 @@ def eval_set(workdir: str, n: int = 3) -> str:
     root = os.path.join(workdir, "data", "eval")
     manifest = os.path.join(root, "manifest.csv")
     if not os.path.exists(manifest):
-        edits = [("make the square red", "color"), ("turn it into a watercolor painting", "style"),
-                 ("remove the square", "remove"), ("make the background snowy", "background")]
+        edits = [
+            ("make the square red", "color"),
+            ("turn it into a watercolor painting", "style"),
+            ("remove the square", "remove"),
+            ("make the background snowy", "background"),
+        ]
         rows = []
         for i in range(n):
             write_video(os.path.join(root, f"clip{i}.mp4"), frames=9, width=64, height=64, seed=100 + i)
@@ -147,10 +206,15 @@ def eval_set(workdir: str, n: int = 3) -> str:
 def run_eval_demo(workdir: str, n: int = 3, extra: list[str] | None = None) -> dict[str, str]:
     """Evaluate the tiny model on generated clips, metrics only (no judge key needed)."""
     out = os.path.join(workdir, "outputs", "evaluate")
-    launcher.run(job_yaml("eval"), [f"output={out}", f"evaluate.manifest={eval_set(workdir, n)}",
-                                    "evaluate.judge.backend=none", *(extra or [])])
-    return {"eval results": f"{out}/results", "eval table": f"{out}/by_category.parquet",
-            "eval report": f"{out}/report/index.html"}
+    launcher.run(
+        job_yaml("eval"),
+        [f"output={out}", f"evaluate.manifest={eval_set(workdir, n)}", "evaluate.judge.backend=none", *(extra or [])],
+    )
+    return {
+        "eval results": f"{out}/results",
+        "eval table": f"{out}/by_category.parquet",
+        "eval report": f"{out}/report/index.html",
+    }
 
 
 def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
@@ -160,8 +224,10 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
     outputs = os.path.join(workdir, "outputs")
     results: dict[str, str] = {}
 
-    print("[demo] 1/8 fetch: Koala-36M spans and Pico-Banana sources from a local web server (YouTube/Flickr "
-          "stand-in) -> clips + fetch table")
+    print(
+        "[demo] 1/8 fetch: Koala-36M spans and Pico-Banana sources from a local web server (YouTube/Flickr "
+        "stand-in) -> clips + fetch table"
+    )
     results.update(fetch_step(workdir, outputs))
 
     print("\n[demo] 2/8 ingest: every dataset -> manifest + rejects")
@@ -174,16 +240,25 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
     # The embedded default needs no key: cheap checks only (verdicts say judge_model "none:cheap-checks-only").
     # The sample clips are tiny (64x48), hence the lower resolution floor.
     print("\n[demo] 3/8 filter: cheap media checks (no VLM judge) -> verdicts + filtered manifest + report")
-    launcher.run(job_yaml("filter"), [f"output={outputs}/filter", f"filter.input={outputs}/ingest/manifest",
-                                      "filter.judge.backend=none", "filter.checks.min_short_side=32"])
+    launcher.run(
+        job_yaml("filter"),
+        [
+            f"output={outputs}/filter",
+            f"filter.input={outputs}/ingest/manifest",
+            "filter.judge.backend=none",
+            "filter.checks.min_short_side=32",
+        ],
+    )
     results["verdicts"] = f"{outputs}/filter/verdicts"
     results["filtered manifest"] = f"{outputs}/filter/manifest"
     results["filter report"] = f"{outputs}/filter/report/index.html"
 
     print("\n[demo] 4/8 precompute: kept samples -> tiny VAE latents, SigLIP anchor tokens, text embeddings")
     # shard_size 4: the training step gives every worker shard files of its own
-    launcher.run(job_yaml("precompute"), [f"output={outputs}/precompute", "precompute.shard_size=4",
-                                          f"precompute.manifest={outputs}/filter/manifest"])
+    launcher.run(
+        job_yaml("precompute"),
+        [f"output={outputs}/precompute", "precompute.shard_size=4", f"precompute.manifest={outputs}/filter/manifest"],
+    )
     results["latents"] = f"{outputs}/precompute/latents"
 
     results.update(train_steps(outputs))

@@ -28,7 +28,7 @@ def read_job_yaml(path: str) -> dict:
     if path.startswith(ENV_PREFIX):
         import yaml
 
-        name = path[len(ENV_PREFIX):]
+        name = path[len(ENV_PREFIX) :]
         if name not in os.environ:
             raise C.ConfigError(f"{path}: environment variable {name} is not set")
         data = yaml.safe_load(os.environ[name]) or {}

@@ -42,8 +42,17 @@ class Submission:
     secrets: tuple[str, ...] = ()  # env var names whose values must never be printed
 
     def kwargs(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in ("entrypoint", "runtime_env", "metadata", "submission_id",
-                                             "entrypoint_num_cpus", "entrypoint_num_gpus")}
+        out = {
+            k: getattr(self, k)
+            for k in (
+                "entrypoint",
+                "runtime_env",
+                "metadata",
+                "submission_id",
+                "entrypoint_num_cpus",
+                "entrypoint_num_gpus",
+            )
+        }
         if self.entrypoint_resources:
             out["entrypoint_resources"] = self.entrypoint_resources
         return out
@@ -74,8 +83,12 @@ def build(path: str, overrides: Sequence[str] = (), submission_id: str | None = 
     return Submission(
         entrypoint=f"sama run {launcher.ENV_PREFIX}{JOB_ENV}",
         runtime_env=runtime_env,
-        metadata={"sama_job": cfg.job, "sama_yaml": os.path.basename(path), "sama_overrides": " ".join(overrides),
-                  "sama_output": cfg.output},
+        metadata={
+            "sama_job": cfg.job,
+            "sama_yaml": os.path.basename(path),
+            "sama_overrides": " ".join(overrides),
+            "sama_output": cfg.output,
+        },
         submission_id=sid,
         entrypoint_num_cpus=sub.entrypoint_num_cpus,
         entrypoint_num_gpus=sub.entrypoint_num_gpus,
@@ -126,14 +139,16 @@ def submit_with_retry(c, s: Submission, budget_s: float = 120.0) -> str:
                 raise RuntimeError(
                     f"no job agent on the cluster at {c.get_address()} after {budget_s:.0f}s; the head's "
                     "dashboard agent did not start (a second Ray on the same host holds its port 52365? "
-                    "start the head with --dashboard-agent-listen-port=<free port>)") from e
+                    "start the head with --dashboard-agent-listen-port=<free port>)"
+                ) from e
             print(f"[sama] the cluster's job agent is not up yet; retrying in {delay:.0f}s", file=sys.stderr)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
 
 
-def submit(path: str, overrides: Sequence[str], address: str | None, do_wait: bool,
-           submission_id: str | None = None) -> int:
+def submit(
+    path: str, overrides: Sequence[str], address: str | None, do_wait: bool, submission_id: str | None = None
+) -> int:
     s = build(path, overrides, submission_id)
     c = client(address)
     sid = submit_with_retry(c, s)

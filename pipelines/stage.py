@@ -116,8 +116,12 @@ class Counts(dict):
 
     def entry(self, dataset: str, table: Table | None = None) -> dict:
         if dataset not in self:
-            self[dataset] = {"status": Counter(), "reasons": Counter(), "totals": Counter(),
-                             "breakdown": defaultdict(Counter)}
+            self[dataset] = {
+                "status": Counter(),
+                "reasons": Counter(),
+                "totals": Counter(),
+                "breakdown": defaultdict(Counter),
+            }
         entry = self[dataset]
         if table is not None:
             for s in table.statuses:
@@ -135,8 +139,15 @@ class Counts(dict):
                 mine["breakdown"][col].update(values)
 
     def as_json(self) -> dict:
-        return {d: {"status": dict(e["status"]), "reasons": dict(e["reasons"]), "totals": dict(e["totals"]),
-                    "breakdown": {c: dict(v) for c, v in e["breakdown"].items()}} for d, e in sorted(self.items())}
+        return {
+            d: {
+                "status": dict(e["status"]),
+                "reasons": dict(e["reasons"]),
+                "totals": dict(e["totals"]),
+                "breakdown": {c: dict(v) for c, v in e["breakdown"].items()},
+            }
+            for d, e in sorted(self.items())
+        }
 
 
 @dataclass
@@ -233,8 +244,14 @@ class Stage(ABC):
                 continue
             kwargs = {"row_group_size": table.row_group_size} if table.row_group_size and not groups else {}
             storage.write_parquet(table.uri(self.output, name), groups or data, **kwargs)
-        marker = Marker(name, self.digest(), list(covers), counts.as_json(), dict(result.get("stats", {})),
-                        dict(result.get("meta", {})))
+        marker = Marker(
+            name,
+            self.digest(),
+            list(covers),
+            counts.as_json(),
+            dict(result.get("stats", {})),
+            dict(result.get("meta", {})),
+        )
         storage.write_text(self.marker_uri(name), json.dumps(asdict(marker)))
         return marker
 
@@ -247,8 +264,11 @@ class Stage(ABC):
 
     def delete(self, commit: str) -> int:
         uris = [t.uri(self.output, commit) for t in self.tables.values()] + [self.marker_uri(commit)]
-        uris += [storage.join(self.output, *folder.split("/"), commit + suffix)
-                 for folder, suffixes in self.files.items() for suffix in suffixes]
+        uris += [
+            storage.join(self.output, *folder.split("/"), commit + suffix)
+            for folder, suffixes in self.files.items()
+            for suffix in suffixes
+        ]
         removed = 0
         for uri in uris:
             if storage.exists(uri):
@@ -349,8 +369,10 @@ def dry_run_stage(stage: Stage) -> list[str]:
     except (OSError, ValueError) as e:  # e.g. the input is not written yet
         lines = [f"{stage.name}: parts not planned yet ({e})"]
     else:
-        lines = [f"{stage.name}: {len(plan.parts)} part(s) planned, {len(plan.parts) - len(plan.todo)} finished, "
-                 f"{len(plan.todo)} to run; {len(plan.stale) + len(plan.orphans)} stale output(s) to remove"]
+        lines = [
+            f"{stage.name}: {len(plan.parts)} part(s) planned, {len(plan.parts) - len(plan.todo)} finished, "
+            f"{len(plan.todo)} to run; {len(plan.stale) + len(plan.orphans)} stale output(s) to remove"
+        ]
     return lines + stage.dry_run()
 
 
@@ -366,8 +388,12 @@ def summarize(markers: Iterable[Marker], this_run: Iterable[Marker], tables: Ite
             counts.entry(dataset, table)
     datasets = {}
     for dataset, entry in sorted(counts.items()):
-        datasets[dataset] = {**entry["status"], **entry["totals"], "reasons": dict(sorted(entry["reasons"].items())),
-                             **{c: dict(sorted(v.items())) for c, v in entry["breakdown"].items()}}
+        datasets[dataset] = {
+            **entry["status"],
+            **entry["totals"],
+            "reasons": dict(sorted(entry["reasons"].items())),
+            **{c: dict(sorted(v.items())) for c, v in entry["breakdown"].items()},
+        }
     return {"datasets": datasets, **add_stats(m.stats for m in this_run)}
 
 
@@ -396,8 +422,12 @@ def map_parts(parts: Sequence[Any], fn, cpus: float, label: str, **ray_args) -> 
     return [r["out"] for r in ds.map(lambda row: {"out": fn(row["part"])}, num_cpus=cpus, **ray_args).take_all()]
 
 
-def count_table(summary: Mapping[str, dict], columns: Mapping[str, Callable[[dict], float]], total: bool = True,
-                note: Callable[[dict], str] = lambda s: "") -> str:
+def count_table(
+    summary: Mapping[str, dict],
+    columns: Mapping[str, Callable[[dict], float]],
+    total: bool = True,
+    note: Callable[[dict], str] = lambda s: "",
+) -> str:
     """A job's end-of-run table: one line per dataset with its counts and its reasons
     (``s["reasons"]``: reason -> count), then the column totals."""
     widths = [max(len(h), 8) for h in columns]

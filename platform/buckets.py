@@ -159,8 +159,9 @@ def resize_crop(video, height: int, width: int):
     return y.numpy() if is_numpy else y
 
 
-def fit_to_bucket(video, cfg: BucketConfig = BucketConfig(), buckets: list[Bucket] | None = None,
-                  bucket: Bucket | None = None):
+def fit_to_bucket(
+    video, cfg: BucketConfig = BucketConfig(), buckets: list[Bucket] | None = None, bucket: Bucket | None = None
+):
     """Put a clip into its bucket: -> (video (T', bh, bw, C) with T' = 4k+1, bucket)."""
     video = _as_video(video)
     bucket = bucket or nearest_bucket(video.shape[1], video.shape[2], buckets or make_buckets(cfg), cfg.match)

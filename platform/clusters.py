@@ -49,8 +49,18 @@ def _quantity(value: Any, kind: str) -> float:
     m = re.fullmatch(r"([\d.]+)\s*([KMGTP]i?|)", s)
     if not m:
         raise ValueError(f"memory quantity {value!r}")
-    scale = {"": 1 / 2**30, "K": 1e3 / 2**30, "M": 1e6 / 2**30, "G": 1e9 / 2**30, "T": 1e12 / 2**30,
-             "Ki": 1 / 2**20, "Mi": 1 / 2**10, "Gi": 1.0, "Ti": 2**10, "Pi": 2**20}[m.group(2)]
+    scale = {
+        "": 1 / 2**30,
+        "K": 1e3 / 2**30,
+        "M": 1e6 / 2**30,
+        "G": 1e9 / 2**30,
+        "T": 1e12 / 2**30,
+        "Ki": 1 / 2**20,
+        "Mi": 1 / 2**10,
+        "Gi": 1.0,
+        "Ti": 2**10,
+        "Pi": 2**20,
+    }[m.group(2)]
     return float(m.group(1)) * scale
 
 
@@ -64,9 +74,16 @@ def _kuberay(doc: dict, path: str) -> list[NodeGroup]:
             raise ValueError(f"{path}: worker group {g.get('groupName')} sets no cpu/memory resources")
         selector = g["template"]["spec"].get("nodeSelector", {})
         gpu_type = next((v for k, v in selector.items() if "gpu" in k.lower() or "accelerator" in k.lower()), None)
-        out.append(NodeGroup(g.get("groupName", "?"), _quantity(limits["cpu"], "cpu"), _quantity(limits["memory"], "mem"),
-                             int(limits.get("nvidia.com/gpu", 0)), int(g.get("maxReplicas", g.get("replicas", 0))),
-                             gpu_type))
+        out.append(
+            NodeGroup(
+                g.get("groupName", "?"),
+                _quantity(limits["cpu"], "cpu"),
+                _quantity(limits["memory"], "mem"),
+                int(limits.get("nvidia.com/gpu", 0)),
+                int(g.get("maxReplicas", g.get("replicas", 0))),
+                gpu_type,
+            )
+        )
     return out
 
 
@@ -81,10 +98,20 @@ def _aws(doc: dict, path: str) -> list[NodeGroup]:
         cpus, gpus = res.get("CPU", cpus), res.get("GPU", gpus)
         mem = res["memory"] / 2**30 if "memory" in res else mem
         if cpus is None or mem is None:
-            raise ValueError(f"{path}: node type {name} ({instance}): unknown instance type; give its "
-                             "resources: {CPU, GPU, memory}")
-        out.append(NodeGroup(name, float(cpus), float(mem), int(gpus or 0),
-                             min(int(node.get("max_workers", 0)), int(doc.get("max_workers", 10**9))), gpu_type))
+            raise ValueError(
+                f"{path}: node type {name} ({instance}): unknown instance type; give its "
+                "resources: {CPU, GPU, memory}"
+            )
+        out.append(
+            NodeGroup(
+                name,
+                float(cpus),
+                float(mem),
+                int(gpus or 0),
+                min(int(node.get("max_workers", 0)), int(doc.get("max_workers", 10**9))),
+                gpu_type,
+            )
+        )
     return out
 
 

@@ -44,7 +44,9 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
                 return _convert(value, arg, key, source)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{source}: '{key}' = {value!r} matches none of {_describe(tp)}")
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"{source}: '{key}' = {value!r} matches none of {_describe(tp)}"
+        )
     if value is None:
         raise ConfigError(f"{source}: '{key}' must not be null (expected {_describe(tp)})")
     if origin is Literal:
@@ -106,7 +108,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], source: str = "<config>", p
             raise ConfigError(f"{source}: unknown key '{key}' (known keys here: {known})")
         kwargs[k] = _convert(v, hints[k], key, source)
     missing = [
-        n for n, f in fields.items()
+        n
+        for n, f in fields.items()
         if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:

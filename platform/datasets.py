@@ -119,8 +119,13 @@ class Reader(ABC):
 
     def bad(self, unit: str, line: int | str, detail: str, key: str | None = None) -> RawSample:
         return RawSample(
-            self.name, self.task, key or f"{rel(unit, self.root)}:{line}", "", "",
-            reject_reason="bad_record", reject_detail=f"{unit}:{line}: {detail}",
+            self.name,
+            self.task,
+            key or f"{rel(unit, self.root)}:{line}",
+            "",
+            "",
+            reject_reason="bad_record",
+            reject_detail=f"{unit}:{line}: {detail}",
         )
 
     def _require_units(self, units: list[str], what: str) -> list[str]:
@@ -171,7 +176,11 @@ class KoalaReader(Reader):
         self._fetched: set[str] | None = None
 
     def units(self) -> list[str]:
-        files = [f for f in storage.list_files(self.root, ".csv", recursive=False) if posixpath.basename(f).startswith("Koala_36M")]
+        files = [
+            f
+            for f in storage.list_files(self.root, ".csv", recursive=False)
+            if posixpath.basename(f).startswith("Koala_36M")
+        ]
         return self._require_units(files, "Koala_36M_*.csv files")
 
     def fetched(self) -> set[str]:
@@ -269,7 +278,9 @@ class CsvPairReader(Reader):
         first = True
         for line, row in read_csv(unit):
             if first:
-                require_columns(list(row), {"source video": self.SRC, "target video": self.TGT, "instruction": self.PROMPT}, unit)
+                require_columns(
+                    list(row), {"source video": self.SRC, "target video": self.TGT, "instruction": self.PROMPT}, unit
+                )
                 first = False
             category = self.category_of(unit, row)
             if not self.keep(category):
@@ -280,7 +291,9 @@ class CsvPairReader(Reader):
                 continue
             s, t = src_res(src), tgt_res(tgt)
             instr = pick(row, self.PROMPT) or ""
-            yield RawSample(self.name, self.task, f"{rel(s, self.root)}|{rel(t, self.root)}|{instr}", instr, t, s, category)
+            yield RawSample(
+                self.name, self.task, f"{rel(s, self.root)}|{rel(t, self.root)}|{instr}", instr, t, s, category
+            )
 
 
 @dataclass
@@ -369,7 +382,9 @@ class RecoReader(Reader):
                 continue
             s, t = src_res(str(src)), tgt_res(str(tgt))
             instr = str(pick(r, self.PROMPT) or "")
-            yield RawSample(self.name, self.task, f"{rel(s, self.root)}|{rel(t, self.root)}|{instr}", instr, t, s, category)
+            yield RawSample(
+                self.name, self.task, f"{rel(s, self.root)}|{rel(t, self.root)}|{instr}", instr, t, s, category
+            )
 
 
 # NHR-Edit ---------------------------------------------------------------------------------
@@ -410,10 +425,20 @@ class NHREditReader(Reader):
             s, t = src_res(str(src)), tgt_res(str(tgt))
             instr = str(pick(rec, self.PROMPT) or "")
             extra = {k: rec[k] for k in ("style", "resolution") if k in rec}
-            yield RawSample(self.name, self.task, f"{rel(s, self.root)}|{rel(t, self.root)}|{instr}", instr, t, s,
-                            pick(rec, self.CATEGORY), extra)
+            yield RawSample(
+                self.name,
+                self.task,
+                f"{rel(s, self.root)}|{rel(t, self.root)}|{instr}",
+                instr,
+                t,
+                s,
+                pick(rec, self.CATEGORY),
+                extra,
+            )
         if n and not n_ok:
-            raise DatasetError(f"{unit}: no record names a source and target image; looked for {list(self.SRC)} / {list(self.TGT)}")
+            raise DatasetError(
+                f"{unit}: no record names a source and target image; looked for {list(self.SRC)} / {list(self.TGT)}"
+            )
 
 
 # GPT-Image-Edit-1.5M --------------------------------------------------------------------------
@@ -436,7 +461,9 @@ class GPTImageEditReader(Reader):
     def units(self) -> list[str]:
         base = self._base()
         units = [
-            f for src in self.cfg.sources for f in storage.list_files(storage.join(base, src), ".json")
+            f
+            for src in self.cfg.sources
+            for f in storage.list_files(storage.join(base, src), ".json")
             if posixpath.basename(posixpath.dirname(f)) == "metadata"
         ]
         return self._require_units(units, f"<source>/<task>/metadata/*.json for sources {self.cfg.sources}")
@@ -451,8 +478,16 @@ class GPTImageEditReader(Reader):
             s, t = res(str(r["input"])), res(str(r["output"]))
             instr = str(r.get("instruction") or "")
             extra = {k: r[k] for k in ("id", "dataset_source", "instruction_type", "input_description") if k in r}
-            yield RawSample(self.name, self.task, f"{rel(s, self.root)}|{rel(t, self.root)}|{instr}", instr, t, s,
-                            r.get("task") or posixpath.basename(task_dir), extra)
+            yield RawSample(
+                self.name,
+                self.task,
+                f"{rel(s, self.root)}|{rel(t, self.root)}|{instr}",
+                instr,
+                t,
+                s,
+                r.get("task") or posixpath.basename(task_dir),
+                extra,
+            )
 
 
 # X2Edit (WebDataset tar shards) ---------------------------------------------------------------
@@ -487,7 +522,9 @@ class X2EditReader(Reader):
             tgt = next((parts[e] for e in self.TGT_EXT if e in parts), None)
             skey = f"{rel(unit, self.root)}::{key}"
             if not src or not tgt:
-                yield self.bad(unit, key, f"sample lacks {'.1.jpg' if not src else '.2.jpg'} (has {sorted(parts)})", skey)
+                yield self.bad(
+                    unit, key, f"sample lacks {'.1.jpg' if not src else '.2.jpg'} (has {sorted(parts)})", skey
+                )
                 continue
             meta: dict = {}
             if ".json" in parts:
@@ -533,21 +570,37 @@ class PicoBananaReader(Reader):
                 continue
             src, tgt = pick(rec, self.SRC), pick(rec, self.TGT)
             if not src or not tgt:
-                yield self.bad(unit, line, f"no source URL / output image; looked for {list(self.SRC)} / {list(self.TGT)}")
+                yield self.bad(
+                    unit, line, f"no source URL / output image; looked for {list(self.SRC)} / {list(self.TGT)}"
+                )
                 continue
             s = storage.join(sources, posixpath.basename(str(src).split("?")[0]))
             t = tgt_res(str(tgt))
             instr = str(pick(rec, self.PROMPT) or "")
-            extra = {"source_url": src, **({"summarized_text": rec["summarized_text"]} if rec.get("summarized_text") else {})}
-            yield RawSample(self.name, self.task, f"{src}|{rel(t, self.root)}|{instr}", instr, t, s, rec.get("edit_type"), extra)
+            extra = {
+                "source_url": src,
+                **({"summarized_text": rec["summarized_text"]} if rec.get("summarized_text") else {}),
+            }
+            yield RawSample(
+                self.name, self.task, f"{src}|{rel(t, self.root)}|{instr}", instr, t, s, rec.get("edit_type"), extra
+            )
 
 
 # --- registry ------------------------------------------------------------------------------
 
 READERS: dict[str, type[Reader]] = {
     r.name: r
-    for r in (KoalaReader, MotionBenchReader, DittoReader, OpenVEReader, RecoReader, NHREditReader,
-              GPTImageEditReader, X2EditReader, PicoBananaReader)
+    for r in (
+        KoalaReader,
+        MotionBenchReader,
+        DittoReader,
+        OpenVEReader,
+        RecoReader,
+        NHREditReader,
+        GPTImageEditReader,
+        X2EditReader,
+        PicoBananaReader,
+    )
 }
 
 
@@ -572,4 +625,8 @@ class DatasetsConfig:
                 raise ValueError(f"datasets.{f.name}.root is empty")
 
     def readers(self) -> list[Reader]:
-        return [READERS[f.name](getattr(self, f.name)) for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+        return [
+            READERS[f.name](getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None
+        ]

@@ -115,15 +115,15 @@ def read_dataset(uri: str):
     return ray.data.read_parquet([storage.filesystem(f)[1] for f in files], filesystem=fs)
 
 
-
 def batch_key(row: dict) -> str:
     """Rows with equal keys stack into one batch: same bucket, same task family."""
     family = "image" if row["task"] == "image_edit" else "video"
     return f"{family}:{row['bucket']}:{tuple(row['src_latent_shape'])}"
 
 
-def bucket_batches(rows: Iterable[dict], batch_size: int, max_pending: int = 64,
-                   drop_last: bool = False) -> Iterator[list[dict]]:
+def bucket_batches(
+    rows: Iterable[dict], batch_size: int, max_pending: int = 64, drop_last: bool = False
+) -> Iterator[list[dict]]:
     """Group a row stream into batches of ``batch_size`` rows sharing :func:`batch_key`.
 
     At most ``max_pending`` partial batches are held; when more buckets are open, the

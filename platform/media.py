@@ -220,8 +220,9 @@ def read_frames(uri: str, n: int = 0, max_side: int | None = None, indices: list
     """``n`` uniformly sampled frames of a video as (n', H, W, 3) uint8 RGB (n' <= n: short clips).
 
     ``indices`` picks exact frames instead (repeats allowed, e.g. a clip resampled to a
-    higher frame rate); indices past the end are dropped. Display rotation is applied; frames are scaled in the decoder so the long side is at
-    most ``max_side``. An image gives one frame. Decodes sequentially (robust for
+    higher frame rate); indices past the end are dropped. Display rotation is applied; frames
+    are scaled in the decoder so the long side is at most ``max_side``. An image gives one
+    frame. Decodes sequentially (robust for
     variable frame rate and files without an index) but converts only the kept frames.
     Raises :class:`MediaError` naming the file.
     """

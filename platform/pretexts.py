@@ -166,8 +166,9 @@ def speed_perturb(video, factor: float, rounding: str = "half_even"):
 # ---------------------------------------------------------------------- tube shuffle
 
 
-def sample_tube_permutation(cfg: PretextConfig, rng: np.random.Generator,
-                            shape: tuple[int, int, int] | None = None) -> list[int]:
+def sample_tube_permutation(
+    cfg: PretextConfig, rng: np.random.Generator, shape: tuple[int, int, int] | None = None
+) -> list[int]:
     """perm over the grid's blocks (output block i <- input block perm[i]).
 
     ``release``: a uniform random permutation within every group of blocks of equal shape
@@ -208,7 +209,9 @@ def _axis_ranges(size: int, parts: int, mode: str) -> list[slice]:
     return [slice(a, a + n) for a, n in zip(starts, sizes)]
 
 
-def _block_slices(shape: tuple[int, int, int], grid: list[int], mode: str = "cycle") -> list[tuple[slice, slice, slice]]:
+def _block_slices(
+    shape: tuple[int, int, int], grid: list[int], mode: str = "cycle"
+) -> list[tuple[slice, slice, slice]]:
     if any(s // g < 1 for s, g in zip(shape, grid)):
         raise ValueError(f"video {shape} too small for tube grid {grid}")
     axes = [_axis_ranges(s, g, mode) for s, g in zip(shape, grid)]

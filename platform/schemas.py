@@ -39,7 +39,9 @@ class TableSchema:
     schema: pa.Schema
 
     def with_metadata(self) -> pa.Schema:
-        return self.schema.with_metadata({b"sama.schema": self.name.encode(), b"sama.schema_version": str(self.version).encode()})
+        return self.schema.with_metadata(
+            {b"sama.schema": self.name.encode(), b"sama.schema_version": str(self.version).encode()}
+        )
 
     def table(self, rows: Iterable[Mapping]) -> pa.Table:
         """A table of ``rows`` (dicts) in this schema; missing nullable fields become null."""
@@ -105,47 +107,61 @@ def register(schema: TableSchema) -> TableSchema:
     return schema
 
 
-VERDICTS = register(TableSchema(
-    "verdicts",
-    1,
-    pa.schema(
-        [
-            pa.field("sample_id", pa.string(), nullable=False),
-            pa.field("dataset", pa.string(), nullable=False),
-            pa.field("category", pa.string()),
-            pa.field("task", pa.string(), nullable=False),
-            pa.field("verdict", pa.string(), nullable=False),  # "keep", "drop" or "error" (retried on the next run)
-            pa.field("reasons", pa.list_(pa.string()), nullable=False),  # failed checks, judge rules, or the error kind
-            pa.field("detail", pa.string()),  # human-readable: names the file and the measured value
-            # cheap checks (null where not measured)
-            pa.field("motion", pa.float32()),
-            pa.field("blank_fraction", pa.float32()),
-            pa.field("scene_cuts", pa.int32()),
-            pa.field("sharpness", pa.float32()),
-            pa.field("edit_diff", pa.float32()),
-            # the judge (null where it was not asked)
-            pa.field("judge_model", pa.string(), nullable=False),  # "<backend>:<model>", or "none:cheap-checks-only"
-            pa.field("rubric_version", pa.string()),  # the prompt version, e.g. "video_edit-v1"
-            pa.field("scores", pa.map_(pa.string(), pa.float32())),  # raw per-criterion scores on the rubric's scale
-            pa.field("flags", pa.list_(pa.string())),  # defect flags the judge answered true
-            pa.field("overall", pa.float32()),  # 0..1 weighted mean of normalised scores
-            pa.field("judge_reason", pa.string()),
-            pa.field("judge_attempts", pa.int32()),
-            pa.field("error", pa.string()),  # why a verdict is "error"
-            pa.field("source_uri", pa.string()),
-            pa.field("target_uri", pa.string(), nullable=False),
-            pa.field("config_digest", pa.string(), nullable=False),  # the filter settings that decided
-        ]
-    ),
-))
+VERDICTS = register(
+    TableSchema(
+        "verdicts",
+        1,
+        pa.schema(
+            [
+                pa.field("sample_id", pa.string(), nullable=False),
+                pa.field("dataset", pa.string(), nullable=False),
+                pa.field("category", pa.string()),
+                pa.field("task", pa.string(), nullable=False),
+                pa.field("verdict", pa.string(), nullable=False),  # "keep", "drop" or "error" (retried on the next run)
+                pa.field(
+                    "reasons", pa.list_(pa.string()), nullable=False
+                ),  # failed checks, judge rules, or the error kind
+                pa.field("detail", pa.string()),  # human-readable: names the file and the measured value
+                # cheap checks (null where not measured)
+                pa.field("motion", pa.float32()),
+                pa.field("blank_fraction", pa.float32()),
+                pa.field("scene_cuts", pa.int32()),
+                pa.field("sharpness", pa.float32()),
+                pa.field("edit_diff", pa.float32()),
+                # the judge (null where it was not asked)
+                pa.field(
+                    "judge_model", pa.string(), nullable=False
+                ),  # "<backend>:<model>", or "none:cheap-checks-only"
+                pa.field("rubric_version", pa.string()),  # the prompt version, e.g. "video_edit-v1"
+                pa.field(
+                    "scores", pa.map_(pa.string(), pa.float32())
+                ),  # raw per-criterion scores on the rubric's scale
+                pa.field("flags", pa.list_(pa.string())),  # defect flags the judge answered true
+                pa.field("overall", pa.float32()),  # 0..1 weighted mean of normalised scores
+                pa.field("judge_reason", pa.string()),
+                pa.field("judge_attempts", pa.int32()),
+                pa.field("error", pa.string()),  # why a verdict is "error"
+                pa.field("source_uri", pa.string()),
+                pa.field("target_uri", pa.string(), nullable=False),
+                pa.field("config_digest", pa.string(), nullable=False),  # the filter settings that decided
+            ]
+        ),
+    )
+)
 
 
 FETCH_ERRORS = (
     "removed",  # the video or photo was taken down (or is private / an "unavailable" placeholder)
     "geo_blocked",
     "login_required",  # age-restricted or members-only
-    "http_403", "http_404", "http_410", "http_429", "http_5xx", "http_error",
-    "timeout", "connection",
+    "http_403",
+    "http_404",
+    "http_410",
+    "http_429",
+    "http_5xx",
+    "http_error",
+    "timeout",
+    "connection",
     "too_large",  # over the byte cap
     "too_long",  # source video or span over the duration cap
     "truncated",  # fewer bytes than the server announced, or a file that ends early
@@ -156,61 +172,89 @@ FETCH_ERRORS = (
     "download_failed",  # anything else; the detail says what
 )
 
-FETCH = register(TableSchema(
-    "fetch",
-    1,
-    pa.schema(
-        [
-            pa.field("id", pa.string(), nullable=False),  # the stable output file name (clip or image)
-            pa.field("dataset", pa.string(), nullable=False),
-            pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
-            pa.field("error", pa.string()),  # a FETCH_ERRORS value when failed
-            pa.field("detail", pa.string()),  # human-readable: names the URL, the metadata row, the measured value
-            pa.field("source_url", pa.string()),  # as the metadata lists it
-            pa.field("fetch_url", pa.string()),  # what was requested (a mirror via url_template, or a tar member)
-            pa.field("method", pa.string()),  # "http", "ytdlp" or "tar"
-            pa.field("output_uri", pa.string()),  # where the file is (or would be); null for an unusable row
-            pa.field("bytes", pa.int64()),
-            pa.field("sha256", pa.string()),  # of the output file
-            pa.field("start", pa.float64()),  # span in the source video, seconds (clips only)
-            pa.field("end", pa.float64()),
-            pa.field("duration", pa.float32()),  # probed duration of the written clip
-            pa.field("attempts", pa.int32()),  # HTTP / yt-dlp requests made for it in this run (0: reused)
-            pa.field("row", pa.string()),  # metadata file:line it came from
-            pa.field("fetched_at", pa.string()),  # ISO-8601 UTC of the run that wrote the row
-        ]
-    ),
-))
+FETCH = register(
+    TableSchema(
+        "fetch",
+        1,
+        pa.schema(
+            [
+                pa.field("id", pa.string(), nullable=False),  # the stable output file name (clip or image)
+                pa.field("dataset", pa.string(), nullable=False),
+                pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
+                pa.field("error", pa.string()),  # a FETCH_ERRORS value when failed
+                pa.field("detail", pa.string()),  # human-readable: names the URL, the metadata row, the measured value
+                pa.field("source_url", pa.string()),  # as the metadata lists it
+                pa.field("fetch_url", pa.string()),  # what was requested (a mirror via url_template, or a tar member)
+                pa.field("method", pa.string()),  # "http", "ytdlp" or "tar"
+                pa.field("output_uri", pa.string()),  # where the file is (or would be); null for an unusable row
+                pa.field("bytes", pa.int64()),
+                pa.field("sha256", pa.string()),  # of the output file
+                pa.field("start", pa.float64()),  # span in the source video, seconds (clips only)
+                pa.field("end", pa.float64()),
+                pa.field("duration", pa.float32()),  # probed duration of the written clip
+                pa.field("attempts", pa.int32()),  # HTTP / yt-dlp requests made for it in this run (0: reused)
+                pa.field("row", pa.string()),  # metadata file:line it came from
+                pa.field("fetched_at", pa.string()),  # ISO-8601 UTC of the run that wrote the row
+            ]
+        ),
+    )
+)
 
 
 # --- a job's own resumable state (under ``_work/``), typed like every other table ------------------
 
-LISTING = register(TableSchema(
-    "listing",  # ingest: a metadata file's samples as its reader saw them, one row group per part
-    1,
-    pa.schema([
-        ("sample_id", pa.string()), ("dataset", pa.string()), ("category", pa.string()), ("task", pa.string()),
-        ("instruction", pa.string()), ("source_uri", pa.string()), ("target_uri", pa.string()),
-        ("extra", pa.string()), ("reject_reason", pa.string()), ("reject_detail", pa.string()),
-    ]),
-))
+LISTING = register(
+    TableSchema(
+        "listing",  # ingest: a metadata file's samples as its reader saw them, one row group per part
+        1,
+        pa.schema(
+            [
+                ("sample_id", pa.string()),
+                ("dataset", pa.string()),
+                ("category", pa.string()),
+                ("task", pa.string()),
+                ("instruction", pa.string()),
+                ("source_uri", pa.string()),
+                ("target_uri", pa.string()),
+                ("extra", pa.string()),
+                ("reject_reason", pa.string()),
+                ("reject_detail", pa.string()),
+            ]
+        ),
+    )
+)
 
-FETCH_ITEMS = register(TableSchema(
-    "fetch_items",  # fetch: what a metadata file asks to download, one row group per part
-    1,
-    pa.schema([
-        ("id", pa.string()), ("dataset", pa.string()), ("group", pa.string()), ("kind", pa.string()),
-        ("source_url", pa.string()), ("fetch_url", pa.string()), ("method", pa.string()), ("output_uri", pa.string()),
-        ("start", pa.float64()), ("end", pa.float64()), ("row", pa.string()), ("error", pa.string()),
-        ("detail", pa.string()),
-    ]),
-))
+FETCH_ITEMS = register(
+    TableSchema(
+        "fetch_items",  # fetch: what a metadata file asks to download, one row group per part
+        1,
+        pa.schema(
+            [
+                ("id", pa.string()),
+                ("dataset", pa.string()),
+                ("group", pa.string()),
+                ("kind", pa.string()),
+                ("source_url", pa.string()),
+                ("fetch_url", pa.string()),
+                ("method", pa.string()),
+                ("output_uri", pa.string()),
+                ("start", pa.float64()),
+                ("end", pa.float64()),
+                ("row", pa.string()),
+                ("error", pa.string()),
+                ("detail", pa.string()),
+            ]
+        ),
+    )
+)
 
-TAR_INDEX = register(TableSchema(
-    "tar_index",  # fetch: member names of an archive the user already has -> their tar:// URIs
-    1,
-    pa.schema([("name", pa.string()), ("uri", pa.string())]),
-))
+TAR_INDEX = register(
+    TableSchema(
+        "tar_index",  # fetch: member names of an archive the user already has -> their tar:// URIs
+        1,
+        pa.schema([("name", pa.string()), ("uri", pa.string())]),
+    )
+)
 
 
 def validate(table: pa.Table, expected: TableSchema, where: str = "<table>") -> pa.Table:
@@ -226,7 +270,9 @@ def validate(table: pa.Table, expected: TableSchema, where: str = "<table>") -> 
     if name and name != expected.name:
         raise SchemaError(f"{where}: is a '{name}' table, expected '{expected.name}'")
     if version and int(version) != expected.version:
-        raise SchemaError(f"{where}: '{expected.name}' schema version {version}, this code reads version {expected.version}")
+        raise SchemaError(
+            f"{where}: '{expected.name}' schema version {version}, this code reads version {expected.version}"
+        )
     names = set(table.column_names)
     wanted = [f.name for f in expected.schema]
     missing = [n for n in wanted if n not in names]
@@ -263,48 +309,50 @@ def sample_id(dataset: str, *keys: str | None) -> str:
     return f"{dataset}-{h.hexdigest()[:16]}"
 
 
-EVAL_RESULTS = register(TableSchema(
-    "eval_results",
-    1,
-    pa.schema(
-        [
-            pa.field("key", pa.string(), nullable=False),  # <item id>-<edit digest>: names the edit and its files
-            pa.field("item_id", pa.string(), nullable=False),
-            pa.field("benchmark", pa.string(), nullable=False),
-            pa.field("category", pa.string(), nullable=False),
-            pa.field("instruction", pa.string(), nullable=False),
-            pa.field("source_uri", pa.string(), nullable=False),
-            pa.field("mask_uri", pa.string()),
-            pa.field("edit_uri", pa.string()),  # the edited mp4 (null when the edit failed)
-            pa.field("model", pa.string(), nullable=False),  # the checkpoint's label
-            pa.field("edit_digest", pa.string(), nullable=False),  # model + sampling settings that made the edit
-            pa.field("score_digest", pa.string(), nullable=False),  # metric + judge settings that scored it
-            pa.field("status", pa.string(), nullable=False),  # "ok" or "error" (redone on the next run)
-            pa.field("error_kind", pa.string()),  # source_error | edit_error | metrics_error | judge_error
-            pa.field("error", pa.string()),
-            pa.field("frames", pa.int32()),
-            pa.field("height", pa.int32()),
-            pa.field("width", pa.int32()),
-            pa.field("edit_seconds", pa.float32()),
-            # automatic metrics (null where not measurable)
-            pa.field("edited_fraction", pa.float32()),
-            pa.field("temporal_consistency", pa.float32()),  # 1 - flow-compensated frame-to-frame error
-            pa.field("flicker", pa.float32()),  # brightness jumps beyond the source's
-            pa.field("flow_epe", pa.float32()),  # source vs edit flow, pixels
-            pa.field("motion_preservation", pa.float32()),  # fraction of blocks whose flows agree
-            pa.field("motion_region", pa.string()),  # "unedited" or "all" (a global edit)
-            pa.field("fidelity_psnr", pa.float32()),  # unedited region, dB (100 = identical)
-            pa.field("fidelity_ssim", pa.float32()),
-            pa.field("semantic_score", pa.float32()),  # text-image cosine similarity
-            pa.field("semantic_model", pa.string()),  # the encoder, or "none" (not measured)
-            # the judge
-            pa.field("judge_model", pa.string(), nullable=False),  # "<backend>:<model>" or "none:off"
-            pa.field("rubrics", pa.list_(pa.string())),  # rubric versions asked
-            pa.field("judge_scores", pa.map_(pa.string(), pa.float32())),  # published aggregates, "<rubric>.<name>"
-            pa.field("judge_raw", pa.map_(pa.string(), pa.float32())),  # the answers' raw scores
-            pa.field("judge_reasons", pa.map_(pa.string(), pa.string())),  # per rubric
-            pa.field("judge_attempts", pa.int32()),
-            pa.field("sheet_uri", pa.string()),  # the source/edit contact sheet
-        ]
-    ),
-))
+EVAL_RESULTS = register(
+    TableSchema(
+        "eval_results",
+        1,
+        pa.schema(
+            [
+                pa.field("key", pa.string(), nullable=False),  # <item id>-<edit digest>: names the edit and its files
+                pa.field("item_id", pa.string(), nullable=False),
+                pa.field("benchmark", pa.string(), nullable=False),
+                pa.field("category", pa.string(), nullable=False),
+                pa.field("instruction", pa.string(), nullable=False),
+                pa.field("source_uri", pa.string(), nullable=False),
+                pa.field("mask_uri", pa.string()),
+                pa.field("edit_uri", pa.string()),  # the edited mp4 (null when the edit failed)
+                pa.field("model", pa.string(), nullable=False),  # the checkpoint's label
+                pa.field("edit_digest", pa.string(), nullable=False),  # model + sampling settings that made the edit
+                pa.field("score_digest", pa.string(), nullable=False),  # metric + judge settings that scored it
+                pa.field("status", pa.string(), nullable=False),  # "ok" or "error" (redone on the next run)
+                pa.field("error_kind", pa.string()),  # source_error | edit_error | metrics_error | judge_error
+                pa.field("error", pa.string()),
+                pa.field("frames", pa.int32()),
+                pa.field("height", pa.int32()),
+                pa.field("width", pa.int32()),
+                pa.field("edit_seconds", pa.float32()),
+                # automatic metrics (null where not measurable)
+                pa.field("edited_fraction", pa.float32()),
+                pa.field("temporal_consistency", pa.float32()),  # 1 - flow-compensated frame-to-frame error
+                pa.field("flicker", pa.float32()),  # brightness jumps beyond the source's
+                pa.field("flow_epe", pa.float32()),  # source vs edit flow, pixels
+                pa.field("motion_preservation", pa.float32()),  # fraction of blocks whose flows agree
+                pa.field("motion_region", pa.string()),  # "unedited" or "all" (a global edit)
+                pa.field("fidelity_psnr", pa.float32()),  # unedited region, dB (100 = identical)
+                pa.field("fidelity_ssim", pa.float32()),
+                pa.field("semantic_score", pa.float32()),  # text-image cosine similarity
+                pa.field("semantic_model", pa.string()),  # the encoder, or "none" (not measured)
+                # the judge
+                pa.field("judge_model", pa.string(), nullable=False),  # "<backend>:<model>" or "none:off"
+                pa.field("rubrics", pa.list_(pa.string())),  # rubric versions asked
+                pa.field("judge_scores", pa.map_(pa.string(), pa.float32())),  # published aggregates, "<rubric>.<name>"
+                pa.field("judge_raw", pa.map_(pa.string(), pa.float32())),  # the answers' raw scores
+                pa.field("judge_reasons", pa.map_(pa.string(), pa.string())),  # per rubric
+                pa.field("judge_attempts", pa.int32()),
+                pa.field("sheet_uri", pa.string()),  # the source/edit contact sheet
+            ]
+        ),
+    )
+)

@@ -36,11 +36,19 @@ class TensorFileError(ValueError):
     """A weight file cannot be read as expected; the message names the file (and tensor)."""
 
 
-
 _ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
 _ST_CODES = {v: k for k, v in _ST_DTYPES.items()}
 
@@ -74,7 +82,9 @@ def safetensors_header(uri: str) -> tuple[dict[str, TensorEntry], dict[str, str]
             continue
         if spec["dtype"] not in _ST_DTYPES:
             raise TensorFileError(f"{uri}: tensor {name} has unsupported dtype {spec['dtype']}")
-        out[name] = TensorEntry(uri, name, tuple(spec["shape"]), _ST_DTYPES[spec["dtype"]], base + spec["data_offsets"][0])
+        out[name] = TensorEntry(
+            uri, name, tuple(spec["shape"]), _ST_DTYPES[spec["dtype"]], base + spec["data_offsets"][0]
+        )
     return out, header.get("__metadata__") or {}
 
 
@@ -86,7 +96,9 @@ def _unwrap_state_dict(obj: Any, uri: str) -> dict[str, torch.Tensor]:
                 return inner
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
-    raise TensorFileError(f"{uri}: no state dict of tensors found (keys: {list(obj)[:8] if isinstance(obj, dict) else type(obj)})")
+    raise TensorFileError(
+        f"{uri}: no state dict of tensors found (keys: {list(obj)[:8] if isinstance(obj, dict) else type(obj)})"
+    )
 
 
 class TensorReader:
@@ -130,7 +142,7 @@ class TensorReader:
         """Drop a wrapper prefix every name shares (``model.``, ``dit.``, ...); returns it."""
         for prefix in _WRAPPER_PREFIXES:
             if self.entries and all(k.startswith(prefix) for k in self.entries):
-                self.entries = {k[len(prefix):]: v for k, v in self.entries.items()}
+                self.entries = {k[len(prefix) :]: v for k, v in self.entries.items()}
                 return prefix
         return ""
 
@@ -172,8 +184,11 @@ class TensorReader:
         data = bytearray(f.read(nbytes))
         if len(data) != nbytes:
             raise TensorFileError(f"{entry.file}: tensor {name} is truncated ({len(data)} of {nbytes} bytes)")
-        return torch.frombuffer(data, dtype=entry.dtype).reshape(entry.shape) if nbytes else \
-            torch.empty(entry.shape, dtype=entry.dtype)
+        return (
+            torch.frombuffer(data, dtype=entry.dtype).reshape(entry.shape)
+            if nbytes
+            else torch.empty(entry.shape, dtype=entry.dtype)
+        )
 
 
 def numel(shape: tuple[int, ...]) -> int:
@@ -215,8 +230,9 @@ def is_file(uri: str) -> bool:
 # ---------------------------------------------------------------------- writing tensors
 
 
-def write_safetensors(path: str, items: list[Item],
-                      get: Callable[[str], torch.Tensor], metadata: Optional[dict[str, str]] = None) -> int:
+def write_safetensors(
+    path: str, items: list[Item], get: Callable[[str], torch.Tensor], metadata: Optional[dict[str, str]] = None
+) -> int:
     """Write a safetensors file one tensor at a time: the header is planned from
     ``items`` (name, shape, dtype) first, then each tensor is fetched, cast and appended.
     Atomic (written beside ``path``, renamed into place). Returns the bytes written."""
@@ -249,9 +265,13 @@ def write_safetensors(path: str, items: list[Item],
     return 8 + len(blob) + offset
 
 
-def write_sharded(folder: str, items: list[Item],
-                  get: Callable[[str], torch.Tensor], max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-                  prefix: str = WEIGHTS_PREFIX) -> list[str]:
+def write_sharded(
+    folder: str,
+    items: list[Item],
+    get: Callable[[str], torch.Tensor],
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    prefix: str = WEIGHTS_PREFIX,
+) -> list[str]:
     """diffusers' sharded layout: ``{prefix}.safetensors``, or numbered shards + an index."""
     shards: list[list] = [[]]
     size = 0

@@ -67,8 +67,10 @@ def read_token(cfg: ServeConfig) -> str | None:
     if token:
         return token
     if cfg.auth.required:
-        raise C.ConfigError(f"auth: ${name} is empty; set it to the bearer token clients must send "
-                            "(or set auth.required=false to run without auth)")
+        raise C.ConfigError(
+            f"auth: ${name} is empty; set it to the bearer token clients must send "
+            "(or set auth.required=false to run without auth)"
+        )
     log.warning("$%s is empty and auth.required is false: the edit API is open", name)
     return None
 

@@ -69,8 +69,9 @@ class EditClient:
         with open(source, "rb") as f:
             return self.http.post(path, data=data, files={"video": (os.path.basename(source), f, "video/mp4")})
 
-    def submit(self, source: str, instruction: str, options: EditOptions = EditOptions(),
-               remote: bool = False) -> dict[str, Any]:
+    def submit(
+        self, source: str, instruction: str, options: EditOptions = EditOptions(), remote: bool = False
+    ) -> dict[str, Any]:
         """Upload (or name, with ``remote``) a source; returns the new job (its ``id``)."""
         return self._check(self._send("v1/edits", source, instruction, options, remote)).json()
 
@@ -83,8 +84,13 @@ class EditClient:
     def result(self, job_id: str) -> bytes:
         return self._check(self.http.get(f"v1/edits/{job_id}/result")).content
 
-    def wait(self, job_id: str, poll_s: float = 0.5, timeout_s: float = 3600.0,
-             on_progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    def wait(
+        self,
+        job_id: str,
+        poll_s: float = 0.5,
+        timeout_s: float = 3600.0,
+        on_progress: Callable[[dict], None] | None = None,
+    ) -> dict[str, Any]:
         """Poll until the job ends; raises :class:`EditError` unless it succeeded."""
         deadline = time.monotonic() + timeout_s
         while True:
@@ -99,8 +105,15 @@ class EditClient:
                 raise EditError(f"edit {job_id} still {job['state']} after {timeout_s:g}s", job=job)
             time.sleep(poll_s)
 
-    def edit(self, source: str, instruction: str, output: str, options: EditOptions = EditOptions(),
-             remote: bool = False, on_progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    def edit(
+        self,
+        source: str,
+        instruction: str,
+        output: str,
+        options: EditOptions = EditOptions(),
+        remote: bool = False,
+        on_progress: Callable[[dict], None] | None = None,
+    ) -> dict[str, Any]:
         """Submit, wait, download to ``output``; returns the finished job."""
         job = self.submit(source, instruction, options, remote)
         job = self.wait(job["id"], on_progress=on_progress)
@@ -108,7 +121,8 @@ class EditClient:
             f.write(self.result(job["id"]))
         return job
 
-    def edit_sync(self, source: str, instruction: str, options: EditOptions = EditOptions(),
-                  remote: bool = False) -> bytes:
+    def edit_sync(
+        self, source: str, instruction: str, options: EditOptions = EditOptions(), remote: bool = False
+    ) -> bytes:
         """The synchronous endpoint (short clips): the mp4 bytes."""
         return self._check(self._send("v1/edit", source, instruction, options, remote)).content

@@ -41,8 +41,10 @@ class AutoscalingConfig:
 
     def validate(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
-            raise ValueError(f"need 0 <= min_replicas <= max_replicas and max_replicas >= 1, "
-                             f"got {self.min_replicas}..{self.max_replicas}")
+            raise ValueError(
+                f"need 0 <= min_replicas <= max_replicas and max_replicas >= 1, "
+                f"got {self.min_replicas}..{self.max_replicas}"
+            )
 
     def as_ray(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -65,8 +67,9 @@ class EditorConfig:
 
     def validate(self) -> None:
         if not 1 <= self.max_running <= self.max_ongoing_requests:
-            raise ValueError(f"need 1 <= max_running <= max_ongoing_requests, "
-                             f"got {self.max_running} and {self.max_ongoing_requests}")
+            raise ValueError(
+                f"need 1 <= max_running <= max_ongoing_requests, got {self.max_running} and {self.max_ongoing_requests}"
+            )
 
 
 @dataclass
@@ -87,8 +90,9 @@ class ServeConfig:
 
     def ingress_settings(self) -> IngressSettings:
         b = self.buckets
-        return IngressSettings(self.name, self.results, self.ingress, self.queue, self.limits,
-                               Geometry(b.multiple, b.area, b.max_frames))
+        return IngressSettings(
+            self.name, self.results, self.ingress, self.queue, self.limits, Geometry(b.multiple, b.area, b.max_frames)
+        )
 
 
 @dataclass

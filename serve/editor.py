@@ -104,9 +104,16 @@ class Editor:
             frames = read_clip(req.source_uri, n, self.max_side)
         self._local.tracker = tracker
         try:
-            out = self.pipe(req.instruction, frames, height=req.height, width=req.width,
-                            num_inference_steps=req.steps, guidance_scale=req.guidance_scale,
-                            source_guidance_scale=req.source_guidance_scale, seed=req.seed)
+            out = self.pipe(
+                req.instruction,
+                frames,
+                height=req.height,
+                width=req.width,
+                num_inference_steps=req.steps,
+                guidance_scale=req.guidance_scale,
+                source_guidance_scale=req.source_guidance_scale,
+                seed=req.seed,
+            )
         finally:
             self._local.tracker = None
         # The pipeline pads to 4k+1 frames by repeating the last one: give back as many as came in.
@@ -115,8 +122,14 @@ class Editor:
         seconds = time.time() - t0
         self.metrics.observe(seconds, len(video))
         t, h, w = video.shape[:3]
-        return {"video": data, "frames": int(t), "height": int(h), "width": int(w), "fps": req.fps,
-                "seconds": round(seconds, 3)}
+        return {
+            "video": data,
+            "frames": int(t),
+            "height": int(h),
+            "width": int(w),
+            "fps": req.fps,
+            "seconds": round(seconds, 3),
+        }
 
     async def edit(self, req: EditRequest) -> AsyncIterator[dict[str, Any]]:
         # Waiting here is waiting at this replica: the next edit starts the moment one ends,

@@ -75,8 +75,9 @@ class Ingress:
 
     def _auth(self, request: Request) -> None:
         if not bearer_ok(request.headers.get("authorization"), self.token):
-            raise RequestError(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
-                               {"WWW-Authenticate": "Bearer"})
+            raise RequestError(
+                401, "missing or wrong bearer token (Authorization: Bearer <token>)", {"WWW-Authenticate": "Bearer"}
+            )
 
     async def _read_body(self, request: Request) -> None:
         """Read the body with a hard size cap (a lying or absent Content-Length cannot get past it)."""
@@ -201,8 +202,12 @@ class Ingress:
             self._finish(job, FAILED, "the editor queue is full; retry later", "busy")
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, RequestCancelledError) as e:
             # The replica died mid-edit (Serve starts a new one); say so instead of losing the job.
-            self._finish(job, FAILED, f"the editor replica running this edit died ({type(e).__name__}); "
-                                      "resubmit it", "replica_died")
+            self._finish(
+                job,
+                FAILED,
+                f"the editor replica running this edit died ({type(e).__name__}); resubmit it",
+                "replica_died",
+            )
         except Exception as e:
             log.exception("job %s", job.id)
             self._finish(job, FAILED, f"{type(e).__name__}: {e}", "edit_error")
@@ -244,8 +249,9 @@ class Ingress:
         if job.state != SUCCEEDED or not job.result:
             raise RequestError(409, f"job {job_id} is {job.state}; the result exists once it has succeeded")
         data = await asyncio.to_thread(storage.read_bytes, job.result)
-        return Response(data, media_type="video/mp4",
-                        headers={"Content-Disposition": f'inline; filename="{job.id}.mp4"'})
+        return Response(
+            data, media_type="video/mp4", headers={"Content-Disposition": f'inline; filename="{job.id}.mp4"'}
+        )
 
     @api.delete("/v1/edits/{job_id}")
     async def cancel(self, job_id: str, request: Request) -> dict[str, Any]:
@@ -263,6 +269,9 @@ class Ingress:
         done = await self._drive(job, req)
         if done is None:
             status = SYNC_STATUS.get(job.error_kind or "", 500)
-            raise RequestError(status, job.error or "the edit failed",
-                               {"Retry-After": str(self.cfg.queue.retry_after_s)} if status == 503 else None)
+            raise RequestError(
+                status,
+                job.error or "the edit failed",
+                {"Retry-After": str(self.cfg.queue.retry_after_s)} if status == 503 else None,
+            )
         return Response(done["video"], media_type="video/mp4", headers={"X-EditTask-Id": job.id})

@@ -13,8 +13,18 @@ from sama.media import IMAGE_EXTS, VIDEO_EXTS, MediaInfo
 from .security import RequestError
 from .settings import IngressSettings
 
-FIELDS = ("instruction", "seed", "steps", "guidance_scale", "source_guidance_scale", "num_frames", "height",
-          "width", "uri", "video")
+FIELDS = (
+    "instruction",
+    "seed",
+    "steps",
+    "guidance_scale",
+    "source_guidance_scale",
+    "num_frames",
+    "height",
+    "width",
+    "uri",
+    "video",
+)
 
 
 @dataclass
@@ -48,7 +58,9 @@ def _number(form: Mapping[str, Any], name: str, kind: type, lo: float, hi: float
     try:
         value = kind(raw.strip())
     except ValueError:
-        raise RequestError(400, f"'{name}' must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+        raise RequestError(
+            400, f"'{name}' must be {'an integer' if kind is int else 'a number'}, got {raw!r}"
+        ) from None
     if (isinstance(value, float) and not math.isfinite(value)) or not lo <= value <= hi:
         raise RequestError(400, f"'{name}' = {raw} is out of range [{lo}, {hi}]")
     return value
@@ -84,8 +96,7 @@ def parse_params(form: Mapping[str, Any], cfg: IngressSettings, sync: bool) -> E
         if req.height % geo.multiple or req.width % geo.multiple:
             raise RequestError(400, f"'height' and 'width' must be multiples of {geo.multiple}")
         if req.height * req.width > geo.area:
-            raise RequestError(400, f"{req.height}x{req.width} is more than the {geo.area} pixels "
-                                    "this model edits at")
+            raise RequestError(400, f"{req.height}x{req.width} is more than the {geo.area} pixels this model edits at")
     return req
 
 
@@ -104,5 +115,8 @@ def check_media(info: MediaInfo, cfg: IngressSettings) -> None:
     if frames > lim.max_source_frames:
         raise RequestError(422, f"the video has {frames} frames; the limit is {lim.max_source_frames}")
     if max(info.width, info.height) > lim.max_side or info.width * info.height > lim.max_pixels:
-        raise RequestError(422, f"{info.width}x{info.height} is larger than allowed "
-                                f"(long side <= {lim.max_side}, <= {lim.max_pixels} pixels)")
+        raise RequestError(
+            422,
+            f"{info.width}x{info.height} is larger than allowed "
+            f"(long side <= {lim.max_side}, <= {lim.max_pixels} pixels)",
+        )

@@ -50,20 +50,28 @@ def dry_run(cfg: ServeJobConfig) -> list[str]:
     sv, ed = cfg.serve, cfg.serve.editor
     a = ed.autoscaling
     buckets = make_buckets(sv.buckets)
-    lines = [f"url: {url(cfg)}",
-             f"editor: {a.min_replicas}..{a.max_replicas} replicas x ({ed.num_gpus:g} GPU, {ed.num_cpus:g} CPU), "
-             f"{ed.max_ongoing_requests} edit(s) each, target {a.target_ongoing_requests:g} in flight per replica",
-             f"ingress: 1 replica x {sv.ingress.num_cpus:g} CPU; at most {sv.queue.max_pending} edits queued+running",
-             f"model: {sv.model.checkpoint or sv.model.transformer.pretrained or 'tiny random model'}, "
-             f"{len(buckets)} buckets of ~{sv.buckets.area} px, <= {sv.buckets.max_frames} frames",
-             f"limits: {sv.limits.max_upload_mb:g} MB, {sv.limits.max_duration_s:g}s, {sv.limits.max_source_frames} "
-             f"frames, {sv.limits.max_side}px; uri roots {sv.limits.allowed_roots}, buckets {sv.limits.allowed_buckets}"]
+    lines = [
+        f"url: {url(cfg)}",
+        f"editor: {a.min_replicas}..{a.max_replicas} replicas x ({ed.num_gpus:g} GPU, {ed.num_cpus:g} CPU), "
+        f"{ed.max_ongoing_requests} edit(s) each, target {a.target_ongoing_requests:g} in flight per replica",
+        f"ingress: 1 replica x {sv.ingress.num_cpus:g} CPU; at most {sv.queue.max_pending} edits queued+running",
+        f"model: {sv.model.checkpoint or sv.model.transformer.pretrained or 'tiny random model'}, "
+        f"{len(buckets)} buckets of ~{sv.buckets.area} px, <= {sv.buckets.max_frames} frames",
+        f"limits: {sv.limits.max_upload_mb:g} MB, {sv.limits.max_duration_s:g}s, {sv.limits.max_source_frames} "
+        f"frames, {sv.limits.max_side}px; uri roots {sv.limits.allowed_roots}, buckets {sv.limits.allowed_buckets}",
+    ]
     name = sv.auth.token_env
     if not name:
         lines.append("warning: auth.token_env is null: the API is open")
     elif not os.environ.get(name):
-        lines.append(f"auth: ${name} is empty: " + ("a random token will be generated and printed"
-                                                    if cfg.generate_token else "the service will refuse to start"))
+        lines.append(
+            f"auth: ${name} is empty: "
+            + (
+                "a random token will be generated and printed"
+                if cfg.generate_token
+                else "the service will refuse to start"
+            )
+        )
     if sv.model.pipeline.sampler == "unipc" and sv.limits.max_steps > 350:
         lines.append("warning: limits.max_steps > 350 with the unipc sampler (it repeats timesteps beyond ~350)")
     return lines
@@ -71,8 +79,7 @@ def dry_run(cfg: ServeJobConfig) -> list[str]:
 
 def run(cfg: ServeJobConfig) -> str:
     address = deploy(cfg)
-    print(f"[sama] edit service up at {address}  (API: {address}v1/edits, health: {address}healthz)",
-          file=sys.stderr)
+    print(f"[sama] edit service up at {address}  (API: {address}v1/edits, health: {address}healthz)", file=sys.stderr)
     if cfg.detach:
         return address
     print("[sama] Ctrl-C to stop", file=sys.stderr)

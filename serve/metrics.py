@@ -22,19 +22,23 @@ def rejected() -> metrics.Counter:
 class IngressMetrics:
     def __init__(self):
         self.requests = metrics.Counter("sama_edit_requests", "edit requests accepted", tag_keys=("mode",))
-        self.finished = metrics.Counter("sama_edit_jobs_finished", "edit jobs finished, by final state",
-                                        tag_keys=("state",))
-        self.queue_seconds = metrics.Histogram("sama_edit_queue_seconds", "time from accepted to started",
-                                               boundaries=SECONDS)
-        self.total_seconds = metrics.Histogram("sama_edit_total_seconds", "time from accepted to finished",
-                                               boundaries=SECONDS)
+        self.finished = metrics.Counter(
+            "sama_edit_jobs_finished", "edit jobs finished, by final state", tag_keys=("state",)
+        )
+        self.queue_seconds = metrics.Histogram(
+            "sama_edit_queue_seconds", "time from accepted to started", boundaries=SECONDS
+        )
+        self.total_seconds = metrics.Histogram(
+            "sama_edit_total_seconds", "time from accepted to finished", boundaries=SECONDS
+        )
         self.pending = metrics.Gauge("sama_edit_pending", "edits queued or running")
 
 
 class EditorMetrics:
     def __init__(self):
-        self.seconds = metrics.Histogram("sama_edit_compute_seconds", "decode + edit + encode time on a replica",
-                                         boundaries=SECONDS)
+        self.seconds = metrics.Histogram(
+            "sama_edit_compute_seconds", "decode + edit + encode time on a replica", boundaries=SECONDS
+        )
         self.frames = metrics.Counter("sama_edit_frames", "frames edited")
 
     def observe(self, seconds: float, frames: int) -> None:

@@ -44,7 +44,7 @@ def bearer_ok(authorization: str | None, token: str | None) -> bool:
         return True
     if not authorization or not authorization.startswith("Bearer "):
         return False
-    return hmac.compare_digest(authorization[len("Bearer "):].strip().encode(), token.encode())
+    return hmac.compare_digest(authorization[len("Bearer ") :].strip().encode(), token.encode())
 
 
 def _within(path: str, root: str) -> bool:
@@ -64,7 +64,7 @@ def resolve_source_uri(uri: str, limits: LimitsConfig) -> str:
     if scheme == "s3":
         return _s3(uri, limits)
     if scheme == "file":
-        rest = uri[len("file://"):]
+        rest = uri[len("file://") :]
         if not rest.startswith("/"):  # file://host/path: a remote host
             raise forbidden("file URIs must be file:///absolute/path")
         return _local(rest, limits)
@@ -74,7 +74,7 @@ def resolve_source_uri(uri: str, limits: LimitsConfig) -> str:
 
 
 def _s3(uri: str, limits: LimitsConfig) -> str:
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     if bucket not in limits.allowed_buckets:
         raise forbidden(f"bucket {bucket!r} is not allowed")
     parts = key.split("/")

@@ -45,8 +45,10 @@ class EditTask:
         return self.state in TERMINAL
 
     def public(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in ("id", "state", "progress", "error", "created", "started", "finished",
-                                             "replica")}
+        out = {
+            k: getattr(self, k)
+            for k in ("id", "state", "progress", "error", "created", "started", "finished", "replica")
+        }
         out["instruction"] = self.instruction
         out["progress"] = round(self.progress, 4)
         if self.state == SUCCEEDED:
@@ -68,8 +70,11 @@ class EditTasks:
     def admit(self, instruction: str, mode: str, retry_after_s: int) -> EditTask:
         """A new queued job, or 503 when ``max_pending`` edits are already in flight."""
         if self.pending >= self.max_pending:
-            raise RequestError(503, f"the server is busy ({self.pending} edits in flight, the limit is "
-                                    f"{self.max_pending}); retry later", {"Retry-After": str(retry_after_s)})
+            raise RequestError(
+                503,
+                f"the server is busy ({self.pending} edits in flight, the limit is {self.max_pending}); retry later",
+                {"Retry-After": str(retry_after_s)},
+            )
         job = EditTask(id=uuid.uuid4().hex, instruction=instruction, mode=mode)
         self._jobs[job.id] = job
         return job

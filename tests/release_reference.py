@@ -35,11 +35,14 @@ def rope_tables(head_dim: int) -> list[torch.Tensor]:
 
 def grid_freqs(tables: list[torch.Tensor], f: int, h: int, w: int) -> torch.Tensor:
     ft, fh, fw = tables
-    return torch.cat([
-        ft[:f].view(f, 1, 1, -1).expand(f, h, w, -1),
-        fh[:h].view(1, h, 1, -1).expand(f, h, w, -1),
-        fw[:w].view(1, 1, w, -1).expand(f, h, w, -1),
-    ], dim=-1).reshape(f * h * w, 1, -1)
+    return torch.cat(
+        [
+            ft[:f].view(f, 1, 1, -1).expand(f, h, w, -1),
+            fh[:h].view(1, h, 1, -1).expand(f, h, w, -1),
+            fw[:w].view(1, 1, w, -1).expand(f, h, w, -1),
+        ],
+        dim=-1,
+    ).reshape(f * h * w, 1, -1)
 
 
 def rope_apply(x: torch.Tensor, freqs: torch.Tensor, heads: int) -> torch.Tensor:
@@ -56,8 +59,9 @@ def linear(sd: dict, prefix: str, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, sd[prefix + ".weight"], sd.get(prefix + ".bias"))
 
 
-def attention(sd: dict, p: str, x: torch.Tensor, ctx: torch.Tensor, heads: int, eps: float,
-              freqs: torch.Tensor | None) -> torch.Tensor:
+def attention(
+    sd: dict, p: str, x: torch.Tensor, ctx: torch.Tensor, heads: int, eps: float, freqs: torch.Tensor | None
+) -> torch.Tensor:
     q = rms_norm(linear(sd, p + ".q", x), sd[p + ".norm_q.weight"], eps)
     k = rms_norm(linear(sd, p + ".k", ctx), sd[p + ".norm_k.weight"], eps)
     v = linear(sd, p + ".v", ctx)
@@ -69,9 +73,17 @@ def attention(sd: dict, p: str, x: torch.Tensor, ctx: torch.Tensor, heads: int, 
     return linear(sd, p + ".o", out)
 
 
-def release_forward(sd: dict, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-                    source: torch.Tensor | None = None, semantic: torch.Tensor | None = None,
-                    heads: int = 2, eps: float = 1e-6, sem_eps: float = 1e-6):
+def release_forward(
+    sd: dict,
+    x: torch.Tensor,
+    timestep: torch.Tensor,
+    context: torch.Tensor,
+    source: torch.Tensor | None = None,
+    semantic: torch.Tensor | None = None,
+    heads: int = 2,
+    eps: float = 1e-6,
+    sem_eps: float = 1e-6,
+):
     """One denoiser call. x (B, C, F, H, W), timestep (B,), context (B, L, text_dim),
     source latents or None, semantic noisy tokens (B, N, D_sig) or None.
     Returns (velocity (B, C, F, H, W), semantic prediction or None)."""
@@ -93,12 +105,17 @@ def release_forward(sd: dict, x: torch.Tensor, timestep: torch.Tensor, context: 
     segs, freqs, types = [], [], []
     if source is not None:
         src, grid = patchify(source)
-        segs.append(src), freqs.append(grid_freqs(tables, *grid)), types.append(torch.zeros(src.shape[1], dtype=torch.long))
+        (
+            segs.append(src),
+            freqs.append(grid_freqs(tables, *grid)),
+            types.append(torch.zeros(src.shape[1], dtype=torch.long)),
+        )
     n_src = sum(s.shape[1] for s in segs)
     n_sem = 0
     if semantic is not None:
-        s = F.layer_norm(semantic, semantic.shape[-1:], sd["siglip_feat_mlp.norm.weight"],
-                         sd["siglip_feat_mlp.norm.bias"], sem_eps)
+        s = F.layer_norm(
+            semantic, semantic.shape[-1:], sd["siglip_feat_mlp.norm.weight"], sd["siglip_feat_mlp.norm.bias"], sem_eps
+        )
         s = linear(sd, "siglip_feat_mlp.fc2", F.gelu(linear(sd, "siglip_feat_mlp.fc1", s)))
         n_sem = s.shape[1]
         segs.append(s)
@@ -128,7 +145,7 @@ def release_forward(sd: dict, x: torch.Tensor, timestep: torch.Tensor, context: 
         sem_pred = linear(sd, "semantic_head.proj", hs)
     shift, scale = (sd["head.modulation"] + t.unsqueeze(1)).chunk(2, dim=1)
     out = linear(sd, "head.head", F.layer_norm(tokens, (dim,), eps=eps) * (1 + scale) + shift)
-    out = out[:, -tgt.shape[1]:]
+    out = out[:, -tgt.shape[1] :]
     c = out.shape[-1] // math.prod(patch)
     b = x.shape[0]
     out = out.view(b, f, h, w, *patch, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
@@ -141,9 +158,18 @@ def release_sigmas(steps: int, shift: float = 5.0) -> torch.Tensor:
     return shift * s / (1 + (shift - 1) * s)
 
 
-def release_sample(sd: dict, latents: torch.Tensor, semantic: torch.Tensor | None, context: torch.Tensor,
-                   negative: torch.Tensor, source: torch.Tensor | None, steps: int, cfg: float = 5.0,
-                   shift: float = 5.0, heads: int = 2):
+def release_sample(
+    sd: dict,
+    latents: torch.Tensor,
+    semantic: torch.Tensor | None,
+    context: torch.Tensor,
+    negative: torch.Tensor,
+    source: torch.Tensor | None,
+    steps: int,
+    cfg: float = 5.0,
+    shift: float = 5.0,
+    heads: int = 2,
+):
     """The release's denoising loop: Euler on the shifted grid, text CFG on both states."""
     sigmas = release_sigmas(steps, shift)
     timesteps = sigmas * 1000
@@ -159,9 +185,20 @@ def release_sample(sd: dict, latents: torch.Tensor, semantic: torch.Tensor | Non
     return latents, semantic
 
 
-def random_release_state_dict(dim: int = 32, heads: int = 2, layers: int = 2, in_ch: int = 16, text_dim: int = 32,
-                              freq_dim: int = 32, ffn: int = 64, sem_dim: int = 32, sem_hidden: int = 32,
-                              sama: bool = True, seed: int = 0, std: float = 0.2) -> dict[str, torch.Tensor]:
+def random_release_state_dict(
+    dim: int = 32,
+    heads: int = 2,
+    layers: int = 2,
+    in_ch: int = 16,
+    text_dim: int = 32,
+    freq_dim: int = 32,
+    ffn: int = 64,
+    sem_dim: int = 32,
+    sem_hidden: int = 32,
+    sama: bool = True,
+    seed: int = 0,
+    std: float = 0.2,
+) -> dict[str, torch.Tensor]:
     """A random model in the release's key names (every tensor non-trivial)."""
     g = torch.Generator().manual_seed(seed)
 
@@ -169,13 +206,20 @@ def random_release_state_dict(dim: int = 32, heads: int = 2, layers: int = 2, in
         return torch.randn(*shape, generator=g) * s
 
     sd = {
-        "patch_embedding.weight": r(dim, in_ch, 1, 2, 2), "patch_embedding.bias": r(dim),
-        "text_embedding.0.weight": r(dim, text_dim), "text_embedding.0.bias": r(dim),
-        "text_embedding.2.weight": r(dim, dim), "text_embedding.2.bias": r(dim),
-        "time_embedding.0.weight": r(dim, freq_dim), "time_embedding.0.bias": r(dim),
-        "time_embedding.2.weight": r(dim, dim), "time_embedding.2.bias": r(dim),
-        "time_projection.1.weight": r(6 * dim, dim), "time_projection.1.bias": r(6 * dim),
-        "head.head.weight": r(in_ch * 4, dim), "head.head.bias": r(in_ch * 4),
+        "patch_embedding.weight": r(dim, in_ch, 1, 2, 2),
+        "patch_embedding.bias": r(dim),
+        "text_embedding.0.weight": r(dim, text_dim),
+        "text_embedding.0.bias": r(dim),
+        "text_embedding.2.weight": r(dim, dim),
+        "text_embedding.2.bias": r(dim),
+        "time_embedding.0.weight": r(dim, freq_dim),
+        "time_embedding.0.bias": r(dim),
+        "time_embedding.2.weight": r(dim, dim),
+        "time_embedding.2.bias": r(dim),
+        "time_projection.1.weight": r(6 * dim, dim),
+        "time_projection.1.bias": r(6 * dim),
+        "head.head.weight": r(in_ch * 4, dim),
+        "head.head.bias": r(in_ch * 4),
         "head.modulation": r(1, 2, dim),
     }
     for i in range(layers):
@@ -189,12 +233,19 @@ def random_release_state_dict(dim: int = 32, heads: int = 2, layers: int = 2, in
         sd[f"{p}.ffn.2.weight"], sd[f"{p}.ffn.2.bias"] = r(dim, ffn), r(dim)
         sd[f"{p}.modulation"] = r(1, 6, dim)
     if sama:
-        sd.update({
-            "segment_embedding.weight": r(3, dim, s=1.0),
-            "siglip_feat_mlp.norm.weight": 1 + r(sem_dim), "siglip_feat_mlp.norm.bias": r(sem_dim),
-            "siglip_feat_mlp.fc1.weight": r(sem_hidden, sem_dim), "siglip_feat_mlp.fc1.bias": r(sem_hidden),
-            "siglip_feat_mlp.fc2.weight": r(dim, sem_hidden), "siglip_feat_mlp.fc2.bias": r(dim),
-            "semantic_head.norm.weight": 1 + r(dim), "semantic_head.norm.bias": r(dim),
-            "semantic_head.proj.weight": r(sem_dim, dim), "semantic_head.proj.bias": r(sem_dim),
-        })
+        sd.update(
+            {
+                "segment_embedding.weight": r(3, dim, s=1.0),
+                "siglip_feat_mlp.norm.weight": 1 + r(sem_dim),
+                "siglip_feat_mlp.norm.bias": r(sem_dim),
+                "siglip_feat_mlp.fc1.weight": r(sem_hidden, sem_dim),
+                "siglip_feat_mlp.fc1.bias": r(sem_hidden),
+                "siglip_feat_mlp.fc2.weight": r(dim, sem_hidden),
+                "siglip_feat_mlp.fc2.bias": r(dim),
+                "semantic_head.norm.weight": 1 + r(dim),
+                "semantic_head.norm.bias": r(dim),
+                "semantic_head.proj.weight": r(sem_dim, dim),
+                "semantic_head.proj.bias": r(sem_dim),
+            }
+        )
     return sd

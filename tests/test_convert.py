@@ -52,9 +52,18 @@ def release(tmp_path_factory):
 
 
 def test_key_maps_are_inverse():
-    for ours in ["blocks.3.attn1.to_out.0.weight", "blocks.0.ffn.net.0.proj.bias", "blocks.1.scale_shift_table",
-                 "scale_shift_table", "proj_out.weight", "condition_embedder.time_proj.bias", "type_embed.weight",
-                 "semantic_projector.3.weight", "semantic_head.0.bias", "blocks.2.norm2.weight"]:
+    for ours in [
+        "blocks.3.attn1.to_out.0.weight",
+        "blocks.0.ffn.net.0.proj.bias",
+        "blocks.1.scale_shift_table",
+        "scale_shift_table",
+        "proj_out.weight",
+        "condition_embedder.time_proj.bias",
+        "type_embed.weight",
+        "semantic_projector.3.weight",
+        "semantic_head.0.bias",
+        "blocks.2.norm2.weight",
+    ]:
         assert release_to_ours(ours_to_release(ours)) == ours
     assert ours_to_release("blocks.1.scale_shift_table") == "blocks.1.modulation"
     assert ours_to_release("scale_shift_table") == "head.modulation"
@@ -104,7 +113,12 @@ def test_sharded_pickles_with_a_wrapper_prefix_and_dtype(tmp_path):
     torch.save({"model." + k: sd[k] for k in keys[:40]}, folder / "part1.pth")
     torch.save({"state_dict": {"model." + k: sd[k] for k in keys[40:]}}, folder / "part2.pth")
     dst = str(tmp_path / "out")
-    convert(str(folder), dst, "release", overrides={"dtype": "bfloat16", "num_semantic_tokens": 10, "num_attention_heads": 2})
+    convert(
+        str(folder),
+        dst,
+        "release",
+        overrides={"dtype": "bfloat16", "num_semantic_tokens": 10, "num_attention_heads": 2},
+    )
     stored = load_file(os.path.join(dst, "diffusion_pytorch_model.safetensors"))
     assert {t.dtype for t in stored.values()} == {torch.bfloat16}
     model = SamaTransformer3DModel.from_pretrained(dst, torch_dtype=torch.bfloat16)
@@ -122,11 +136,18 @@ def test_original_wan_converts_to_a_plain_wan_model(tmp_path):
     half = sorted(sd)
     save_file({k: sd[k] for k in half[:30]}, str(folder / "diffusion_pytorch_model-00001-of-00002.safetensors"))
     save_file({k: sd[k] for k in half[30:]}, str(folder / "diffusion_pytorch_model-00002-of-00002.safetensors"))
-    json.dump({"weight_map": {k: f"diffusion_pytorch_model-0000{1 + (i >= 30)}-of-00002.safetensors"
-                              for i, k in enumerate(half)}},
-              open(folder / "diffusion_pytorch_model.safetensors.index.json", "w"))
-    json.dump({"_class_name": "WanModel", "dim": 32, "num_heads": 2, "eps": 1e-6, "model_type": "t2v"},
-              open(folder / "config.json", "w"))
+    json.dump(
+        {
+            "weight_map": {
+                k: f"diffusion_pytorch_model-0000{1 + (i >= 30)}-of-00002.safetensors" for i, k in enumerate(half)
+            }
+        },
+        open(folder / "diffusion_pytorch_model.safetensors.index.json", "w"),
+    )
+    json.dump(
+        {"_class_name": "WanModel", "dim": 32, "num_heads": 2, "eps": 1e-6, "model_type": "t2v"},
+        open(folder / "config.json", "w"),
+    )
     dst = str(tmp_path / "wan-diffusers")
     convert(str(folder), dst, "wan")
     assert json.load(open(os.path.join(dst, "config.json")))["_class_name"] == "WanTransformer3DModel"
@@ -155,7 +176,9 @@ def test_bad_checkpoints_name_the_key_and_file(tmp_path):
         convert(src, str(tmp_path / "a"), "release")
     bad = dict(sd, **{"blocks.0.self_attn.q.weight": torch.zeros(32, 16)})
     src = _save_release(tmp_path, bad, "bad.safetensors")
-    with pytest.raises(CheckpointError, match=r"bad\.safetensors: blocks\.0\.self_attn\.q\.weight has shape \[32, 16\]"):
+    with pytest.raises(
+        CheckpointError, match=r"bad\.safetensors: blocks\.0\.self_attn\.q\.weight has shape \[32, 16\]"
+    ):
         convert(src, str(tmp_path / "b"), "release")
     extra = dict(sd, **{"img_emb.proj.0.weight": torch.zeros(4)})
     with pytest.raises(CheckpointError, match="I2V"):
@@ -257,20 +280,40 @@ def test_four_sampler_steps_match_the_release(release, path):
     neg = torch.randn(1, 7, 32, generator=torch.Generator().manual_seed(8))
     ref_lat, ref_sem = release_sample(sd, x["x"], x["sem"], x["ctx"], neg, x["src"], steps=4, heads=HEADS)
     pipe = _pipeline(dst)  # the defaults: flow-match Euler, shift 5, CFG 5
-    out = pipe(prompt_embeds=x["ctx"], negative_prompt_embeds=neg, source_latents=x["src"], latents=x["x"],
-               semantic_latents=x["sem"], num_inference_steps=4, output_type="latent")
+    out = pipe(
+        prompt_embeds=x["ctx"],
+        negative_prompt_embeds=neg,
+        source_latents=x["src"],
+        latents=x["x"],
+        semantic_latents=x["sem"],
+        num_inference_steps=4,
+        output_type="latent",
+    )
     torch.testing.assert_close(out.latents, ref_lat, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.semantic, ref_sem, atol=1e-4, rtol=1e-4)
     # the velocity head is stepped as a velocity: read as clean tokens, the semantic state differs
     old = _pipeline(dst)
     old.transformer.register_to_config(semantic_prediction="sample")
-    sem_old = old(prompt_embeds=x["ctx"], negative_prompt_embeds=neg, source_latents=x["src"], latents=x["x"],
-                  semantic_latents=x["sem"], num_inference_steps=4, output_type="latent").semantic
+    sem_old = old(
+        prompt_embeds=x["ctx"],
+        negative_prompt_embeds=neg,
+        source_latents=x["src"],
+        latents=x["x"],
+        semantic_latents=x["sem"],
+        num_inference_steps=4,
+        output_type="latent",
+    ).semantic
     assert (sem_old - ref_sem).abs().max() > 1e-2
     # and UniPC with shift 3 (the old default) is another sampler
     unipc = _pipeline(dst, sampler="unipc", shift=3.0)(
-        prompt_embeds=x["ctx"], negative_prompt_embeds=neg, source_latents=x["src"], latents=x["x"],
-        semantic_latents=x["sem"], num_inference_steps=4, output_type="latent")
+        prompt_embeds=x["ctx"],
+        negative_prompt_embeds=neg,
+        source_latents=x["src"],
+        latents=x["x"],
+        semantic_latents=x["sem"],
+        num_inference_steps=4,
+        output_type="latent",
+    )
     assert (unipc.latents - ref_lat).abs().max() > 1e-2
 
 

@@ -14,8 +14,14 @@ def test_demo_runs_end_to_end(ray_cluster, tmp_path):
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     # A relative --dir, as a user types it: every job must resolve it against the caller's cwd
     # (Ray Train workers, for one, run elsewhere).
-    res = subprocess.run([sys.executable, "-m", "sama.jobs.cli", "demo", "--dir", "demo", "-n", "1"],
-                         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "sama.jobs.cli", "demo", "--dir", "demo", "-n", "1"],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "total" in res.stdout and os.path.exists(tmp_path / "demo" / "outputs" / "ingest" / "summary.json")
     assert os.path.isdir(tmp_path / "demo" / "outputs" / "train_stage1" / "export" / "transformer")

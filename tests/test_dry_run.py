@@ -32,8 +32,15 @@ def test_precompute_cluster_recipe_dry_run(capsys):
     assert "8..64 actors x 1.0 GPU" in out
 
 
-@pytest.mark.parametrize("recipe,params", [("train_stage0_wan14b", "14.30 B"), ("train_stage1_wan14b", "14.30 B"),
-                                           ("train_stage0_wan1_3b", "1.42 B"), ("train_stage1_wan1_3b", "1.42 B")])
+@pytest.mark.parametrize(
+    "recipe,params",
+    [
+        ("train_stage0_wan14b", "14.30 B"),
+        ("train_stage1_wan14b", "14.30 B"),
+        ("train_stage0_wan1_3b", "1.42 B"),
+        ("train_stage1_wan1_3b", "1.42 B"),
+    ],
+)
 def test_train_cluster_recipes_dry_run(recipe, params, capsys):
     import tracemalloc
 
@@ -55,8 +62,9 @@ def test_train_dry_run_refuses_what_cannot_fit(capsys):
     assert "not divisible by the 50 data-parallel groups (workers.num_workers=100" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("recipe", ["train_stage0_wan14b", "train_stage1_wan14b", "train_stage0_wan1_3b",
-                                    "train_stage1_wan1_3b"])
+@pytest.mark.parametrize(
+    "recipe", ["train_stage0_wan14b", "train_stage1_wan14b", "train_stage0_wan1_3b", "train_stage1_wan1_3b"]
+)
 @pytest.mark.parametrize("cluster", ["infra/kuberay/raycluster.yaml", "infra/cluster-launcher/aws.yaml"])
 def test_shipped_recipes_fit_h100_and_h200_and_place_on_the_shipped_clusters(recipe, cluster, capsys):
     import os
@@ -76,16 +84,28 @@ def test_dry_run_refuses_what_does_not_fit_or_place(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "more than a H100's 79.6" in err and "470,855 tokens" in err
     # the 14B without activation checkpointing
-    assert main(["run", job_yaml("train_stage0_wan14b"), "train.engine.activation_checkpointing=false",
-                 "--dry-run"]) == 2
+    assert (
+        main(["run", job_yaml("train_stage0_wan14b"), "train.engine.activation_checkpointing=false", "--dry-run"]) == 2
+    )
     assert "enable engine.activation_checkpointing" in capsys.readouterr().err
     # the old per-worker ask (12 CPU, 200 GiB) cannot be placed on 64-CPU / 512 GiB pods
     import os
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    assert main(["run", job_yaml("train_stage0_wan14b"), "train.workers.cpus_per_worker=12",
-                 "train.workers.memory_per_worker_gb=200", "--dry-run", "--cluster",
-                 os.path.join(repo, "infra/kuberay/raycluster.yaml")]) == 2
+    assert (
+        main(
+            [
+                "run",
+                job_yaml("train_stage0_wan14b"),
+                "train.workers.cpus_per_worker=12",
+                "train.workers.memory_per_worker_gb=200",
+                "--dry-run",
+                "--cluster",
+                os.path.join(repo, "infra/kuberay/raycluster.yaml"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "cannot be placed" in err and "104 CPU > 64" in err and "1600 GiB > 358" in err
     # a cluster file that is neither kind

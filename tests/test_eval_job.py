@@ -17,8 +17,12 @@ from sama.testing.media import write_video
 
 pytestmark = pytest.mark.slow
 KEY = "sk-eval-test-key-0123456789"
-ITEMS = [("a", "make the square red", "color"), ("b", "make it night", "color"),
-         ("c", "add a hat", "add"), ("d", "remove the square", "remove")]
+ITEMS = [
+    ("a", "make the square red", "color"),
+    ("b", "make it night", "color"),
+    ("c", "add a hat", "add"),
+    ("d", "remove the square", "remove"),
+]
 
 
 def write_set(root: str, items=ITEMS, extra: list[list[str]] = ()) -> str:
@@ -40,8 +44,9 @@ def bench(tmp_path_factory) -> str:
 
 
 def run_eval(manifest: str, out: str, *extra: str) -> dict:
-    return launcher.run(job_yaml("eval"), [f"output={out}", f"evaluate.manifest={manifest}", "evaluate.score.batch_size=4",
-                                           *extra])
+    return launcher.run(
+        job_yaml("eval"), [f"output={out}", f"evaluate.manifest={manifest}", "evaluate.score.batch_size=4", *extra]
+    )
 
 
 def mtimes(out: str, sub: str) -> dict:
@@ -51,20 +56,37 @@ def mtimes(out: str, sub: str) -> dict:
 def test_judged_run_tables_rerun_and_report(ray_cluster, bench, judge_server, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("SAMA_EVAL_KEY", KEY)
     manifest, out = write_set(bench), str(tmp_path / "run")
-    judge = ["evaluate.judge.backend=openai", f"evaluate.judge.base_url={judge_server.base_url}",
-             "evaluate.judge.model=fake-vlm", "evaluate.judge.api_key_env=SAMA_EVAL_KEY",
-             "evaluate.judge.malformed_retries=0", "evaluate.judge.backoff_base=0.01", "evaluate.judge.timeout=10"]
+    judge = [
+        "evaluate.judge.backend=openai",
+        f"evaluate.judge.base_url={judge_server.base_url}",
+        "evaluate.judge.model=fake-vlm",
+        "evaluate.judge.api_key_env=SAMA_EVAL_KEY",
+        "evaluate.judge.malformed_retries=0",
+        "evaluate.judge.backoff_base=0.01",
+        "evaluate.judge.timeout=10",
+    ]
     judge_server.reset_stats()
-    judge_server.script([("make it night", ["low"]), ("add a hat", ["malformed"]), ("remove the square", ["status:503", "ok"])])
+    judge_server.script(
+        [("make it night", ["low"]), ("add a hat", ["malformed"]), ("remove the square", ["status:503", "ok"])]
+    )
     s = run_eval(manifest, out, *judge)
     r = read_results(out).set_index("item_id").sort_index()
     assert list(r.index) == ["a", "b", "c", "d"] and set(r.judge_model) == {"openai:fake-vlm"}
     assert list(r.status) == ["ok", "ok", "error", "ok"] and r.at["c", "error_kind"] == "judge_error"
     assert set(r.at["a", "rubrics"]) == {"openve-v1", "reco-v1", "vie-v1"}
     top, low = dict(r.at["a", "judge_scores"]), dict(r.at["b", "judge_scores"])
-    assert top == {"openve.instruction_compliance": 5, "openve.detail_fidelity": 5, "openve.visual_quality": 5,
-                   "openve.overall": 5, "reco.edit_accuracy": 10, "reco.naturalness": 10, "reco.quality": 10,
-                   "reco.overall": 10, "vie.instruction_following": 10, "vie.quality": 10}
+    assert top == {
+        "openve.instruction_compliance": 5,
+        "openve.detail_fidelity": 5,
+        "openve.visual_quality": 5,
+        "openve.overall": 5,
+        "reco.edit_accuracy": 10,
+        "reco.naturalness": 10,
+        "reco.quality": 10,
+        "reco.overall": 10,
+        "vie.instruction_following": 10,
+        "vie.quality": 10,
+    }
     assert low["openve.overall"] == 1 and low["reco.overall"] == 0 and low["vie.quality"] == 0
     assert r.at["d", "judge_attempts"] >= 4  # a 503 retried, nothing lost
     # every edit and its metrics are there; the tiny model's edits are noise, so fidelity is unmeasurable
@@ -113,8 +135,13 @@ def test_compare_two_checkpoints_metrics_only(ray_cluster, bench, tmp_path):
     a, b, cmp = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "cmp")
     sa = run_eval(manifest, a)  # the YAML's default: judge off, metrics only
     # the tiny checkpoint's semantic sizes (a real one keeps SigLIP so400m's 1152 / 1024)
-    sb = run_eval(manifest, b, f"evaluate.model.checkpoint={ckpt}", "evaluate.model.transformer.semantic_dim=32",
-                  "evaluate.model.transformer.semantic_hidden_dim=32")
+    sb = run_eval(
+        manifest,
+        b,
+        f"evaluate.model.checkpoint={ckpt}",
+        "evaluate.model.transformer.semantic_dim=32",
+        "evaluate.model.transformer.semantic_hidden_dim=32",
+    )
     assert sa["judge_model"] == "none:off" and sb["model"] == "ckpt-seed1" and sa["edit_digest"] != sb["edit_digest"]
     ra = read_results(a).set_index("item_id")
     assert ra.judge_scores.isna().all() and set(ra.rubrics.map(len)) == {0}
@@ -159,6 +186,11 @@ def test_bad_inputs_fail_clearly(ray_cluster, bench, tmp_path, monkeypatch):
         run_eval(manifest, str(tmp_path / "x"), "evaluate.rubrics=[openve,nope]")
     monkeypatch.delenv("NO_SUCH_EVAL_KEY", raising=False)
     with pytest.raises(ValueError, match="NO_SUCH_EVAL_KEY is not set"):
-        run_eval(manifest, str(tmp_path / "k"), "evaluate.judge.backend=openai", "evaluate.judge.api_key_env=NO_SUCH_EVAL_KEY")
+        run_eval(
+            manifest,
+            str(tmp_path / "k"),
+            "evaluate.judge.backend=openai",
+            "evaluate.judge.api_key_env=NO_SUCH_EVAL_KEY",
+        )
     with pytest.raises(ManifestError, match="does not exist"):
         run_eval(str(tmp_path / "none.csv"), str(tmp_path / "n"))

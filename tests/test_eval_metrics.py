@@ -19,16 +19,30 @@ from sama.pipelines.evaluate.metrics import MetricsConfig, block_flow, downscale
 def test_openve_caps_fidelity_and_quality_by_compliance():
     r = EVAL_RUBRICS["openve"]
     out = aggregate(r, {"instruction_compliance": 2, "detail_fidelity": 5, "visual_quality": 1})
-    assert out == {"openve.instruction_compliance": 2, "openve.detail_fidelity": 2, "openve.visual_quality": 1,
-                   "openve.overall": pytest.approx(5 / 3)}
-    assert aggregate(r, {"instruction_compliance": 5, "detail_fidelity": 4, "visual_quality": 3})["openve.overall"] == 4.0
+    assert out == {
+        "openve.instruction_compliance": 2,
+        "openve.detail_fidelity": 2,
+        "openve.visual_quality": 1,
+        "openve.overall": pytest.approx(5 / 3),
+    }
+    assert (
+        aggregate(r, {"instruction_compliance": 5, "detail_fidelity": 4, "visual_quality": 3})["openve.overall"] == 4.0
+    )
 
 
 def test_reco_geometric_mean_per_group_arithmetic_overall():
     r = EVAL_RUBRICS["reco"]
-    scores = {"semantic_accuracy": 8, "scope_precision": 2, "content_preservation": 4,  # (64)^(1/3) = 4
-              "appearance": 9, "scale": 9, "motion": 9,  # 9
-              "fidelity": 10, "temporal_stability": 0, "edit_stability": 10}  # a zero zeroes the group
+    scores = {
+        "semantic_accuracy": 8,
+        "scope_precision": 2,
+        "content_preservation": 4,  # (64)^(1/3) = 4
+        "appearance": 9,
+        "scale": 9,
+        "motion": 9,  # 9
+        "fidelity": 10,
+        "temporal_stability": 0,
+        "edit_stability": 10,
+    }  # a zero zeroes the group
     out = aggregate(r, scores)
     assert out["reco.edit_accuracy"] == pytest.approx(4.0)
     assert out["reco.naturalness"] == pytest.approx(9.0)
@@ -39,8 +53,10 @@ def test_reco_geometric_mean_per_group_arithmetic_overall():
 
 def test_vie_scores_pass_through_and_answers_validate():
     r = EVAL_RUBRICS["vie"]
-    assert aggregate(r, {"instruction_following": 9, "quality": 7}) == {"vie.instruction_following": 9.0,
-                                                                        "vie.quality": 7.0}
+    assert aggregate(r, {"instruction_following": 9, "quality": 7}) == {
+        "vie.instruction_following": 9.0,
+        "vie.quality": 7.0,
+    }
     a = parse_answer(json.dumps({"scores": {"instruction_following": 10, "quality": 0}, "reason": "x"}), r)
     assert a.scores == {"instruction_following": 10.0, "quality": 0.0}
     with pytest.raises(ValueError, match="outside 0-10"):
@@ -136,8 +152,9 @@ def _touch(path):
 
 def test_user_csv_and_jsonl(tmp_path):
     _touch(tmp_path / "a.mp4")
-    (tmp_path / "set.csv").write_text("source,instruction,category,id\na.mp4,make it red,color,x1\n"
-                                      "a.mp4,add a hat,add,\n")
+    (tmp_path / "set.csv").write_text(
+        "source,instruction,category,id\na.mp4,make it red,color,x1\na.mp4,add a hat,add,\n"
+    )
     items = read_manifest(str(tmp_path / "set.csv"))
     assert [(i.item_id, i.category, i.benchmark) for i in items][1] == ("x1", "color", "user")
     assert items[0].source_uri == str(tmp_path / "a.mp4") and len(items[0].item_id) == 12  # id from content
@@ -156,13 +173,16 @@ def test_benchmark_variants(tmp_path):
     # ReCo-style task folders with JSON configs and masks
     rc = tmp_path / "reco"
     _touch(rc / "replace" / "src_videos" / "v1.mp4")
-    (rc / "replace" / "replace_data_configs.json").write_text(json.dumps(
-        [{"id": "r1", "src_video": "v1.mp4", "instruction": "replace the cat", "mask": "v1_mask.mp4"}]))
+    (rc / "replace" / "replace_data_configs.json").write_text(
+        json.dumps([{"id": "r1", "src_video": "v1.mp4", "instruction": "replace the cat", "mask": "v1_mask.mp4"}])
+    )
     it = read_manifest(str(rc), "auto")[0]
     assert it.benchmark == "reco" and it.category == "replace" and it.source_uri.endswith("replace/src_videos/v1.mp4")
     assert it.mask_uri.endswith("v1_mask.mp4")
     # VIE-style JSON mapping id -> record
-    (tmp_path / "vie.json").write_text(json.dumps({"v1": {"video": "/x/1.mp4", "edit_prompt": "p", "category": "style"}}))
+    (tmp_path / "vie.json").write_text(
+        json.dumps({"v1": {"video": "/x/1.mp4", "edit_prompt": "p", "category": "style"}})
+    )
     it = read_manifest(str(tmp_path / "vie.json"), "vie", benchmark="VIE-Bench")[0]
     assert (it.item_id, it.category, it.benchmark) == ("v1", "style", "VIE-Bench")
 
@@ -194,12 +214,27 @@ def save_tiny_clip(path: str) -> str:
 
     tok = tiny_tokenizer()
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=64, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, bos_token_id=0),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
     torch.manual_seed(0)
     CLIPModel(cfg).eval().save_pretrained(path)
     tok.save_pretrained(path)

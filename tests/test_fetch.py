@@ -37,11 +37,31 @@ def server():
         yield s
 
 
-def item(out: str, id: str, url: str, kind: str = "image", group: str | None = None, start=None, end=None,
-         method: str = "http") -> dict:
-    return {"id": id, "dataset": "t", "group": group or url, "kind": kind, "source_url": url, "fetch_url": url,
-            "method": method, "output_uri": storage.join(out, id), "start": start, "end": end, "row": "meta.jsonl:1",
-            "error": None, "detail": None}
+def item(
+    out: str,
+    id: str,
+    url: str,
+    kind: str = "image",
+    group: str | None = None,
+    start=None,
+    end=None,
+    method: str = "http",
+) -> dict:
+    return {
+        "id": id,
+        "dataset": "t",
+        "group": group or url,
+        "kind": kind,
+        "source_url": url,
+        "fetch_url": url,
+        "method": method,
+        "output_uri": storage.join(out, id),
+        "start": start,
+        "end": end,
+        "row": "meta.jsonl:1",
+        "error": None,
+        "detail": None,
+    }
 
 
 def fetcher(**kw) -> Fetcher:
@@ -60,8 +80,9 @@ def test_routing_picks_ytdlp_for_video_sites_and_http_otherwise(tmp_path):
     for url in ("http://127.0.0.1:8000/abc.mp4", "https://farm2.staticflickr.com/1/x.jpg", "https://notyoutube.com/v"):
         assert route(url, hosts) == "http"
     (tmp_path / "Koala_36M_1.csv").write_text(
-        "videoID,url,timestamp,caption\nabc,https://www.youtube.com/watch?v=abc,\"[1.0, 3.5]\",c\n"
-        "xyz,https://www.youtube.com/watch?v=xyz,soon,c\n")
+        'videoID,url,timestamp,caption\nabc,https://www.youtube.com/watch?v=abc,"[1.0, 3.5]",c\n'
+        "xyz,https://www.youtube.com/watch?v=xyz,soon,c\n"
+    )
     unit = str(tmp_path / "Koala_36M_1.csv")
     auto = list(KoalaSource(KoalaFetchConfig(root=str(tmp_path)), hosts).items(unit))
     assert auto[0]["method"] == "ytdlp" and auto[0]["id"] == "abc_1000-3500.mp4"
@@ -71,8 +92,11 @@ def test_routing_picks_ytdlp_for_video_sites_and_http_otherwise(tmp_path):
     assert next(KoalaSource(mirror, hosts).items(unit))["method"] == "http"
     mirror.downloader = "ytdlp"
     it = next(KoalaSource(mirror, hosts).items(unit))
-    assert (it["method"], it["fetch_url"], it["source_url"]) == ("ytdlp", "http://127.0.0.1:1/abc.mp4",
-                                                                  "https://www.youtube.com/watch?v=abc")
+    assert (it["method"], it["fetch_url"], it["source_url"]) == (
+        "ytdlp",
+        "http://127.0.0.1:1/abc.mp4",
+        "https://www.youtube.com/watch?v=abc",
+    )
 
 
 def test_failures_are_recorded_with_reasons_and_only_transient_ones_retried(server, tmp_path):
@@ -93,19 +117,43 @@ def test_failures_are_recorded_with_reasons_and_only_transient_ones_retried(serv
     f = fetcher(http=HttpConfig(timeout=1.0, max_retries=2, backoff_base=0.01, max_bytes=4000))
     rows = by_id(f.run([item(out, f"{n}.jpg", server.url(f"/{n}.jpg")) for n in names]))
 
-    want = {"ok": None, "flaky": None, "down": "http_5xx", "missing": "http_404", "forbidden": "http_403",
-            "slow": "timeout", "short": "truncated", "gone": "removed", "big": "too_large", "text": "undecodable"}
+    want = {
+        "ok": None,
+        "flaky": None,
+        "down": "http_5xx",
+        "missing": "http_404",
+        "forbidden": "http_403",
+        "slow": "timeout",
+        "short": "truncated",
+        "gone": "removed",
+        "big": "too_large",
+        "text": "undecodable",
+    }
     assert {n: rows[f"{n}.jpg"]["error"] for n in names} == want
     assert all(rows[f"{n}.jpg"]["status"] == ("ok" if want[n] is None else "failed") for n in names)
     assert all(server.url(f"/{n}.jpg") in rows[f"{n}.jpg"]["detail"] for n in names if want[n])  # names the URL
     # retried: 5xx, timeouts, short bodies (3 attempts = max_retries + 1); never 403 / 404 / too large
     hits = {n: server.hits[f"/{n}.jpg"] for n in names}
-    assert hits == {"ok": 1, "flaky": 3, "down": 3, "missing": 1, "forbidden": 1, "slow": 3, "short": 3, "gone": 1,
-                    "big": 1, "text": 1}
+    assert hits == {
+        "ok": 1,
+        "flaky": 3,
+        "down": 3,
+        "missing": 1,
+        "forbidden": 1,
+        "slow": 3,
+        "short": 3,
+        "gone": 1,
+        "big": 1,
+        "text": 1,
+    }
     assert rows["flaky.jpg"]["attempts"] == 3
     for n in ("ok", "flaky"):
         r = rows[f"{n}.jpg"]
-        assert r["sha256"] == hashlib.sha256(jpg).hexdigest() == hashlib.sha256(storage.read_bytes(r["output_uri"])).hexdigest()
+        assert (
+            r["sha256"]
+            == hashlib.sha256(jpg).hexdigest()
+            == hashlib.sha256(storage.read_bytes(r["output_uri"])).hexdigest()
+        )
         assert r["bytes"] == len(jpg)
     # a failure never leaves a file (or a partial one) behind
     assert sorted(os.listdir(out)) == ["flaky.jpg", "ok.jpg"]
@@ -136,8 +184,12 @@ def test_spans_are_cut_frame_accurately_to_their_duration(server, video, tmp_pat
     server.add("/v.mp4", data)
     out = str(tmp_path / "clips")
     url = server.url("/v.mp4")
-    spans = {"v_1250-3750.mp4": (1.25, 3.75), "v_0-2000.mp4": (0.0, 2.0), "v_8000-12000.mp4": (8.0, 12.0),
-             "v_2000-9000.mp4": (2.0, 9.0)}
+    spans = {
+        "v_1250-3750.mp4": (1.25, 3.75),
+        "v_0-2000.mp4": (0.0, 2.0),
+        "v_8000-12000.mp4": (8.0, 12.0),
+        "v_2000-9000.mp4": (2.0, 9.0),
+    }
     f = fetcher(cut=CutConfig(max_clip_seconds=5.0))
     rows = by_id(f.run([item(out, k, url, "clip", "v", s, e) for k, (s, e) in spans.items()]))
     assert server.hits["/v.mp4"] == 1  # one download for every span of a video
@@ -161,10 +213,14 @@ def test_spans_are_cut_frame_accurately_to_their_duration(server, video, tmp_pat
 def test_ytdlp_path_downloads_from_the_local_server(server, video, tmp_path):
     server.add("/yt/abc.mp4", video[1], ["500", "ok"])
     out = str(tmp_path / "clips")
-    rows = by_id(fetcher().run([
-        item(out, "abc_1000-3000.mp4", server.url("/yt/abc.mp4"), "clip", "abc", 1.0, 3.0, method="ytdlp"),
-        item(out, "gone_0-1000.mp4", server.url("/yt/gone.mp4"), "clip", "gone", 0.0, 1.0, method="ytdlp"),
-    ]))
+    rows = by_id(
+        fetcher().run(
+            [
+                item(out, "abc_1000-3000.mp4", server.url("/yt/abc.mp4"), "clip", "abc", 1.0, 3.0, method="ytdlp"),
+                item(out, "gone_0-1000.mp4", server.url("/yt/gone.mp4"), "clip", "gone", 0.0, 1.0, method="ytdlp"),
+            ]
+        )
+    )
     ok = rows["abc_1000-3000.mp4"]
     assert ok["status"] == "ok" and ok["attempts"] == 2 and abs(probe(ok["output_uri"]).duration - 2.0) <= 0.13
     assert rows["gone_0-1000.mp4"]["error"] == "http_404" and server.hits["/yt/gone.mp4"] >= 1
@@ -200,7 +256,8 @@ def test_per_host_concurrency_and_rate_limits_hold(server, tmp_path):
     gate = HostGate(HostLimitsConfig(default=HostLimit(concurrency=8, rate=10.0)))
     t0 = time.monotonic()
     Fetcher(FetchConfig(threads=8, http=FAST), Gate(gate)).run(
-        [item(str(tmp_path / "out2"), f"c{i}.jpg", server.url(f"/c{i}.jpg")) for i in range(6)])
+        [item(str(tmp_path / "out2"), f"c{i}.jpg", server.url(f"/c{i}.jpg")) for i in range(6)]
+    )
     assert time.monotonic() - t0 >= 0.5  # 6 starts at 10/s: the last starts >= 0.5 s after the first
     assert HostLimitsConfig(hosts={"youtube.com": HostLimit(1, 0.5)}).limit("www.youtube.com").concurrency == 1
 

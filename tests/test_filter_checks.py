@@ -21,8 +21,18 @@ def clip(tmp_path, name: str, data: np.ndarray) -> str:
 
 
 def row(tgt: str, src: str | None = None, task: str = "t2v", **cols) -> dict:
-    base = {"sample_id": "s", "dataset": "d", "task": task, "instruction": "x", "target_uri": tgt, "source_uri": src,
-            "tgt_width": W, "tgt_height": H, "tgt_frames": N, "tgt_duration": N / 8}
+    base = {
+        "sample_id": "s",
+        "dataset": "d",
+        "task": task,
+        "instruction": "x",
+        "target_uri": tgt,
+        "source_uri": src,
+        "tgt_width": W,
+        "tgt_height": H,
+        "tgt_frames": N,
+        "tgt_duration": N / 8,
+    }
     if src:
         base.update(src_width=W, src_height=H, src_frames=N, src_duration=N / 8)
     base.update(cols)
@@ -89,8 +99,10 @@ def test_edit_pairs_identical_and_different(tmp_path, moving):
 
 def test_metadata_checks(tmp_path, moving):
     path = clip(tmp_path, "m", moving)
-    res = check(row(path, path, task="video_edit", src_frames=17, tgt_width=W, tgt_height=H // 2, tgt_duration=0.2),
-                ChecksConfig(min_short_side=100, skip=["unchanged_target"]))
+    res = check(
+        row(path, path, task="video_edit", src_frames=17, tgt_width=W, tgt_height=H // 2, tgt_duration=0.2),
+        ChecksConfig(min_short_side=100, skip=["unchanged_target"]),
+    )
     assert res.failed == ["low_resolution", "too_short", "frame_count_mismatch", "size_mismatch"]
     assert all(path in d for d in res.details)
 

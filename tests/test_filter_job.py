@@ -17,13 +17,17 @@ KEY = "sk-job-test-key-9876543210"
 @pytest.fixture(scope="module")
 def ingested(ray_cluster, lookalikes, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ingest"))
-    launcher.run(job_yaml("ingest"), [f"output={out}", *[f"ingest.datasets.{k}.root={v}" for k, v in lookalikes.roots.items()]])
+    launcher.run(
+        job_yaml("ingest"), [f"output={out}", *[f"ingest.datasets.{k}.root={v}" for k, v in lookalikes.roots.items()]]
+    )
     return storage.join(out, "manifest")
 
 
 def run_filter(manifest: str, out: str, *extra: str) -> dict:
-    return launcher.run(job_yaml("filter"), [f"output={out}", f"filter.input={manifest}", "filter.shard_size=4",
-                                             "filter.checks.min_short_side=32", *extra])
+    return launcher.run(
+        job_yaml("filter"),
+        [f"output={out}", f"filter.input={manifest}", "filter.shard_size=4", "filter.checks.min_short_side=32", *extra],
+    )
 
 
 def outcome(out: str, manifest: str):
@@ -37,7 +41,11 @@ def outcome(out: str, manifest: str):
 
 
 def mtimes(out: str) -> dict:
-    return {p: os.path.getmtime(p) for p in storage.list_files(out) if "/_work/" in p or "/verdicts/" in p or "/manifest/" in p}
+    return {
+        p: os.path.getmtime(p)
+        for p in storage.list_files(out)
+        if "/_work/" in p or "/verdicts/" in p or "/manifest/" in p
+    }
 
 
 def test_cheap_checks_only_rerun_resume(ingested, tmp_path):
@@ -73,11 +81,19 @@ def test_cheap_checks_only_rerun_resume(ingested, tmp_path):
 def test_judge_over_http_errors_retry_cache_and_no_key_leak(ingested, tmp_path, judge_server, monkeypatch, capfd):
     monkeypatch.setenv("SAMA_JUDGE_KEY", KEY)
     out = str(tmp_path / "j")
-    args = ["filter.judge.backend=openai", f"filter.judge.base_url={judge_server.base_url}", "filter.judge.model=fake-vlm",
-            "filter.judge.api_key_env=SAMA_JUDGE_KEY", "filter.judge.malformed_retries=1",
-            "filter.judge.backoff_base=0.01", "filter.judge.timeout=5"]
+    args = [
+        "filter.judge.backend=openai",
+        f"filter.judge.base_url={judge_server.base_url}",
+        "filter.judge.model=fake-vlm",
+        "filter.judge.api_key_env=SAMA_JUDGE_KEY",
+        "filter.judge.malformed_retries=1",
+        "filter.judge.backoff_base=0.01",
+        "filter.judge.timeout=5",
+    ]
     judge_server.reset_stats()
-    judge_server.script([("watercolor", ["low"]), ("snowy", ["malformed"]), ("sky purple", ["status:429:0.2", "status:500", "ok"])])
+    judge_server.script(
+        [("watercolor", ["low"]), ("snowy", ["malformed"]), ("sky purple", ["status:429:0.2", "status:500", "ok"])]
+    )
     s = run_filter(ingested, out, *args)
     v = outcome(out, ingested)
     assert set(v.judge_model) == {"openai:fake-vlm"}
@@ -137,8 +153,11 @@ def fake_vlm(jc, log_dir: str, rules: dict[str, list[str]]):
         behaviour = rules[key][min(n, len(rules[key])) - 1] if key else "ok"
         schema = req["sampling_params"]["structured_outputs"]["json"]["properties"]
         pick = "maximum" if behaviour == "ok" else "minimum"
-        answer = {"scores": {k: v[pick] for k, v in schema["scores"]["properties"].items()}, "reason": behaviour,
-                  **({"flags": {k: False for k in schema["flags"]["properties"]}} if "flags" in schema else {})}
+        answer = {
+            "scores": {k: v[pick] for k, v in schema["scores"]["properties"].items()},
+            "reason": behaviour,
+            **({"flags": {k: False for k in schema["flags"]["properties"]}} if "flags" in schema else {}),
+        }
         text = "I think it is fine" if behaviour == "malformed" else json.dumps(answer)
         return from_reply({**req, "generated_text": text})
 
@@ -148,13 +167,23 @@ def fake_vlm(jc, log_dir: str, rules: dict[str, list[str]]):
 def test_judge_in_cluster_through_the_llm_processor_contract(ingested, tmp_path):
     """backend=vllm: pass 1 answers into the cache through an engine with Ray Data LLM's contract,
     pass 2 decides from it; malformed answers get another round, then become judge_error."""
-    cfg, entry = launcher.resolve(job_yaml("filter"), [
-        f"output={tmp_path / 'v'}", f"filter.input={ingested}", "filter.shard_size=4", "filter.checks.min_short_side=32",
-        "filter.judge.backend=vllm", "filter.judge.vllm.model_source=fake/vlm", "filter.judge.malformed_retries=1"])
+    cfg, entry = launcher.resolve(
+        job_yaml("filter"),
+        [
+            f"output={tmp_path / 'v'}",
+            f"filter.input={ingested}",
+            "filter.shard_size=4",
+            "filter.checks.min_short_side=32",
+            "filter.judge.backend=vllm",
+            "filter.judge.vllm.model_source=fake/vlm",
+            "filter.judge.malformed_retries=1",
+        ],
+    )
     log_dir = str(tmp_path / "requests")
     os.makedirs(log_dir)
-    engine = fake_vlm(cfg.filter.judge, log_dir, {"watercolor": ["low"], "snowy": ["malformed"],
-                                                  "sky purple": ["malformed", "ok"]})
+    engine = fake_vlm(
+        cfg.filter.judge, log_dir, {"watercolor": ["low"], "snowy": ["malformed"], "sky purple": ["malformed", "ok"]}
+    )
     s = entry(cfg, engine=engine)
     v = outcome(cfg.output, ingested)
     assert set(v.judge_model) == {"vllm:fake/vlm"} and s["judge_model"] == "vllm:fake/vlm"
@@ -190,7 +219,9 @@ def test_bad_config_fails_clearly(ingested, tmp_path, monkeypatch):
         run_filter(ingested, str(tmp_path / "v"), "filter.judge.backend=vllm")
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     with pytest.raises(ValueError, match="NO_SUCH_KEY_VAR is not set"):
-        run_filter(ingested, str(tmp_path / "k"), "filter.judge.backend=openai", "filter.judge.api_key_env=NO_SUCH_KEY_VAR")
+        run_filter(
+            ingested, str(tmp_path / "k"), "filter.judge.backend=openai", "filter.judge.api_key_env=NO_SUCH_KEY_VAR"
+        )
     with pytest.raises(ConfigError, match="filter.checks.skip"):
         run_filter(ingested, str(tmp_path / "c"), "filter.checks.skip=[nonsense]")
     with pytest.raises(FileNotFoundError, match="no manifest Parquet files"):

@@ -21,8 +21,17 @@ def fake(judge_server):
 
 
 def cfg(server, **kw) -> JudgeConfig:
-    base = dict(backend="openai", model="fake-vlm", base_url=server.base_url, concurrency=8, timeout=2.0,
-                max_retries=3, malformed_retries=1, backoff_base=0.05, backoff_max=1.0)
+    base = dict(
+        backend="openai",
+        model="fake-vlm",
+        base_url=server.base_url,
+        concurrency=8,
+        timeout=2.0,
+        max_retries=3,
+        malformed_retries=1,
+        backoff_base=0.05,
+        backoff_max=1.0,
+    )
     base.update(kw)
     return JudgeConfig(**base)
 
@@ -31,7 +40,9 @@ def judge_all(c: JudgeConfig, cache: str, instructions: list[str], task: str = "
     async def go():
         j = Judge(c, Secret(KEY), cache)
         try:
-            return await asyncio.gather(*(j.judge(f"s{i}", task, text, FRAMES) for i, text in enumerate(instructions))), j.requests
+            return await asyncio.gather(
+                *(j.judge(f"s{i}", task, text, FRAMES) for i, text in enumerate(instructions))
+            ), j.requests
         finally:
             await j.close()
 
@@ -84,8 +95,9 @@ def test_concurrency_is_bounded_and_used(fake, tmp_path):
 
 
 def test_retries_with_backoff_and_retry_after(fake, tmp_path):
-    fake.script([("five", ["status:500", "status:503", "ok"]), ("rate", ["status:429:1", "ok"]),
-                 ("slow", ["sleep:5", "ok"])])
+    fake.script(
+        [("five", ["status:500", "status:503", "ok"]), ("rate", ["status:429:1", "ok"]), ("slow", ["sleep:5", "ok"])]
+    )
     outs, n = judge_all(cfg(fake, timeout=0.5), str(tmp_path), ["five hundred", "rate limited", "slow server"])
     assert [o.keep for o in outs] == [True, True, True] and [o.attempts for o in outs] == [3, 2, 2]
     g5 = gaps(fake, "five")
@@ -95,10 +107,20 @@ def test_retries_with_backoff_and_retry_after(fake, tmp_path):
 
 
 def test_failures_end_as_recorded_errors(fake, tmp_path):
-    fake.script([("gibberish", ["malformed"]), ("partial", ["wrong"]), ("down", ["status:500"]),
-                 ("bad request", ["status:400"]), ("once", ["malformed", "ok"])])
-    outs, _ = judge_all(cfg(fake, max_retries=2, malformed_retries=2), str(tmp_path),
-                        ["gibberish", "partial", "down", "bad request", "once malformed"])
+    fake.script(
+        [
+            ("gibberish", ["malformed"]),
+            ("partial", ["wrong"]),
+            ("down", ["status:500"]),
+            ("bad request", ["status:400"]),
+            ("once", ["malformed", "ok"]),
+        ]
+    )
+    outs, _ = judge_all(
+        cfg(fake, max_retries=2, malformed_retries=2),
+        str(tmp_path),
+        ["gibberish", "partial", "down", "bad request", "once malformed"],
+    )
     g, p, d, b, once = outs
     assert g.keep is None and g.error.startswith("malformed answer: not JSON") and g.attempts == 3
     assert "score 'instruction_compliance' missing" in p.error
@@ -126,21 +148,29 @@ def test_cache_by_sample_rubric_and_model(fake, tmp_path):
 
 def test_parse_and_decide():
     r = RUBRICS["video_edit"]
-    good = '{"scores": {"instruction_compliance": 2, "fidelity": 5, "visual_quality": 4}, ' \
-           '"flags": {"artifacts": false, "heavy_text": false, "flicker": true}, "reason": "ok"}'
+    good = (
+        '{"scores": {"instruction_compliance": 2, "fidelity": 5, "visual_quality": 4}, '
+        '"flags": {"artifacts": false, "heavy_text": false, "flicker": true}, "reason": "ok"}'
+    )
     a = parse_answer(good, r)
     keep, overall, reasons = decide(a, r, KeepRule())
     assert overall == pytest.approx(0.25)  # fidelity and quality capped by compliance (OpenVE rule)
     assert not keep and "judge_flag:flicker" in reasons
-    for bad, why in [("", "empty"), ("[1]", "scores"), ('{"scores": {"instruction_compliance": 6}}', "outside"),
-                     ('{"scores": {"instruction_compliance": 2.5}}', "integer"),
-                     (good.replace('"flicker": true', '"flicker": "yes"'), "flag 'flicker'"),
-                     (good.replace('"fidelity"', '"fidelity": 3, "extra"'), "unknown")]:
+    for bad, why in [
+        ("", "empty"),
+        ("[1]", "scores"),
+        ('{"scores": {"instruction_compliance": 6}}', "outside"),
+        ('{"scores": {"instruction_compliance": 2.5}}', "integer"),
+        (good.replace('"flicker": true', '"flicker": "yes"'), "flag 'flicker'"),
+        (good.replace('"fidelity"', '"fidelity": 3, "extra"'), "unknown"),
+    ]:
         with pytest.raises(MalformedAnswer, match=why):
             parse_answer(bad, r)
     img = RUBRICS["image_edit"]
-    a = Answer({"instruction_compliance": 10, "realism": 0, "preservation": 10, "technical_quality": 10},
-               {"artifacts": False, "heavy_text": False})
+    a = Answer(
+        {"instruction_compliance": 10, "realism": 0, "preservation": 10, "technical_quality": 10},
+        {"artifacts": False, "heavy_text": False},
+    )
     assert decide(a, img, KeepRule())[1] == pytest.approx(0.75)  # weights 40/25/20/15
 
 
@@ -169,19 +199,33 @@ def test_in_cluster_requests_carry_the_rubric_schema_and_replies_land_in_the_cac
 
     jc = JudgeConfig(backend="vllm", frames=3, max_tokens=123)
     frames = {"source": frames_array(5, 40, 32, seed=1), "target": frames_array(5, 40, 32, seed=2)}
-    row = {"sample_id": "s1", "task": "video_edit",
-           "messages": json.dumps(build_messages(RUBRICS["video_edit"], "make it red", frames, jc))}
+    row = {
+        "sample_id": "s1",
+        "task": "video_edit",
+        "messages": json.dumps(build_messages(RUBRICS["video_edit"], "make it red", frames, jc)),
+    }
     req = to_request(row, jc)
     system, user = req["messages"]
     assert system["role"] == "system" and "make it red" in user["content"][0]["text"]
     assert [p["type"] for p in user["content"][1:]] == ["image_url"] * 6
     assert all(p["image_url"]["url"].startswith("data:image/jpeg;base64,") for p in user["content"][1:])
-    assert req["sampling_params"] == {"temperature": 0.0, "max_tokens": 123,
-                                      "structured_outputs": {"json": RUBRICS["video_edit"].response_schema()}}
-    assert to_request(row, JudgeConfig(response_format="none"))["sampling_params"].keys() == {"temperature", "max_tokens"}
+    assert req["sampling_params"] == {
+        "temperature": 0.0,
+        "max_tokens": 123,
+        "structured_outputs": {"json": RUBRICS["video_edit"].response_schema()},
+    }
+    assert to_request(row, JudgeConfig(response_format="none"))["sampling_params"].keys() == {
+        "temperature",
+        "max_tokens",
+    }
 
-    good = json.dumps({"scores": {c.name: c.hi for c in RUBRICS["video_edit"].criteria},
-                       "flags": {n: False for n, _ in RUBRICS["video_edit"].flags}, "reason": "fine"})
+    good = json.dumps(
+        {
+            "scores": {c.name: c.hi for c in RUBRICS["video_edit"].criteria},
+            "flags": {n: False for n, _ in RUBRICS["video_edit"].flags},
+            "reason": "fine",
+        }
+    )
     label = jc.model_label
     assert label == "vllm:Qwen/Qwen2.5-VL-7B-Instruct"
     assert record(from_reply({**req, "generated_text": good}), str(tmp_path), label) == {"sample_id": "s1", "error": ""}
@@ -201,17 +245,37 @@ def test_in_cluster_processor_is_ray_data_llm_on_vllm(ray_cluster):
     from sama.judging import VLLMConfig
     from sama.pipelines.filter.vllm_judge import from_reply, processor_config
 
-    jc = JudgeConfig(backend="vllm", frames=4, vllm=VLLMConfig(model_source="/models/judge", tensor_parallel_size=1,
-                                                               batch_size=8, concurrency=3,
-                                                               engine_kwargs={"gpu_memory_utilization": 0.8}))
+    jc = JudgeConfig(
+        backend="vllm",
+        frames=4,
+        vllm=VLLMConfig(
+            model_source="/models/judge",
+            tensor_parallel_size=1,
+            batch_size=8,
+            concurrency=3,
+            engine_kwargs={"gpu_memory_utilization": 0.8},
+        ),
+    )
     config = processor_config(jc)
     assert (config.model_source, config.batch_size, config.concurrency) == ("/models/judge", 8, 3)
     assert config.should_continue_on_error
-    assert config.engine_kwargs.items() >= {"tensor_parallel_size": 1, "max_model_len": 16384,
-                                            "limit_mm_per_prompt": {"image": 8}, "gpu_memory_utilization": 0.8}.items()
+    assert (
+        config.engine_kwargs.items()
+        >= {
+            "tensor_parallel_size": 1,
+            "max_model_len": 16384,
+            "limit_mm_per_prompt": {"image": 8},
+            "gpu_memory_utilization": 0.8,
+        }.items()
+    )
     proc = build_processor(config, preprocess=lambda r: r, postprocess=from_reply)
-    assert proc.list_stage_names() == ["PrepareMultimodalStage", "ChatTemplateStage", "TokenizeStage",
-                                       "vLLMEngineStage", "DetokenizeStage"]
+    assert proc.list_stage_names() == [
+        "PrepareMultimodalStage",
+        "ChatTemplateStage",
+        "TokenizeStage",
+        "vLLMEngineStage",
+        "DetokenizeStage",
+    ]
     engine = proc.get_stage_by_name("vLLMEngineStage")
     assert engine.map_batches_kwargs["num_gpus"] == 1 and engine.map_batches_kwargs["compute"].max_size == 3
     assert engine.fn_constructor_kwargs["should_continue_on_error"]

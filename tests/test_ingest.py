@@ -73,8 +73,14 @@ def test_ingest_resumes_after_kill(ray_cluster, lookalikes, tmp_path):
     out = str(tmp_path / "out")
     args = overrides(lookalikes.roots, out, "ingest.shard_size=1", "ingest.probe_threads=1")
     env = {**os.environ, "RAY_ADDRESS": ray_cluster, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "sama.jobs.cli", "run", job_yaml("ingest"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sama.jobs.cli", "run", job_yaml("ingest"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     manifest_dir = os.path.join(out, "manifest")
     deadline = time.time() + 120
     while time.time() < deadline and len(storage.list_files(manifest_dir)) < 3:

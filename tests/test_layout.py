@@ -99,8 +99,9 @@ def test_no_job_imports_another_job():
     for mod, edges in _import_graph().items():
         if mod.startswith("sama.pipelines.") and mod.count(".") >= 3:
             own = mod.split(".")[2]
-            offenders += [f"{mod} -> {t}" for t in edges
-                          if t.startswith("sama.pipelines.") and t.split(".")[2] in jobs - {own}]
+            offenders += [
+                f"{mod} -> {t}" for t in edges if t.startswith("sama.pipelines.") and t.split(".")[2] in jobs - {own}
+            ]
     assert offenders == []
 
 
@@ -112,7 +113,7 @@ def test_no_import_cycles():
         state[mod] = "open"
         for nxt in sorted(graph.get(mod, ())):
             if state.get(nxt) == "open":
-                cycles.append(" -> ".join(path[path.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join(path[path.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt, path + [nxt])
         state[mod] = "done"

@@ -32,8 +32,9 @@ def wan_dir(tmp_path_factory):
 
 def test_plain_wan_checkpoint_loads_into_sama(wan_dir):
     wan = WanTransformer3DModel.from_pretrained(wan_dir)
-    model = SamaTransformer3DModel.from_pretrained(wan_dir, semantic_dim=32, semantic_hidden_dim=32,
-                                                   num_semantic_tokens=10)
+    model = SamaTransformer3DModel.from_pretrained(
+        wan_dir, semantic_dim=32, semantic_hidden_dim=32, num_semantic_tokens=10
+    )
     # nothing left on the meta device
     assert not [n for n, p in model.named_parameters() if p.is_meta]
     assert not [n for n, b in model.named_buffers() if b.is_meta]
@@ -59,8 +60,9 @@ def test_plain_wan_checkpoint_loads_into_sama(wan_dir):
 
 
 def test_plain_wan_checkpoint_bf16(wan_dir):
-    model = SamaTransformer3DModel.from_pretrained(wan_dir, torch_dtype=torch.bfloat16, semantic_dim=32,
-                                                   semantic_hidden_dim=32, num_semantic_tokens=10)
+    model = SamaTransformer3DModel.from_pretrained(
+        wan_dir, torch_dtype=torch.bfloat16, semantic_dim=32, semantic_hidden_dim=32, num_semantic_tokens=10
+    )
     assert not [n for n, p in model.named_parameters() if p.is_meta]
     assert model.type_embed.weight.dtype == torch.bfloat16
     assert model.semantic_projector[1].weight.dtype == torch.bfloat16
@@ -97,8 +99,14 @@ def test_load_transformer_from_config_and_s3(s3_bucket, wan_dir, tmp_path, monke
             storage.upload_file(str(path), f"{s3_bucket}/wan/{path.relative_to(root)}")
     storage.write_text(f"{s3_bucket}/wan/vae/config.json", "{}")  # a pipeline's other parts: not fetched
     monkeypatch.setenv("SAMA_CACHE", str(tmp_path / "cache"))
-    cfg = SamaModelConfig(pretrained=f"{s3_bucket}/wan", subfolder="transformer", semantic_dim=32,
-                          semantic_hidden_dim=32, num_semantic_tokens=10, source_attention_mask=True)
+    cfg = SamaModelConfig(
+        pretrained=f"{s3_bucket}/wan",
+        subfolder="transformer",
+        semantic_dim=32,
+        semantic_hidden_dim=32,
+        num_semantic_tokens=10,
+        source_attention_mask=True,
+    )
     model = load_transformer(cfg)
     fetched = {p.name for p in (tmp_path / "cache").rglob("*") if p.is_dir()}
     assert "transformer" in fetched and not fetched & {"vae", "text_encoder"}  # only the transformer's folder
@@ -114,8 +122,9 @@ def test_configs_from_before_the_numerics_keep_their_behaviour(tmp_path):
     clean-token head, eps 1e-5 and slot embeddings: it loads so."""
     import json
 
-    model = tiny_transformer(seed=7, semantic_rope="identity", semantic_prediction="sample", semantic_norm_eps=1e-5,
-                             semantic_slot_embed=True)
+    model = tiny_transformer(
+        seed=7, semantic_rope="identity", semantic_prediction="sample", semantic_norm_eps=1e-5, semantic_slot_embed=True
+    )
     model.save_pretrained(tmp_path / "old")
     cfg_path = tmp_path / "old" / "config.json"
     cfg = json.loads(cfg_path.read_text())

@@ -53,15 +53,35 @@ def test_loss_matches_hand_computation():
     torch.testing.assert_close(out.semantic, sa)
     torch.testing.assert_close(out.loss, fm + 0.1 * sa)
     # a head predicting clean tokens: L_SA = mean |sem_pred - s0n|
-    clean = sama_loss(model, x0, text, src, s0, LossConfig(), sigma=sigma, noise=noise, semantic_noise=s_noise,
-                      semantic_prediction="sample")
+    clean = sama_loss(
+        model,
+        x0,
+        text,
+        src,
+        s0,
+        LossConfig(),
+        sigma=sigma,
+        noise=noise,
+        semantic_noise=s_noise,
+        semantic_prediction="sample",
+    )
     torch.testing.assert_close(clean.semantic, (sem_pred - s0n).abs().mean())
     with pytest.raises(ValueError, match="semantic_prediction"):
         sama_loss(model, x0, text, src, s0, semantic_prediction="eps")
     # without semantic tokens: L = L_FM; MSE semantic variant
     assert sama_loss(model, x0, text, src, None, sigma=sigma, noise=noise).semantic is None
-    mse = sama_loss(model, x0, text, src, s0, LossConfig(semantic_loss="mse", semantic_layernorm=False),
-                    sigma=sigma, noise=noise, semantic_noise=s_noise, semantic_prediction="sample")
+    mse = sama_loss(
+        model,
+        x0,
+        text,
+        src,
+        s0,
+        LossConfig(semantic_loss="mse", semantic_layernorm=False),
+        sigma=sigma,
+        noise=noise,
+        semantic_noise=s_noise,
+        semantic_prediction="sample",
+    )
     torch.testing.assert_close(mse.semantic, F.mse_loss(sem_pred, s0))
 
 
@@ -78,8 +98,9 @@ def test_shifted_timestep_schedule():
     assert abs(ln.median().item() - 0.5) < 0.05
     with pytest.raises(ValueError):
         sample_sigmas(2, LossConfig(timestep_sampling="beta"))
-    torch.testing.assert_close(add_noise(torch.ones(2, 3), torch.zeros(2, 3), torch.tensor([0.0, 1.0])),
-                               torch.tensor([[1.0] * 3, [0.0] * 3]))
+    torch.testing.assert_close(
+        add_noise(torch.ones(2, 3), torch.zeros(2, 3), torch.tensor([0.0, 1.0])), torch.tensor([[1.0] * 3, [0.0] * 3])
+    )
 
 
 def test_gradient_steps_overfit_one_batch():
@@ -92,8 +113,11 @@ def test_gradient_steps_overfit_one_batch():
         source_latents=torch.randn(2, 16, 2, 8, 8, generator=g),
         semantic_tokens=torch.randn(2, 5, 32, generator=g),
     )
-    fixed = dict(sigma=torch.tensor([0.3, 0.7]), noise=torch.randn(2, 16, 2, 8, 8, generator=g),
-                 semantic_noise=torch.randn(2, 5, 32, generator=g))
+    fixed = dict(
+        sigma=torch.tensor([0.3, 0.7]),
+        noise=torch.randn(2, 16, 2, 8, 8, generator=g),
+        semantic_noise=torch.randn(2, 5, 32, generator=g),
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(25):

@@ -18,9 +18,12 @@ SMALL = BucketConfig(area=64 * 96, max_frames=9, layout="symmetric")
 
 @pytest.fixture(scope="module")
 def pipe():
-    return SamaPipeline(tiny_transformer(seed=0), load_vae(VaeConfig()),
-                        load_text_encoder(TextEncoderConfig(max_length=16)),
-                        PipelineConfig(num_inference_steps=3, buckets=SMALL))
+    return SamaPipeline(
+        tiny_transformer(seed=0),
+        load_vae(VaeConfig()),
+        load_text_encoder(TextEncoderConfig(max_length=16)),
+        PipelineConfig(num_inference_steps=3, buckets=SMALL),
+    )
 
 
 def _clip(frames=10, h=50, w=80, seed=0):
@@ -57,16 +60,16 @@ def test_image_edit_and_text_to_video_paths(pipe):
     assert explicit.video.shape == (1, 9, 64, 64, 3)
 
 
-@pytest.mark.parametrize("g_txt,g_src,branches", [(1.0, None, [True]), (5.0, None, [True, True]),
-                                                   (5.0, 1.5, [True, True, False])])
+@pytest.mark.parametrize(
+    "g_txt,g_src,branches", [(1.0, None, [True]), (5.0, None, [True, True]), (5.0, 1.5, [True, True, False])]
+)
 def test_guidance_branches(pipe, g_txt, g_src, branches):
     real = pipe.transformer
     pipe.transformer = counter = CountCalls(real)
     counter.patch_embedding = real.patch_embedding
     counter.dtype, counter.config = real.dtype, real.config
     try:
-        pipe("make the cat red", _clip(), guidance_scale=g_txt, source_guidance_scale=g_src,
-             num_inference_steps=2)
+        pipe("make the cat red", _clip(), guidance_scale=g_txt, source_guidance_scale=g_src, num_inference_steps=2)
     finally:
         pipe.transformer = real
     # per step: (src, text) [, (src, null) [, (no source, null)]]
@@ -76,25 +79,39 @@ def test_guidance_branches(pipe, g_txt, g_src, branches):
 def test_samplers_and_semantic_switch():
     base = dict(num_inference_steps=2, buckets=SMALL)
     for sampler in ("flow_euler", "euler", "unipc"):
-        pipe = SamaPipeline(tiny_transformer(), load_vae(VaeConfig()),
-                            load_text_encoder(TextEncoderConfig(max_length=8)), PipelineConfig(sampler=sampler, **base))
+        pipe = SamaPipeline(
+            tiny_transformer(),
+            load_vae(VaeConfig()),
+            load_text_encoder(TextEncoderConfig(max_length=8)),
+            PipelineConfig(sampler=sampler, **base),
+        )
         out = pipe("make the cat red", _clip(5), seed=0)
         assert out.video.shape == (1, 5, 64, 96, 3) and torch.isfinite(out.latents).all()
-    pipe = SamaPipeline(tiny_transformer(), load_vae(VaeConfig()), load_text_encoder(TextEncoderConfig(max_length=8)),
-                        PipelineConfig(num_semantic_tokens=0, **base))
+    pipe = SamaPipeline(
+        tiny_transformer(),
+        load_vae(VaeConfig()),
+        load_text_encoder(TextEncoderConfig(max_length=8)),
+        PipelineConfig(num_semantic_tokens=0, **base),
+    )
     out = pipe("make the cat red", _clip(5))
     assert out.semantic is None and out.video.shape == (1, 5, 64, 96, 3)
     with pytest.raises(ValueError):
-        SamaPipeline(tiny_transformer(), load_vae(VaeConfig()), load_text_encoder(TextEncoderConfig()),
-                     PipelineConfig(sampler="ddim", **base))("x", _clip(5))
+        SamaPipeline(
+            tiny_transformer(),
+            load_vae(VaeConfig()),
+            load_text_encoder(TextEncoderConfig()),
+            PipelineConfig(sampler="ddim", **base),
+        )("x", _clip(5))
 
 
 def test_pipeline_from_configs_on_a_saved_checkpoint(tmp_path):
     root = save_tiny_checkpoint(str(tmp_path / "tiny"), plain_wan_transformer=True)
     pipe = SamaPipeline.from_configs(
         SamaModelConfig(pretrained=root, semantic_dim=32, semantic_hidden_dim=32, num_semantic_tokens=5),
-        VaeConfig(pretrained=root), TextEncoderConfig(pretrained=root, max_length=8),
-        PipelineConfig(num_inference_steps=2, buckets=SMALL))
+        VaeConfig(pretrained=root),
+        TextEncoderConfig(pretrained=root, max_length=8),
+        PipelineConfig(num_inference_steps=2, buckets=SMALL),
+    )
     out = pipe("make the cat red", _clip(5), output_type="tensor")
     assert out.video.shape == (1, 3, 5, 64, 96) and out.video.dtype == torch.float32
     assert out.semantic.shape == (1, 5, 32)
@@ -104,13 +121,15 @@ def test_edit_model_config_fills_every_part_from_one_checkpoint(tmp_path):
     root = save_tiny_checkpoint(str(tmp_path / "tiny"), seed=1)
     other = save_tiny_checkpoint(str(tmp_path / "other"), seed=2)
     # No SAMA sizes given: the exported checkpoint's own config (tiny: 32-wide, 10 tokens) is used.
-    cfg = EditModelConfig(checkpoint=root, vae=VaeConfig(pretrained=other),
-                          pipeline=PipelineConfig(num_inference_steps=2, buckets=SMALL))
+    cfg = EditModelConfig(
+        checkpoint=root, vae=VaeConfig(pretrained=other), pipeline=PipelineConfig(num_inference_steps=2, buckets=SMALL)
+    )
     transformer, vae, text = cfg.resolved()
     assert (transformer.pretrained, vae.pretrained, text.pretrained) == (root, other, root)  # a set part wins
     pipe = cfg.load()
-    saved = SamaPipeline.from_configs(SamaModelConfig(pretrained=root), VaeConfig(pretrained=other),
-                                      TextEncoderConfig(pretrained=root), cfg.pipeline)
+    saved = SamaPipeline.from_configs(
+        SamaModelConfig(pretrained=root), VaeConfig(pretrained=other), TextEncoderConfig(pretrained=root), cfg.pipeline
+    )
     for a, b in ((pipe.transformer, saved.transformer), (pipe.vae, saved.vae)):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert pipe.transformer.config.semantic_dim == 32 and pipe.transformer.config.num_semantic_tokens == 10
@@ -119,8 +138,16 @@ def test_edit_model_config_fills_every_part_from_one_checkpoint(tmp_path):
 
 # (UniPC feeds the model integer timesteps, so t / 1000 is not its sigma: the fixed velocity
 # head below is only exact for the Euler samplers, whose timesteps are 1000 * sigma.)
-@pytest.mark.parametrize("sampler,prediction", [("flow_euler", "velocity"), ("euler", "velocity"),
-                                                ("flow_euler", "sample"), ("euler", "sample"), ("unipc", "sample")])
+@pytest.mark.parametrize(
+    "sampler,prediction",
+    [
+        ("flow_euler", "velocity"),
+        ("euler", "velocity"),
+        ("flow_euler", "sample"),
+        ("euler", "sample"),
+        ("unipc", "sample"),
+    ],
+)
 def test_semantic_tokens_denoise_to_the_predicted_clean_tokens(sampler, prediction):
     """A head that always points at s0 = c (as clean tokens, or as the velocity (s - c) / sigma)
     must end sampling at c: the pipeline reads the head as the model's config says."""
@@ -144,7 +171,11 @@ def test_semantic_tokens_denoise_to_the_predicted_clean_tokens(sampler, predicti
             out.semantic = clean if prediction == "sample" else (semantic_tokens.float() - clean) / sigma
             return out
 
-    pipe = SamaPipeline(FixedSemantic(), load_vae(VaeConfig()), load_text_encoder(TextEncoderConfig(max_length=8)),
-                        PipelineConfig(sampler=sampler, num_inference_steps=4, buckets=SMALL))
+    pipe = SamaPipeline(
+        FixedSemantic(),
+        load_vae(VaeConfig()),
+        load_text_encoder(TextEncoderConfig(max_length=8)),
+        PipelineConfig(sampler=sampler, num_inference_steps=4, buckets=SMALL),
+    )
     out = pipe("make the cat red", _clip(5), output_type="latent")
     torch.testing.assert_close(out.semantic, target.expand_as(out.semantic), atol=1e-4, rtol=1e-4)

@@ -176,8 +176,9 @@ def test_per_token_timestep_path_matches_scalar_path(model, monkeypatch):
     with torch.no_grad():
         ref = model(**x, source_timestep="shared")
         real = model.build_timestep
-        monkeypatch.setattr(model, "build_timestep",
-                            lambda t, ns, nr, mode=None: t[:, None].expand(-1, ns + nr).contiguous())
+        monkeypatch.setattr(
+            model, "build_timestep", lambda t, ns, nr, mode=None: t[:, None].expand(-1, ns + nr).contiguous()
+        )
         per_token = model(**x)
     monkeypatch.setattr(model, "build_timestep", real)
     torch.testing.assert_close(per_token.sample, ref.sample, atol=1e-5, rtol=1e-5)
@@ -191,8 +192,12 @@ def test_zero_source_timestep_changes_only_source_conditioning(model):
         zero = model(**x, source_timestep="zero").sample
         assert not torch.allclose(shared, zero)  # source tokens now modulated with t=0
         x0 = dict(x, timestep=torch.zeros(2))
-        torch.testing.assert_close(model(**x0, source_timestep="zero").sample,
-                                   model(**x0, source_timestep="shared").sample, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            model(**x0, source_timestep="zero").sample,
+            model(**x0, source_timestep="shared").sample,
+            atol=1e-5,
+            rtol=1e-5,
+        )
         # zero mode from the config
         m = tiny_transformer(seed=0, source_timestep="zero")
         torch.testing.assert_close(m(**x).sample, zero)
@@ -204,8 +209,14 @@ def test_semantic_head_and_new_parameters_get_gradients():
     model = tiny_transformer(seed=1, semantic_slot_embed=True).train()
     out = model(**inputs())
     (out.sample.square().mean() + out.semantic.abs().mean()).backward()
-    for name in ["semantic_head.1.weight", "semantic_projector.1.weight", "semantic_projector.3.weight",
-                 "type_embed.weight", "semantic_pos_embed", "blocks.0.attn1.to_q.weight"]:
+    for name in [
+        "semantic_head.1.weight",
+        "semantic_projector.1.weight",
+        "semantic_projector.3.weight",
+        "type_embed.weight",
+        "semantic_pos_embed",
+        "blocks.0.attn1.to_q.weight",
+    ]:
         grad = model.get_parameter(name).grad
         assert grad is not None and grad.abs().sum() > 0, name
     # all three role embeddings receive gradient

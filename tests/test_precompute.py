@@ -25,7 +25,9 @@ pytestmark = pytest.mark.slow
 def manifest(ray_cluster, lookalikes, tmp_path_factory):
     """The ingest job's manifest of the look-alikes (what the filter job would pass on)."""
     out = str(tmp_path_factory.mktemp("ingest"))
-    launcher.run(job_yaml("ingest"), [f"output={out}", *[f"ingest.datasets.{k}.root={v}" for k, v in lookalikes.roots.items()]])
+    launcher.run(
+        job_yaml("ingest"), [f"output={out}", *[f"ingest.datasets.{k}.root={v}" for k, v in lookalikes.roots.items()]]
+    )
     return storage.join(out, "manifest")
 
 
@@ -67,8 +69,9 @@ def test_precompute_local_end_to_end(manifest, lookalikes, tmp_path):
 
     mtimes = {f: os.path.getmtime(f) for f in storage.list_files(out)}
     run_precompute(manifest, out)  # rerun: nothing to do, nothing rewritten
-    assert {f: os.path.getmtime(f) for f in storage.list_files(out) if f.endswith(".parquet")} == \
-        {f: t for f, t in mtimes.items() if f.endswith(".parquet")}
+    assert {f: os.path.getmtime(f) for f in storage.list_files(out) if f.endswith(".parquet")} == {
+        f: t for f, t in mtimes.items() if f.endswith(".parquet")
+    }
 
 
 def test_stage1_has_no_pretexts_and_bad_media_is_rejected(manifest, tmp_path):
@@ -82,7 +85,9 @@ def test_stage1_has_no_pretexts_and_bad_media_is_rejected(manifest, tmp_path):
     import pyarrow as pa
 
     bad_manifest = str(tmp_path / "manifest" / "part.parquet")
-    storage.write_parquet(bad_manifest, table.set_column(table.column_names.index("target_uri"), "target_uri", pa.array(uris)))
+    storage.write_parquet(
+        bad_manifest, table.set_column(table.column_names.index("target_uri"), "target_uri", pa.array(uris))
+    )
     out = str(tmp_path / "pc")
     run_precompute(str(tmp_path / "manifest"), out, "precompute.stage=1", "precompute.tasks=[t2v, video_edit]")
     rows = rows_of(out)
@@ -138,10 +143,21 @@ def test_job_matches_the_library_computed_directly(manifest, tmp_path):
 
 def test_precompute_to_s3_and_resume_after_kill(ray_cluster, manifest, s3_bucket, lookalikes):
     out = storage.join(s3_bucket, "pc")
-    args = [f"precompute.manifest={manifest}", f"output={out}", "precompute.shard_size=1", "precompute.encode.batch_size=1"]
+    args = [
+        f"precompute.manifest={manifest}",
+        f"output={out}",
+        "precompute.shard_size=1",
+        "precompute.encode.batch_size=1",
+    ]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
-    proc = subprocess.Popen([sys.executable, "-m", "sama.jobs.cli", "run", job_yaml("precompute"), *args], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sama.jobs.cli", "run", job_yaml("precompute"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 400  # generous: CI machines can be slow to start the job
     while time.time() < deadline and len(storage.list_files(storage.join(out, "latents"))) < 4 and proc.poll() is None:
         time.sleep(0.05)
@@ -167,8 +183,15 @@ def test_pack_unpack_and_bucket_batches():
     def row(i, bucket, task="video_edit"):
         t = {n: L.pack(torch.full((2, 2), float(i)), "float32") for n in L.TENSORS}
         t["text_emb"] = L.pack(torch.ones(i + 1, 3), "float32")
-        return {"sample_id": str(i), "task": task, "bucket": bucket, "pretext": "none", "dtype": "float32",
-                **{n: v[0] for n, v in t.items()}, **{f"{n}_shape": v[1] for n, v in t.items()}}
+        return {
+            "sample_id": str(i),
+            "task": task,
+            "bucket": bucket,
+            "pretext": "none",
+            "dtype": "float32",
+            **{n: v[0] for n, v in t.items()},
+            **{f"{n}_shape": v[1] for n, v in t.items()},
+        }
 
     rows = [row(i, "9x48x80" if i % 3 else "1x64x64", "video_edit" if i % 3 else "image_edit") for i in range(10)]
     batches = list(L.bucket_batches(iter(rows), batch_size=3))
@@ -178,8 +201,9 @@ def test_pack_unpack_and_bucket_batches():
     b = L.collate(batches[0])
     assert b.text.shape == (3, int(max(b.text_lens)), 3) and b.text_lens.tolist() == [2, 3, 5]
     assert b.text[0, 2:].abs().sum() == 0  # zero padding past each prompt
-    assert list(L.bucket_batches(iter(rows), batch_size=4, drop_last=True)) and \
-        all(len(x) == 4 for x in L.bucket_batches(iter(rows), batch_size=4, drop_last=True))
+    assert list(L.bucket_batches(iter(rows), batch_size=4, drop_last=True)) and all(
+        len(x) == 4 for x in L.bucket_batches(iter(rows), batch_size=4, drop_last=True)
+    )
 
 
 def test_samples_dropped_from_the_manifest_leave_the_shards(manifest, tmp_path):

@@ -48,7 +48,10 @@ def test_cube_masks_one_span_never_the_first_frame():
         assert length == round(0.3 * 17) == 5 and 1 <= start <= 17 - 5
         starts.add(start)
     assert starts == set(range(1, 13))
-    assert sample_cube(81, PretextConfig(), rng_for(0))[1] == 24 and sample_cube(2, PretextConfig(), rng_for(0)) == (1, 1)
+    assert sample_cube(81, PretextConfig(), rng_for(0))[1] == 24 and sample_cube(2, PretextConfig(), rng_for(0)) == (
+        1,
+        1,
+    )
     # ours: a length drawn in [0.2 n, 0.5 n]
     cfg = PretextConfig(cube_mode="uniform")
     for seed in range(200):
@@ -76,6 +79,7 @@ def test_speed_changes_frame_order_and_motion():
         speed_indices(5, 0.5, "ceil")
     fast, slow = speed_perturb(video, 2.0), speed_perturb(video, 0.5, "floor")
     assert fast.shape == slow.shape == video.shape  # same frame count
+
     def motion(v, a, b):
         return (square_x(v[b]) - square_x(v[a])) / (b - a)
 
@@ -94,6 +98,7 @@ def test_release_tube_shuffle_permutes_every_tube_within_its_shape_group():
         res = apply_pretext(video, "tube", "x", cfg, rng_for(seed))
         perm = res.params["perm"]
         assert sorted(perm) == list(range(64)) and res.params["mode"] == "release"
+
         # tubes only trade places with tubes of the same shape; every pixel belongs to a tube
         def sizes(n, k):
             return [n // k + (1 if i < n % k else 0) for i in range(k)]
@@ -105,8 +110,10 @@ def test_release_tube_shuffle_permutes_every_tube_within_its_shape_group():
         moved.append((apply_pretext(even, "tube", "x", cfg, rng_for(seed)).video != even).any(-1).mean())
     # almost every pixel moves (one group of 64: 63/64 expected; a 2x2x2 cycle of 4 blocks moves half)
     assert np.mean(moved) > 0.95
-    assert sample_tube_permutation(cfg, rng_for(1), (17, 50, 70)) == apply_pretext(video, "tube", "x", cfg,
-                                                                                   rng_for(1)).params["perm"]
+    assert (
+        sample_tube_permutation(cfg, rng_for(1), (17, 50, 70))
+        == apply_pretext(video, "tube", "x", cfg, rng_for(1)).params["perm"]
+    )
     with pytest.raises(ValueError, match="too small"):
         apply_pretext(video[:3], "tube", "x", cfg, rng_for(0))
 
@@ -125,8 +132,10 @@ def test_tube_shuffle_is_an_invertible_permutation_of_four_blocks():
     for i, src in enumerate(perm):
         ti, hi, wi = np.unravel_index(i, (2, 2, 2))
         ts, hs, ws = np.unravel_index(src, (2, 2, 2))
-        assert np.array_equal(out[ti * bt:(ti + 1) * bt, hi * bh:(hi + 1) * bh, wi * bw:(wi + 1) * bw],
-                              video[ts * bt:(ts + 1) * bt, hs * bh:(hs + 1) * bh, ws * bw:(ws + 1) * bw])
+        assert np.array_equal(
+            out[ti * bt : (ti + 1) * bt, hi * bh : (hi + 1) * bh, wi * bw : (wi + 1) * bw],
+            video[ts * bt : (ts + 1) * bt, hs * bh : (hs + 1) * bh, ws * bw : (ws + 1) * bw],
+        )
     # the multiset of pixels is unchanged, and the inverse permutation restores the clip
     assert np.array_equal(np.sort(out, axis=None), np.sort(video, axis=None))
     assert np.array_equal(tube_shuffle(out, cfg.tube_grid, inverse_permutation(perm)), video)
@@ -147,7 +156,7 @@ def test_pretexts_work_on_torch_float_videos():
         assert res.video.dtype == torch.float32
     res = apply_pretext(video, "cube", "x", PretextConfig(cube_fill=-1.0), rng_for(1))
     s, n = res.params["start"], res.params["length"]
-    assert torch.all(res.video[s:s + n] == -1) and torch.equal(res.video[0], video[0])
+    assert torch.all(res.video[s : s + n] == -1) and torch.equal(res.video[0], video[0])
 
 
 def test_sampler_ratio_and_reproducibility():

@@ -56,7 +56,9 @@ def test_subsets_and_categories_are_config(lookalikes):
 
 def test_csv_field_variants_are_accepted(tmp_path):
     os.makedirs(tmp_path / "csvs_for_DiffSynth")
-    (tmp_path / "csvs_for_DiffSynth" / "global_style1.csv").write_text("source_video,target_video,instruction\na.mp4,b.mp4,paint it\n")
+    (tmp_path / "csvs_for_DiffSynth" / "global_style1.csv").write_text(
+        "source_video,target_video,instruction\na.mp4,b.mp4,paint it\n"
+    )
     [s] = read_all(build("ditto1m", str(tmp_path)))
     assert s.source_uri.endswith("a.mp4") and s.target_uri.endswith("b.mp4") and s.instruction == "paint it"
 
@@ -77,7 +79,8 @@ def test_missing_field_names_file_and_variants(tmp_path):
 def test_reco_json_as_dict_of_records(tmp_path):
     os.makedirs(tmp_path / "add")
     (tmp_path / "add" / "add_data_configs.json").write_text(
-        json.dumps({"s1": {"source_video": "v.mp4", "target_video": "w.mp4", "prompt": "add a dog"}}))
+        json.dumps({"s1": {"source_video": "v.mp4", "target_video": "w.mp4", "prompt": "add a dog"}})
+    )
     [s] = read_all(build("reco", str(tmp_path), tasks=["add"]))
     assert s.source_uri.endswith("add/src_videos/v.mp4") and s.instruction == "add a dog" and s.category == "add"
 

@@ -34,40 +34,76 @@ JOB_YAMLS = sorted(f for f in os.listdir(JOBS_DIR) if f.endswith(".yaml"))
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 _STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-_POD_TEMPLATE = {"type": "object", "required": ["spec"],
-                 "properties": {"spec": {"type": "object", "required": ["containers"],
-                                         "properties": {"containers": {"type": "array", "minItems": 1}}}}}
-_GROUP = {"type": "object", "required": ["rayStartParams", "template"],
-          "properties": {"rayStartParams": _STR_MAP, "template": _POD_TEMPLATE}}
-CLUSTER_SPEC = {
-    "type": "object", "required": ["headGroupSpec", "workerGroupSpecs"],
+_POD_TEMPLATE = {
+    "type": "object",
+    "required": ["spec"],
     "properties": {
-        "rayVersion": {"type": "string"}, "enableInTreeAutoscaling": {"type": "boolean"},
+        "spec": {
+            "type": "object",
+            "required": ["containers"],
+            "properties": {"containers": {"type": "array", "minItems": 1}},
+        }
+    },
+}
+_GROUP = {
+    "type": "object",
+    "required": ["rayStartParams", "template"],
+    "properties": {"rayStartParams": _STR_MAP, "template": _POD_TEMPLATE},
+}
+CLUSTER_SPEC = {
+    "type": "object",
+    "required": ["headGroupSpec", "workerGroupSpecs"],
+    "properties": {
+        "rayVersion": {"type": "string"},
+        "enableInTreeAutoscaling": {"type": "boolean"},
         "headGroupSpec": _GROUP,
-        "workerGroupSpecs": {"type": "array", "items": {"allOf": [_GROUP, {
-            "required": ["groupName", "replicas", "minReplicas", "maxReplicas"],
-            "properties": {"groupName": {"type": "string"}, "replicas": {"type": "integer", "minimum": 0},
-                           "minReplicas": {"type": "integer", "minimum": 0},
-                           "maxReplicas": {"type": "integer", "minimum": 0}}}]}},
+        "workerGroupSpecs": {
+            "type": "array",
+            "items": {
+                "allOf": [
+                    _GROUP,
+                    {
+                        "required": ["groupName", "replicas", "minReplicas", "maxReplicas"],
+                        "properties": {
+                            "groupName": {"type": "string"},
+                            "replicas": {"type": "integer", "minimum": 0},
+                            "minReplicas": {"type": "integer", "minimum": 0},
+                            "maxReplicas": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                ]
+            },
+        },
     },
 }
 _META = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "labels": _STR_MAP}}
 SCHEMAS = {
-    "RayCluster": {"type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
-                   "properties": {"apiVersion": {"const": "ray.io/v1"}, "metadata": _META, "spec": CLUSTER_SPEC}},
+    "RayCluster": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {"apiVersion": {"const": "ray.io/v1"}, "metadata": _META, "spec": CLUSTER_SPEC},
+    },
     "RayJob": {
-        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
         "properties": {
-            "apiVersion": {"const": "ray.io/v1"}, "metadata": _META,
+            "apiVersion": {"const": "ray.io/v1"},
+            "metadata": _META,
             "spec": {
-                "type": "object", "required": ["entrypoint", "runtimeEnvYAML"],
+                "type": "object",
+                "required": ["entrypoint", "runtimeEnvYAML"],
                 "additionalProperties": False,
                 "properties": {
-                    "entrypoint": {"type": "string"}, "runtimeEnvYAML": {"type": "string"}, "metadata": _STR_MAP,
-                    "entrypointNumCpus": {"type": "number"}, "entrypointNumGpus": {"type": "number"},
-                    "entrypointResources": {"type": "string"}, "jobId": {"type": "string"},
+                    "entrypoint": {"type": "string"},
+                    "runtimeEnvYAML": {"type": "string"},
+                    "metadata": _STR_MAP,
+                    "entrypointNumCpus": {"type": "number"},
+                    "entrypointNumGpus": {"type": "number"},
+                    "entrypointResources": {"type": "string"},
+                    "jobId": {"type": "string"},
                     "submissionMode": {"enum": ["K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"]},
-                    "clusterSelector": _STR_MAP, "rayClusterSpec": CLUSTER_SPEC,
+                    "clusterSelector": _STR_MAP,
+                    "rayClusterSpec": CLUSTER_SPEC,
                     "shutdownAfterJobFinishes": {"type": "boolean"},
                     "ttlSecondsAfterFinished": {"type": "integer", "minimum": 0},
                 },
@@ -76,11 +112,17 @@ SCHEMAS = {
         },
     },
     "RayService": {
-        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
-        "properties": {"apiVersion": {"const": "ray.io/v1"}, "metadata": _META,
-                       "spec": {"type": "object", "required": ["serveConfigV2", "rayClusterConfig"],
-                                "properties": {"serveConfigV2": {"type": "string"},
-                                               "rayClusterConfig": CLUSTER_SPEC}}},
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "ray.io/v1"},
+            "metadata": _META,
+            "spec": {
+                "type": "object",
+                "required": ["serveConfigV2", "rayClusterConfig"],
+                "properties": {"serveConfigV2": {"type": "string"}, "rayClusterConfig": CLUSTER_SPEC},
+            },
+        },
     },
 }
 
@@ -161,13 +203,21 @@ def test_gpu_pins_satisfy_pyproject_and_the_dockerfile_installs_the_wheel():
 
 @pytest.mark.slow
 def test_wheel_holds_every_subpackage_and_the_job_yamls(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", REPO,
-                          "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", REPO, "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     (whl,) = tmp_path.glob("*.whl")
     names = set(zipfile.ZipFile(whl).namelist())
-    for folder, pkg in (("platform", "sama"), ("pipelines", "sama/pipelines"), ("serve", "sama/serve"),
-                        ("jobs", "sama/jobs")):
+    for folder, pkg in (
+        ("platform", "sama"),
+        ("pipelines", "sama/pipelines"),
+        ("serve", "sama/serve"),
+        ("jobs", "sama/jobs"),
+    ):
         for d, _, files in os.walk(os.path.join(REPO, folder)):
             for f in files:
                 if f.endswith((".py", ".yaml")):
@@ -176,8 +226,9 @@ def test_wheel_holds_every_subpackage_and_the_job_yamls(tmp_path):
     assert not any(n.split("/")[0] in ("platform", "pipelines", "serve", "jobs") for n in names)
 
 
-@pytest.mark.skipif(not __import__("importlib").util.find_spec("kubernetes_validate"),
-                    reason="kubernetes-validate not installed")
+@pytest.mark.skipif(
+    not __import__("importlib").util.find_spec("kubernetes_validate"), reason="kubernetes-validate not installed"
+)
 def test_pod_templates_are_valid_kubernetes_strictly():
     import kubernetes_validate
 
@@ -226,8 +277,10 @@ def test_every_job_yaml_renders_a_valid_manifest(name, own, monkeypatch):
         assert m["kind"] == "RayJob"
         assert spec["entrypoint"] == sub.entrypoint == "sama run env:SAMA_JOB_CONFIG"
         assert spec["metadata"]["sama_job"] == cfg.job and spec["metadata"]["sama_yaml"] == name
-        assert (spec["entrypointNumCpus"], spec["entrypointNumGpus"]) == (sub.entrypoint_num_cpus,
-                                                                          sub.entrypoint_num_gpus)
+        assert (spec["entrypointNumCpus"], spec["entrypointNumGpus"]) == (
+            sub.entrypoint_num_cpus,
+            sub.entrypoint_num_gpus,
+        )
         assert "jobId" not in spec  # each run of a re-created RayJob gets a fresh id
         runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
         cl = spec.get("rayClusterSpec") or cluster()["spec"]
@@ -257,8 +310,19 @@ def test_committed_manifests_equal_a_fresh_render(monkeypatch):
 def test_cli_render_to_a_file_and_the_all_check(monkeypatch, tmp_path, capsys):
     in_repo(monkeypatch)
     out = tmp_path / "ingest.yaml"
-    args = ["render", "jobs/ingest.yaml", "output=s3://b/ingest", "--kuberay", "--own-cluster",
-            "--image", "reg.example/sama:1", "--submission-id", "ingest-7", "-o", str(out)]
+    args = [
+        "render",
+        "jobs/ingest.yaml",
+        "output=s3://b/ingest",
+        "--kuberay",
+        "--own-cluster",
+        "--image",
+        "reg.example/sama:1",
+        "--submission-id",
+        "ingest-7",
+        "-o",
+        str(out),
+    ]
     assert sama_main(args) == 0
     m = yaml.safe_load(out.read_text())
     assert m["spec"]["jobId"] == "ingest-7" and m["spec"]["metadata"]["sama_overrides"] == "output=s3://b/ingest"
@@ -342,19 +406,35 @@ def test_entrypoint_resources_render_as_the_crds_json_string(monkeypatch):
 # --- the RayService -----------------------------------------------------------------------------
 
 SERVE_SECTION = {  # the shape of sama.serve's ServeConfig, as plain data (jobs/serve.yaml's `serve:`)
-    "name": "sama-edit", "route_prefix": "/", "results": "s3://b/results",
+    "name": "sama-edit",
+    "route_prefix": "/",
+    "results": "s3://b/results",
     "model": {"checkpoint": "s3://b/models/sama-14b"},
-    "editor": {"num_gpus": 1.0, "num_cpus": 4.0, "max_ongoing_requests": 1,
-               "autoscaling": {"min_replicas": 1, "max_replicas": 8, "initial_replicas": None,
-                               "target_ongoing_requests": 1.0, "downscale_delay_s": 600.0}},
+    "editor": {
+        "num_gpus": 1.0,
+        "num_cpus": 4.0,
+        "max_ongoing_requests": 1,
+        "autoscaling": {
+            "min_replicas": 1,
+            "max_replicas": 8,
+            "initial_replicas": None,
+            "target_ongoing_requests": 1.0,
+            "downscale_delay_s": 600.0,
+        },
+    },
 }
 
 
 def test_rayservice_from_a_serve_config():
     spec = render.serve_spec(SERVE_SECTION)
-    sub = submit.Submission(entrypoint="-", runtime_env={"env_vars": {submit.JOB_ENV: "job: serve\n"}},
-                            metadata={"sama_job": "serve", "sama_yaml": "serve.yaml"}, submission_id="-",
-                            entrypoint_num_cpus=1, entrypoint_num_gpus=0)
+    sub = submit.Submission(
+        entrypoint="-",
+        runtime_env={"env_vars": {submit.JOB_ENV: "job: serve\n"}},
+        metadata={"sama_job": "serve", "sama_yaml": "serve.yaml"},
+        submission_id="-",
+        entrypoint_num_cpus=1,
+        entrypoint_num_gpus=0,
+    )
     m = render.rayservice(sub, spec, "sama-serve", cluster(), render.Target(image="reg/sama:2"))
     check_structure(m)
     (app,) = yaml.safe_load(m["spec"]["serveConfigV2"])["applications"]

@@ -21,10 +21,13 @@ def _free_port() -> int:
 
 def _inputs(n_sem: int) -> dict:
     g = torch.Generator().manual_seed(3)
-    return dict(hidden_states=torch.randn(2, 16, 3, 8, 8, generator=g), timestep=torch.tensor([700.0, 250.0]),
-                encoder_hidden_states=torch.randn(2, 6, 32, generator=g),
-                source_latents=torch.randn(2, 16, 3, 8, 8, generator=g),
-                semantic_tokens=torch.randn(2, n_sem, 32, generator=g))
+    return dict(
+        hidden_states=torch.randn(2, 16, 3, 8, 8, generator=g),
+        timestep=torch.tensor([700.0, 250.0]),
+        encoder_hidden_states=torch.randn(2, 6, 32, generator=g),
+        source_latents=torch.randn(2, 16, 3, 8, 8, generator=g),
+        semantic_tokens=torch.randn(2, n_sem, 32, generator=g),
+    )
 
 
 def _run(model, x: dict, mode: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -47,8 +50,10 @@ def _worker(rank: int, port: int, results: str) -> None:
     try:
         report = {}
         model = tiny_transformer(seed=0, num_attention_heads=4, attention_head_dim=8).train()
-        for name, mode, n_sem in [("restricted+zero-t", dict(source_attention_mask=True, source_timestep="zero"), 5),
-                                  ("full+shared-t", dict(source_attention_mask=False, source_timestep="shared"), 4)]:
+        for name, mode, n_sem in [
+            ("restricted+zero-t", dict(source_attention_mask=True, source_timestep="zero"), 5),
+            ("full+shared-t", dict(source_attention_mask=False, source_timestep="shared"), 4),
+        ]:
             x = _inputs(n_sem)
             model.enable_sequence_parallel(None)
             ref = _run(model, x, mode)
@@ -60,7 +65,9 @@ def _worker(rank: int, port: int, results: str) -> None:
                 "length": 48 + 48 + n_sem,
                 "out": (out - ref[0]).abs().max().item(),
                 "sem": (sem - ref[1]).abs().max().item(),
-                "grad": max(((grads[n] - g).abs().max() / g.abs().max().clamp_min(1e-12)).item() for n, g in ref[2].items()),
+                "grad": max(
+                    ((grads[n] - g).abs().max() / g.abs().max().clamp_min(1e-12)).item() for n, g in ref[2].items()
+                ),
                 "same_params": sorted(grads) == sorted(ref[2]),
             }
         if rank == 0:

@@ -30,15 +30,27 @@ def app_config(name: str, root: str, bucket: str, **sections) -> dict:
         "name": name,
         "route_prefix": f"/{name}",
         "results": os.path.join(root, "results", name),
-        "model": {"text": {"max_length": 16},
-                  "pipeline": {"num_inference_steps": 2, "buckets": {"area": 4096, "multiple": 16, "max_frames": 9}}},
-        "editor": {"num_gpus": 0, "num_cpus": 0.1,
-                   "autoscaling": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}},
+        "model": {
+            "text": {"max_length": 16},
+            "pipeline": {"num_inference_steps": 2, "buckets": {"area": 4096, "multiple": 16, "max_frames": 9}},
+        },
+        "editor": {
+            "num_gpus": 0,
+            "num_cpus": 0.1,
+            "autoscaling": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1},
+        },
         "ingress": {"num_cpus": 0.1},
         "queue": {"max_pending": 3, "queue_timeout_s": 120, "run_timeout_s": 120, "retry_after_s": 7},
-        "limits": {"max_upload_mb": 0.25, "max_duration_s": 3.0, "max_side": 128, "max_pixels": 128 * 128,
-                   "max_steps": 300, "sync_max_frames": 5,
-                   "allowed_roots": [os.path.join(root, "allowed")], "allowed_buckets": [bucket.removeprefix("s3://")]},
+        "limits": {
+            "max_upload_mb": 0.25,
+            "max_duration_s": 3.0,
+            "max_side": 128,
+            "max_pixels": 128 * 128,
+            "max_steps": 300,
+            "sync_max_frames": 5,
+            "allowed_roots": [os.path.join(root, "allowed")],
+            "allowed_buckets": [bucket.removeprefix("s3://")],
+        },
         "auth": {"token_env": TOKEN_ENV},
     }
     for k, v in sections.items():
@@ -64,10 +76,24 @@ def service(ray_cluster, tmp_path_factory, s3_server):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     apps = {
         "edit": app_config("edit", root, s3_bucket),
-        "scale": app_config("scale", root, s3_bucket, editor={"autoscaling": {
-            "min_replicas": 1, "max_replicas": 2, "initial_replicas": 1, "target_ongoing_requests": 1,
-            "upscale_delay_s": 0.5, "downscale_delay_s": 2.0, "metrics_interval_s": 0.5,
-            "look_back_period_s": 1.0}}, queue={"max_pending": 8}),
+        "scale": app_config(
+            "scale",
+            root,
+            s3_bucket,
+            editor={
+                "autoscaling": {
+                    "min_replicas": 1,
+                    "max_replicas": 2,
+                    "initial_replicas": 1,
+                    "target_ongoing_requests": 1,
+                    "upscale_delay_s": 0.5,
+                    "downscale_delay_s": 2.0,
+                    "metrics_interval_s": 0.5,
+                    "look_back_period_s": 1.0,
+                }
+            },
+            queue={"max_pending": 8},
+        ),
         "strict": app_config("strict", root, s3_bucket, queue={"run_timeout_s": 2.0}),
     }
     try:
@@ -142,14 +168,20 @@ def test_edit_round_trip_upload_poll_download(service, client, clip):
 
 def test_sync_edit_returns_the_mp4(service, client, tmp_path):
     src = write_video(str(tmp_path / "s.mp4"), frames=5, width=64, height=48, fps=8)
-    r = client.post(url(service, "edit", "v1/edit"), data={"instruction": "make it blue"},
-                    files={"video": ("s.mp4", open(src, "rb"), "video/mp4")})
+    r = client.post(
+        url(service, "edit", "v1/edit"),
+        data={"instruction": "make it blue"},
+        files={"video": ("s.mp4", open(src, "rb"), "video/mp4")},
+    )
     assert r.status_code == 200, r.text
     n, h, w, codec = decode(r.content)
     assert n == 5 and codec == "h264" and h % 2 == 0 and w % 2 == 0
     # The synchronous endpoint only takes short clips.
-    r = client.post(url(service, "edit", "v1/edit"), data={"instruction": "x", "num_frames": "9"},
-                    files={"video": ("s.mp4", open(src, "rb"), "video/mp4")})
+    r = client.post(
+        url(service, "edit", "v1/edit"),
+        data={"instruction": "x", "num_frames": "9"},
+        files={"video": ("s.mp4", open(src, "rb"), "video/mp4")},
+    )
     assert r.status_code == 400 and "num_frames" in r.json()["error"]
 
 
@@ -157,8 +189,9 @@ def test_cli_edit_against_the_service(service, clip, tmp_path, capsys):
     from sama.jobs.cli import main
 
     out = str(tmp_path / "edited.mp4")
-    rc = main(["edit", clip, "make it green", "--endpoint", url(service, "edit"), "--token", TOKEN,
-               "-o", out, "--steps", "2"])
+    rc = main(
+        ["edit", clip, "make it green", "--endpoint", url(service, "edit"), "--token", TOKEN, "-o", out, "--steps", "2"]
+    )
     assert rc == 0 and decode(open(out, "rb").read())[0] == 9
     rc = main(["edit", clip, "make it green", "--endpoint", url(service, "edit"), "--token", "wrong", "-o", out])
     assert rc == 1 and "401" in capsys.readouterr().err
@@ -172,13 +205,21 @@ def test_auth_is_required(service, clip):
         files = {"video": ("src.mp4", open(clip, "rb"), "video/mp4")}
         r = anon.post(url(service, "edit", "v1/edits"), data={"instruction": "x"}, files=files)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-        r = anon.post(url(service, "edit", "v1/edits"), data={"instruction": "x"}, files=files,
-                      headers={"Authorization": "Bearer not-the-token"})
+        r = anon.post(
+            url(service, "edit", "v1/edits"),
+            data={"instruction": "x"},
+            files=files,
+            headers={"Authorization": "Bearer not-the-token"},
+        )
         assert r.status_code == 401
         assert anon.get(url(service, "edit", "v1/edits/abc")).status_code == 401
         assert anon.delete(url(service, "edit", "v1/edits/abc")).status_code == 401
-        assert anon.get(url(service, "edit", "v1/edits/abc/result"),
-                        headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
+        assert (
+            anon.get(
+                url(service, "edit", "v1/edits/abc/result"), headers={"Authorization": f"Basic {TOKEN}"}
+            ).status_code
+            == 401
+        )
         # The page and the health check are open (they hold no data).
         assert anon.get(url(service, "edit", "healthz")).json()["status"] == "ok"
         assert "<video" in anon.get(url(service, "edit")).text
@@ -186,51 +227,73 @@ def test_auth_is_required(service, clip):
 
 def test_oversized_uploads_are_refused(service, client, tmp_path):
     big = os.urandom(300 * 1024)  # the limit is 0.25 MB
-    r = client.post(url(service, "edit", "v1/edits"), data={"instruction": "x"},
-                    files={"video": ("big.mp4", big, "video/mp4")})
+    r = client.post(
+        url(service, "edit", "v1/edits"), data={"instruction": "x"}, files={"video": ("big.mp4", big, "video/mp4")}
+    )
     assert r.status_code == 413, r.text
     # Without a Content-Length (chunked), the cap holds while streaming.
     boundary = "b0undary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"instruction\"\r\n\r\nx\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"video\"; filename=\"a.mp4\"\r\n"
-            f"Content-Type: video/mp4\r\n\r\n").encode() + big * 4 + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="instruction"\r\n\r\nx\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="video"; filename="a.mp4"\r\n'
+            f"Content-Type: video/mp4\r\n\r\n"
+        ).encode()
+        + big * 4
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
 
     def chunks():
         for i in range(0, len(body), 16384):
-            yield body[i:i + 16384]
+            yield body[i : i + 16384]
 
-    r = client.post(url(service, "edit", "v1/edits"), content=chunks(),
-                    headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    r = client.post(
+        url(service, "edit", "v1/edits"),
+        content=chunks(),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert r.status_code == 413, r.text
     # Too long, too large: refused after probing, with the limit named.
     long = write_video(str(tmp_path / "long.mp4"), frames=40, width=64, height=48, fps=8)  # 5 s > 3 s
-    r = client.post(url(service, "edit", "v1/edits"), data={"instruction": "x"},
-                    files={"video": ("long.mp4", open(long, "rb"), "video/mp4")})
+    r = client.post(
+        url(service, "edit", "v1/edits"),
+        data={"instruction": "x"},
+        files={"video": ("long.mp4", open(long, "rb"), "video/mp4")},
+    )
     assert r.status_code == 422 and "3s" in r.json()["error"]
     wide = write_video(str(tmp_path / "wide.mp4"), frames=5, width=192, height=96, fps=8)
-    r = client.post(url(service, "edit", "v1/edits"), data={"instruction": "x"},
-                    files={"video": ("wide.mp4", open(wide, "rb"), "video/mp4")})
+    r = client.post(
+        url(service, "edit", "v1/edits"),
+        data={"instruction": "x"},
+        files={"video": ("wide.mp4", open(wide, "rb"), "video/mp4")},
+    )
     assert r.status_code == 422 and "192x96" in r.json()["error"]
 
 
-@pytest.mark.parametrize("fields,files,status,words", [
-    ({"instruction": "x"}, None, 400, "exactly one source"),
-    ({}, "clip", 400, "instruction"),
-    ({"instruction": "  "}, "clip", 400, "instruction"),
-    ({"instruction": "x", "steps": "many"}, "clip", 400, "integer"),
-    ({"instruction": "x", "steps": "5000"}, "clip", 400, "out of range"),
-    ({"instruction": "x", "guidance_scale": "nan"}, "clip", 400, "out of range"),
-    ({"instruction": "x", "height": "64"}, "clip", 400, "both"),
-    ({"instruction": "x", "height": "60", "width": "64"}, "clip", 400, "multiples"),
-    ({"instruction": "x", "color": "red"}, "clip", 400, "unknown field"),
-    ({"instruction": "x", "uri": "/nope.mp4"}, "clip", 400, "exactly one source"),
-    ({"instruction": "x"}, "garbage", 422, "not a readable"),
-    ({"instruction": "x"}, "empty", 400, "empty"),
-])
+@pytest.mark.parametrize(
+    "fields,files,status,words",
+    [
+        ({"instruction": "x"}, None, 400, "exactly one source"),
+        ({}, "clip", 400, "instruction"),
+        ({"instruction": "  "}, "clip", 400, "instruction"),
+        ({"instruction": "x", "steps": "many"}, "clip", 400, "integer"),
+        ({"instruction": "x", "steps": "5000"}, "clip", 400, "out of range"),
+        ({"instruction": "x", "guidance_scale": "nan"}, "clip", 400, "out of range"),
+        ({"instruction": "x", "height": "64"}, "clip", 400, "both"),
+        ({"instruction": "x", "height": "60", "width": "64"}, "clip", 400, "multiples"),
+        ({"instruction": "x", "color": "red"}, "clip", 400, "unknown field"),
+        ({"instruction": "x", "uri": "/nope.mp4"}, "clip", 400, "exactly one source"),
+        ({"instruction": "x"}, "garbage", 422, "not a readable"),
+        ({"instruction": "x"}, "empty", 400, "empty"),
+    ],
+)
 def test_malformed_requests_get_clear_4xx(service, client, clip, fields, files, status, words):
     payload = {"clip": open(clip, "rb").read(), "garbage": b"this is not a video" * 50, "empty": b""}
-    r = client.post(url(service, "edit", "v1/edits"), data=fields,
-                    files={"video": ("v.mp4", payload[files], "video/mp4")} if files else None)
+    r = client.post(
+        url(service, "edit", "v1/edits"),
+        data=fields,
+        files={"video": ("v.mp4", payload[files], "video/mp4")} if files else None,
+    )
     assert r.status_code == status, r.text
     assert words in r.json()["error"]
 
@@ -238,27 +301,33 @@ def test_malformed_requests_get_clear_4xx(service, client, clip, fields, files, 
 def test_malformed_bodies(service, client):
     r = client.post(url(service, "edit", "v1/edits"), json={"instruction": "x", "uri": "/a.mp4"})
     assert r.status_code == 415
-    r = client.post(url(service, "edit", "v1/edits"), content=b"--xx\r\nContent-Disposition: form-da",
-                    headers={"Content-Type": "multipart/form-data; boundary=xx"})
+    r = client.post(
+        url(service, "edit", "v1/edits"),
+        content=b"--xx\r\nContent-Disposition: form-da",
+        headers={"Content-Type": "multipart/form-data; boundary=xx"},
+    )
     assert r.status_code == 400, r.text
     assert client.get(url(service, "edit", "v1/edits/not-a-job")).status_code == 404
 
 
-@pytest.mark.parametrize("uri,status", [
-    ("http://169.254.169.254/latest/meta-data/iam/security-credentials/", 403),
-    ("https://example.com/clip.mp4", 403),
-    ("gopher://127.0.0.1:6379/_INFO", 403),
-    ("file:///etc/passwd", 403),
-    ("file://evil.example/etc/passwd", 403),
-    ("/etc/passwd", 403),
-    ("relative/clip.mp4", 403),
-    ("{allowed}/../../../../etc/passwd", 403),
-    ("{allowed}/link-out", 403),
-    ("{allowed}/missing.mp4", 404),
-    ("s3://not-allowed-bucket/clip.mp4", 403),
-    ("{bucket}/../other/clip.mp4", 403),
-    ("{bucket}/shards/a.tar::clip.mp4", 403),
-])
+@pytest.mark.parametrize(
+    "uri,status",
+    [
+        ("http://169.254.169.254/latest/meta-data/iam/security-credentials/", 403),
+        ("https://example.com/clip.mp4", 403),
+        ("gopher://127.0.0.1:6379/_INFO", 403),
+        ("file:///etc/passwd", 403),
+        ("file://evil.example/etc/passwd", 403),
+        ("/etc/passwd", 403),
+        ("relative/clip.mp4", 403),
+        ("{allowed}/../../../../etc/passwd", 403),
+        ("{allowed}/link-out", 403),
+        ("{allowed}/missing.mp4", 404),
+        ("s3://not-allowed-bucket/clip.mp4", 403),
+        ("{bucket}/../other/clip.mp4", 403),
+        ("{bucket}/shards/a.tar::clip.mp4", 403),
+    ],
+)
 def test_uri_sources_cannot_escape(service, client, uri, status):
     allowed = os.path.join(service["root"], "allowed")
     link = os.path.join(allowed, "link-out")
@@ -278,7 +347,8 @@ def test_uri_sources_inside_allowed_places_work(service, client):
     data = open(local, "rb").read()
     key = f"{service['bucket']}/clips/in.mp4"
     boto3.client("s3", endpoint_url=storage.endpoint_url()).put_object(
-        Bucket=service["bucket"].removeprefix("s3://"), Key="clips/in.mp4", Body=data)
+        Bucket=service["bucket"].removeprefix("s3://"), Key="clips/in.mp4", Body=data
+    )
     for uri in (local, f"file://{local}", key):
         job = submit(client, service, fields={"uri": uri})
         job = wait_state(client, service, job["id"], ("succeeded", "failed"))
@@ -306,8 +376,11 @@ def test_cancel_stops_a_running_edit(service, client, clip):
 def test_queue_full_gets_503(service, client, clip):
     jobs = [submit(client, service, source=clip, fields=LONG) for _ in range(3)]  # max_pending: 3
     try:
-        r = client.post(url(service, "edit", "v1/edits"), data={"instruction": "x"},
-                        files={"video": ("src.mp4", open(clip, "rb"), "video/mp4")})
+        r = client.post(
+            url(service, "edit", "v1/edits"),
+            data={"instruction": "x"},
+            files={"video": ("src.mp4", open(clip, "rb"), "video/mp4")},
+        )
         assert r.status_code == 503 and r.headers["retry-after"] == "7"
         assert "busy" in r.json()["error"]
         assert client.get(url(service, "edit", "healthz")).json()["pending"] == 3
@@ -388,8 +461,15 @@ def test_autoscaling_up_under_load_and_back(service, client, clip):
 # ---------------------------------------------------------------------- the web page
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def test_web_page_in_headless_chromium(service, clip, tmp_path):
@@ -411,17 +491,25 @@ def test_web_page_in_headless_chromium(service, clip, tmp_path):
             # Record every status line the page shows, to see progress happen.
             page.evaluate("""() => { window.seen = [];
                 new MutationObserver(() => window.seen.push(document.querySelector('#status').textContent))
-                  .observe(document.querySelector('#status'), {childList: true, characterData: true, subtree: true}); }""")
+                  .observe(document.querySelector('#status'),
+                           {childList: true, characterData: true, subtree: true}); }""")
             page.fill("#token", TOKEN)
             page.fill("#steps", "40")
             page.click("#submit")
-            page.wait_for_function("document.querySelector('#status').className === 'done' && "
-                                   "document.querySelector('#result').src.startsWith('blob:')", timeout=90000)
+            page.wait_for_function(
+                "document.querySelector('#status').className === 'done' && "
+                "document.querySelector('#result').src.startsWith('blob:')",
+                timeout=90000,
+            )
             # Chromium decodes the result (H.264 in mp4) and plays it beside the source.
-            page.wait_for_function("document.querySelector('#result').readyState >= 2 && "
-                                   "document.querySelector('#source').readyState >= 2", timeout=30000)
-            size = page.evaluate("[document.querySelector('#result').videoWidth, "
-                                 "document.querySelector('#result').videoHeight]")
+            page.wait_for_function(
+                "document.querySelector('#result').readyState >= 2 && "
+                "document.querySelector('#source').readyState >= 2",
+                timeout=30000,
+            )
+            size = page.evaluate(
+                "[document.querySelector('#result').videoWidth, document.querySelector('#result').videoHeight]"
+            )
             assert size == [64, 64]
             seen = page.evaluate("window.seen")
             assert any(s.startswith(("queued", "running")) for s in seen), seen
@@ -440,8 +528,15 @@ def test_prometheus_metrics_through_ray(service):
     import ray
 
     port = ray._private.worker.global_worker.node.metrics_export_port
-    wanted = ('ray_sama_edit_requests', 'ray_sama_edit_rejected', 'status="401"', 'ray_sama_edit_compute_seconds_bucket',
-              'ray_sama_edit_jobs_finished', 'state="cancelled"', 'application="edit"')
+    wanted = (
+        "ray_sama_edit_requests",
+        "ray_sama_edit_rejected",
+        'status="401"',
+        "ray_sama_edit_compute_seconds_bucket",
+        "ray_sama_edit_jobs_finished",
+        'state="cancelled"',
+        'application="edit"',
+    )
     deadline, text = time.time() + 60, ""
     while time.time() < deadline:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text

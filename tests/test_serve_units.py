@@ -41,13 +41,30 @@ def test_local_and_s3_uris_inside_the_allowed_places_pass(limits, tmp_path):
     assert resolve_source_uri("s3://media/clips/a.mp4", limits) == "s3://media/clips/a.mp4"
 
 
-@pytest.mark.parametrize("uri", [
-    "http://169.254.169.254/latest/meta-data/", "https://example.com/a.mp4", "HTTP://example.com/a.mp4",
-    "ftp://h/a.mp4", "gs://media/a.mp4", "s3://other/a.mp4", "s3://media/", "s3://media/a/../b.mp4",
-    "s3://media//a.mp4", "file:///etc/passwd", "file://host/etc/passwd", "/etc/passwd", "a.mp4",
-    "c:/windows/a.mp4", "{root}/../secret.mp4", "{root}/sub/../../secret.mp4", "{root}/escape.mp4",
-    "{root}-sibling/a.mp4", "{root}/x.tar::a.mp4",
-])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "https://example.com/a.mp4",
+        "HTTP://example.com/a.mp4",
+        "ftp://h/a.mp4",
+        "gs://media/a.mp4",
+        "s3://other/a.mp4",
+        "s3://media/",
+        "s3://media/a/../b.mp4",
+        "s3://media//a.mp4",
+        "file:///etc/passwd",
+        "file://host/etc/passwd",
+        "/etc/passwd",
+        "a.mp4",
+        "c:/windows/a.mp4",
+        "{root}/../secret.mp4",
+        "{root}/sub/../../secret.mp4",
+        "{root}/escape.mp4",
+        "{root}-sibling/a.mp4",
+        "{root}/x.tar::a.mp4",
+    ],
+)
 def test_uris_outside_are_refused_before_any_io(limits, uri):
     assert refused(uri.format(root=limits.allowed_roots[0]), limits) == 403
 
@@ -66,20 +83,47 @@ def test_bearer_tokens():
     assert not bearer_ok("Basic abc", "abc") and not bearer_ok("Bearer ", "abc")
 
 
-SETTINGS = IngressSettings("t", "", IngressConfig(), QueueConfig(), LimitsConfig(max_steps=50, sync_max_frames=5),
-                           Geometry(multiple=16, area=4096, max_frames=9))
+SETTINGS = IngressSettings(
+    "t",
+    "",
+    IngressConfig(),
+    QueueConfig(),
+    LimitsConfig(max_steps=50, sync_max_frames=5),
+    Geometry(multiple=16, area=4096, max_frames=9),
+)
 
 
 def test_parameters_parse_and_bound():
-    req = parse_params({"instruction": " make it red ", "seed": "7", "steps": "4", "guidance_scale": "4.5",
-                        "height": "48", "width": "80"}, SETTINGS, sync=False)
-    assert (req.instruction, req.seed, req.steps, req.guidance_scale, req.height, req.width) == \
-        ("make it red", 7, 4, 4.5, 48, 80)
+    req = parse_params(
+        {
+            "instruction": " make it red ",
+            "seed": "7",
+            "steps": "4",
+            "guidance_scale": "4.5",
+            "height": "48",
+            "width": "80",
+        },
+        SETTINGS,
+        sync=False,
+    )
+    assert (req.instruction, req.seed, req.steps, req.guidance_scale, req.height, req.width) == (
+        "make it red",
+        7,
+        4,
+        4.5,
+        48,
+        80,
+    )
     assert req.num_frames is None
     assert parse_params({"instruction": "x"}, SETTINGS, sync=True).num_frames == 5
-    for bad in ({"instruction": "x", "steps": "51"}, {"instruction": "x", "seed": "-1"},
-                {"instruction": "x", "guidance_scale": "inf"}, {"instruction": "x", "num_frames": "10"},
-                {"instruction": "x", "height": "64", "width": "96"}, {"instruction": "x" * 1001}):
+    for bad in (
+        {"instruction": "x", "steps": "51"},
+        {"instruction": "x", "seed": "-1"},
+        {"instruction": "x", "guidance_scale": "inf"},
+        {"instruction": "x", "num_frames": "10"},
+        {"instruction": "x", "height": "64", "width": "96"},
+        {"instruction": "x" * 1001},
+    ):
         with pytest.raises(RequestError) as e:
             parse_params(bad, SETTINGS, sync=False)
         assert e.value.status == 400, bad
@@ -90,9 +134,11 @@ def test_media_limits():
 
     ok = MediaInfo("video", 64, 48, 9, 8.0, 1.1, "h264")
     check_media(ok, SETTINGS)
-    for bad, words in ((MediaInfo("video", 64, 48, 999, 8.0, 125.0, "h264"), "lasts"),
-                       (MediaInfo("video", 64, 48, 5000, 1000.0, 5.0, "h264"), "frames"),
-                       (MediaInfo("video", 4000, 48, 9, 8.0, 1.0, "h264"), "larger")):
+    for bad, words in (
+        (MediaInfo("video", 64, 48, 999, 8.0, 125.0, "h264"), "lasts"),
+        (MediaInfo("video", 64, 48, 5000, 1000.0, 5.0, "h264"), "frames"),
+        (MediaInfo("video", 4000, 48, 9, 8.0, 1.0, "h264"), "larger"),
+    ):
         with pytest.raises(RequestError, match=words) as e:
             check_media(bad, SETTINGS)
         assert e.value.status == 422
@@ -139,11 +185,15 @@ def test_token_comes_from_the_environment(monkeypatch):
 
 def test_builder_maps_the_config_onto_deployments(monkeypatch):
     monkeypatch.setenv("SAMA_SERVE_TOKEN", "t")
-    app = build_app({"editor": {"num_gpus": 1, "max_queued_requests": 9,
-                                "autoscaling": {"min_replicas": 1, "max_replicas": 4}}})
+    app = build_app(
+        {"editor": {"num_gpus": 1, "max_queued_requests": 9, "autoscaling": {"min_replicas": 1, "max_replicas": 4}}}
+    )
     ingress = app._bound_deployment
-    editor = ingress.init_args[0]._bound_deployment if hasattr(ingress.init_args[0], "_bound_deployment") \
+    editor = (
+        ingress.init_args[0]._bound_deployment
+        if hasattr(ingress.init_args[0], "_bound_deployment")
         else ingress.init_args[0]
+    )
     assert ingress.name == "Ingress" and ingress._deployment_config.num_replicas == 1
     assert editor.name == "Editor" and editor.ray_actor_options["num_gpus"] == 1
     assert editor._deployment_config.max_queued_requests == 9
@@ -191,9 +241,12 @@ def test_editor_runs_max_running_edits_and_holds_the_rest(tmp_path, max_running)
     from sama.serve.inputs import EditRequest
     from sama.testing.media import write_video
 
-    model = ModelConfig(text=TextEncoderConfig(max_length=16), warmup=False, device="cpu",
-                        pipeline=PipelineConfig(num_inference_steps=3,
-                                                buckets=BucketConfig(area=4096, multiple=16, max_frames=5)))
+    model = ModelConfig(
+        text=TextEncoderConfig(max_length=16),
+        warmup=False,
+        device="cpu",
+        pipeline=PipelineConfig(num_inference_steps=3, buckets=BucketConfig(area=4096, multiple=16, max_frames=5)),
+    )
     editor = Editor.func_or_class(model, max_running)
     clip = write_video(str(tmp_path / "src.mp4"), frames=5, width=64, height=64, fps=8)
     order: list[tuple[int, str]] = []

@@ -4,10 +4,15 @@ from sama.pipelines.stage import count_table
 
 
 def test_count_table_rows_reasons_notes_and_totals():
-    summary = {"reco": {"kept": 3, "rejected": 1, "reasons": {"missing_file": 1}, "mb": 1.25},
-               "x2edit": {"kept": 5, "rejected": 0, "reasons": {}, "mb": 2.0}}
-    text = count_table(summary, {"kept": lambda s: s["kept"], "rejected": lambda s: s["rejected"],
-                                 "MB": lambda s: s["mb"]}, note=lambda s: "  (late)" if s["rejected"] else "")
+    summary = {
+        "reco": {"kept": 3, "rejected": 1, "reasons": {"missing_file": 1}, "mb": 1.25},
+        "x2edit": {"kept": 5, "rejected": 0, "reasons": {}, "mb": 2.0},
+    }
+    text = count_table(
+        summary,
+        {"kept": lambda s: s["kept"], "rejected": lambda s: s["rejected"], "MB": lambda s: s["mb"]},
+        note=lambda s: "  (late)" if s["rejected"] else "",
+    )
     header, reco, x2, total = text.splitlines()
     assert header.split() == ["dataset", "kept", "rejected", "MB", "reasons"]
     assert reco.split() == ["reco", "3", "1", "1.2", "missing_file=1", "(late)"]
@@ -31,8 +36,19 @@ from sama import storage  # noqa: E402
 from sama.pipelines.stage import Part, Stage, Table, dry_run_stage, run_stage  # noqa: E402
 from sama.schemas import TableSchema  # noqa: E402
 
-SQUARES = TableSchema("squares", 1, pa.schema([("dataset", pa.string()), ("n", pa.int64()), ("square", pa.int64()),
-                                               ("status", pa.string()), ("reason", pa.string())]))
+SQUARES = TableSchema(
+    "squares",
+    1,
+    pa.schema(
+        [
+            ("dataset", pa.string()),
+            ("n", pa.int64()),
+            ("square", pa.int64()),
+            ("status", pa.string()),
+            ("reason", pa.string()),
+        ]
+    ),
+)
 
 
 class Squares(Stage):
@@ -40,8 +56,18 @@ class Squares(Stage):
     fails (a row with a reason), a number over ``limit`` is an error (redone next run)."""
 
     name = "squares"
-    tables = {"squares": Table(SQUARES, "squares", status_column="status", statuses=("ok", "failed", "error"),
-                               reason_column="reason", ok=("ok",), errors=("error",), totals=("square",))}
+    tables = {
+        "squares": Table(
+            SQUARES,
+            "squares",
+            status_column="status",
+            statuses=("ok", "failed", "error"),
+            reason_column="reason",
+            ok=("ok",),
+            errors=("error",),
+            totals=("square",),
+        )
+    }
 
     def __init__(self, source: str, output: str, per_part: int = 2, limit: int = 100, offset: int = 0):
         super().__init__(output)
@@ -58,7 +84,9 @@ class Squares(Stage):
     def process(self, part: Part) -> dict:
         rows = []
         for n in part.spec:
-            status, reason = ("failed", "negative") if n < 0 else ("error", "too_big") if n > self.limit else ("ok", None)
+            status, reason = (
+                ("failed", "negative") if n < 0 else ("error", "too_big") if n > self.limit else ("ok", None)
+            )
             rows.append({"dataset": "toy", "n": n, "square": n * n + self.offset, "status": status, "reason": reason})
         return {"squares": rows, "stats": {"numbers": len(rows)}}
 
@@ -80,8 +108,10 @@ def test_a_toy_job_gets_resume_summary_and_dry_run_from_the_runner(ray_cluster, 
     again = run_stage(Squares(str(source), out)).summary  # resume: nothing left to do, nothing duplicated
     assert again["parts_run"] == 0 and again["datasets"] == s["datasets"] and "numbers" not in again
     assert storage.read_parquet(os.path.join(out, "squares")).num_rows == 5
-    assert dry_run_stage(Squares(str(source), out))[0] == \
-        "squares: 3 part(s) planned, 3 finished, 0 to run; 0 stale output(s) to remove"
+    assert (
+        dry_run_stage(Squares(str(source), out))[0]
+        == "squares: 3 part(s) planned, 3 finished, 0 to run; 0 stale output(s) to remove"
+    )
 
     done = os.path.join(out, "_work", "done", "squares", "toy")
     os.remove(os.path.join(done, sorted(os.listdir(done))[0]))  # killed before its marker was written

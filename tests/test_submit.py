@@ -28,14 +28,39 @@ def ray_head(tmp_path_factory):
     port, dash = free_port(), free_port()
     # The session's own Ray (ray_cluster) holds the agent's fixed default port 52365, so every
     # port this head would share with it is picked free here.
-    agent_ports = {flag: str(free_port()) for flag in (
-        "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
-        "--metrics-export-port")}
+    agent_ports = {
+        flag: str(free_port())
+        for flag in (
+            "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port",
+            "--runtime-env-agent-port",
+            "--metrics-export-port",
+        )
+    }
     proc = subprocess.Popen(
-        ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
-         "--temp-dir", str(tmp / "ray"), *(x for kv in agent_ports.items() for x in kv)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            "ray",
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dash),
+            "--num-cpus",
+            "2",
+            "--temp-dir",
+            str(tmp / "ray"),
+            *(x for kv in agent_ports.items() for x in kv),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 90
@@ -59,8 +84,14 @@ def ray_head(tmp_path_factory):
 
 
 def sama(*args, env, timeout=300):
-    return subprocess.run([sys.executable, "-m", "sama.jobs.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "sama.jobs.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_submit_runs_to_completion_following_logs(ray_head, lookalikes, tmp_path):
@@ -97,12 +128,25 @@ def test_dry_run_masks_forwarded_credentials(monkeypatch, capsys):
     from sama.jobs.cli import main
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret")
-    assert main(["submit", job_yaml("ingest"), "submit.pass_env=[AWS_SECRET_ACCESS_KEY]",
-                 "submit.env_vars={LOG_LEVEL: debug}", "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "submit",
+                job_yaml("ingest"),
+                "submit.pass_env=[AWS_SECRET_ACCESS_KEY]",
+                "submit.env_vars={LOG_LEVEL: debug}",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     sub = json.loads(out)
     assert "very-secret" not in out and sub["runtime_env"]["env_vars"]["AWS_SECRET_ACCESS_KEY"] == "***"
     assert sub["runtime_env"]["env_vars"]["LOG_LEVEL"] == "debug"
-    assert sub["entrypoint"] == "sama run env:SAMA_JOB_CONFIG" and "job: ingest" in sub["runtime_env"]["env_vars"]["SAMA_JOB_CONFIG"]
+    assert (
+        sub["entrypoint"] == "sama run env:SAMA_JOB_CONFIG"
+        and "job: ingest" in sub["runtime_env"]["env_vars"]["SAMA_JOB_CONFIG"]
+    )
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     assert main(["submit", job_yaml("ingest"), "submit.pass_env=[AWS_SECRET_ACCESS_KEY]", "--dry-run"]) == 2

@@ -73,8 +73,9 @@ print(json.dumps({"moved": moved, "rel": rel, "steps": [big.global_steps, acc.gl
 def test_k_micro_batches_equal_one_k_times_larger_batch(stage):
     from conftest import free_port
 
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(stage), str(free_port())], capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(stage), str(free_port())], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["steps"] == [1, 1]  # one optimizer step each

@@ -21,19 +21,27 @@ STAGE0 = ["train.steps=6", "train.checkpoint.every=3", "train.debug.nan_at_steps
 def latents(ray_cluster, lookalikes, tmp_path_factory):
     """Ingest -> precompute (every task, small shards so each worker gets files of each source)."""
     root = tmp_path_factory.mktemp("train-data")
-    launcher.run(job_yaml("ingest"), [f"output={root}/ingest",
-                                      *[f"ingest.datasets.{k}.root={v}" for k, v in lookalikes.roots.items()]])
-    launcher.run(job_yaml("precompute"), [f"precompute.manifest={root}/ingest/manifest", f"output={root}/pc",
-                                          "precompute.shard_size=2"])
+    launcher.run(
+        job_yaml("ingest"),
+        [f"output={root}/ingest", *[f"ingest.datasets.{k}.root={v}" for k, v in lookalikes.roots.items()]],
+    )
+    launcher.run(
+        job_yaml("precompute"),
+        [f"precompute.manifest={root}/ingest/manifest", f"output={root}/pc", "precompute.shard_size=2"],
+    )
     return f"{root}/pc/latents"
 
 
 def sources(uri: str, stage: int) -> str:
     if stage == 0:
-        return (f"train.data.sources=[{{name: image_edit, uri: {uri}, tasks: [image_edit]}}, "
-                f"{{name: t2v, uri: {uri}, tasks: [t2v]}}]")
-    return (f"train.data.sources=[{{name: video_edit, uri: {uri}, tasks: [video_edit], weight: 0.8}}, "
-            f"{{name: image_edit, uri: {uri}, tasks: [image_edit], weight: 0.2}}]")
+        return (
+            f"train.data.sources=[{{name: image_edit, uri: {uri}, tasks: [image_edit]}}, "
+            f"{{name: t2v, uri: {uri}, tasks: [t2v]}}]"
+        )
+    return (
+        f"train.data.sources=[{{name: video_edit, uri: {uri}, tasks: [video_edit], weight: 0.8}}, "
+        f"{{name: image_edit, uri: {uri}, tasks: [image_edit], weight: 0.2}}]"
+    )
 
 
 def train(stage: int, latents: str, output: str, *extra: str) -> dict:
@@ -94,8 +102,13 @@ def test_stage0_then_stage1_and_the_export_loads(stage0, latents, tmp_path):
     wan = WanTransformer3DModel.from_pretrained(f"{export}/transformer")
     torch.testing.assert_close(wan.state_dict()["proj_out.weight"], ema1["proj_out.weight"])
     model = load_transformer(SamaModelConfig(pretrained=export, semantic_dim=32, semantic_hidden_dim=32))
-    out = model(torch.randn(1, 16, 1, 6, 10), torch.tensor([500.0]), torch.randn(1, 4, 32),
-                source_latents=torch.randn(1, 16, 1, 6, 10), semantic_tokens=torch.randn(1, 10, 32))
+    out = model(
+        torch.randn(1, 16, 1, 6, 10),
+        torch.tensor([500.0]),
+        torch.randn(1, 4, 32),
+        source_latents=torch.randn(1, 16, 1, 6, 10),
+        semantic_tokens=torch.randn(1, 10, 32),
+    )
     assert out.sample.shape == (1, 16, 1, 6, 10) and out.semantic.shape == (1, 10, 32)
 
 
@@ -114,9 +127,16 @@ def test_interrupted_run_resumes_on_s3_through_a_worker_failure(stage0, latents,
     # (ZeRO-2: its optimizer shard + the replicated module file every rank loads)
     for r in range(2):
         got = json.loads(storage.read_text(f"{out}/stage0/debug/resume_rank_{r:05d}.json"))
-        assert sorted(got["files"]) == sorted([
-            f"ds/zero_pp_rank_{r}_mp_rank_00_optim_states.pt", "ds/mp_rank_00_model_states.pt",
-            f"ema/rank_{r:05d}.safetensors", f"state/rank_{r:05d}.pt", "meta.json", "model_config.json"])
+        assert sorted(got["files"]) == sorted(
+            [
+                f"ds/zero_pp_rank_{r}_mp_rank_00_optim_states.pt",
+                "ds/mp_rank_00_model_states.pt",
+                f"ema/rank_{r:05d}.safetensors",
+                f"state/rank_{r:05d}.pt",
+                "meta.json",
+                "model_config.json",
+            ]
+        )
     got = losses(out, "stage0")
     assert sorted(got) == list(range(1, 7))
     for step in range(1, 7):
@@ -124,7 +144,10 @@ def test_interrupted_run_resumes_on_s3_through_a_worker_failure(stage0, latents,
             a, b = got[step][k], ref[step][k]
             assert (a != a and b != b) or a == pytest.approx(b, rel=1e-6, abs=1e-7), (step, k, a, b)
     # the exported EMA equals the uninterrupted run's
-    ema_ref, ema = checkpoints.ema_weights(checkpoints.resolve(f"{stage0[0]}/stage0")), checkpoints.ema_weights(checkpoints.resolve(f"{out}/stage0"))
+    ema_ref, ema = (
+        checkpoints.ema_weights(checkpoints.resolve(f"{stage0[0]}/stage0")),
+        checkpoints.ema_weights(checkpoints.resolve(f"{out}/stage0")),
+    )
     for k in ema_ref:
         torch.testing.assert_close(ema[k], ema_ref[k], rtol=1e-6, atol=1e-7)
     assert storage.list_files(f"{out}/export/transformer")
@@ -147,8 +170,15 @@ def test_sequence_parallel_run_matches_one_worker(latents, tmp_path):
         assert m2[step]["samples_per_s"] > 0
 
 
-ZERO3 = ["train.engine.zero_stage=3", "train.engine.precision=bf16", "train.engine.grad_accum=2",
-         "train.data.video_batch=4", "train.data.image_batch=4", "train.init_from=null", "train.checkpoint.every=2"]
+ZERO3 = [
+    "train.engine.zero_stage=3",
+    "train.engine.precision=bf16",
+    "train.engine.grad_accum=2",
+    "train.data.video_batch=4",
+    "train.data.image_batch=4",
+    "train.init_from=null",
+    "train.checkpoint.every=2",
+]
 
 
 def test_bf16_zero3_accumulation_then_a_same_layout_init_reads_only_rank_files(latents, tmp_path):
@@ -179,6 +209,7 @@ def test_bf16_zero3_accumulation_then_a_same_layout_init_reads_only_rank_files(l
     for r in range(2):
         path = storage.join(ckpt, checkpoints.rank_file("ema", r))
         from sama.tensorfiles import safetensors_header
+
         layout = json.loads(safetensors_header(path)[1]["sama_ema"])
         shards.append({**layout, "shadow": load_file(path)})
     gathered = assemble(shards)
@@ -189,15 +220,30 @@ def test_bf16_zero3_accumulation_then_a_same_layout_init_reads_only_rank_files(l
 
     # stage 1 again from that checkpoint with LR 0: every rank reads only its own files
     out_b = str(tmp_path / "b")
-    train(1, latents, out_b, *ZERO3, f"train.init_from={out_a}/stage1", "train.steps=1", "train.optim.lr=0.0",
-          "train.debug.record_fetches=true", "train.export.enabled=false")
+    train(
+        1,
+        latents,
+        out_b,
+        *ZERO3,
+        f"train.init_from={out_a}/stage1",
+        "train.steps=1",
+        "train.optim.lr=0.0",
+        "train.debug.record_fetches=true",
+        "train.export.enabled=false",
+    )
     for r in range(2):
         got = json.loads(storage.read_text(f"{out_b}/stage1/debug/init_rank_{r:05d}.json"))
         assert got["checkpoint"] == ckpt
-        assert sorted(got["files"]) == sorted([
-            "ds/bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt".format(r=r),
-            "ds/zero_pp_rank_{r}_mp_rank_00_model_states.pt".format(r=r),
-            f"ema/rank_{r:05d}.safetensors", "fp32/params.pt", "meta.json", "model_config.json"])
+        assert sorted(got["files"]) == sorted(
+            [
+                "ds/bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt".format(r=r),
+                "ds/zero_pp_rank_{r}_mp_rank_00_model_states.pt".format(r=r),
+                f"ema/rank_{r:05d}.safetensors",
+                "fp32/params.pt",
+                "meta.json",
+                "model_config.json",
+            ]
+        )
     # ... and starts from its weights (LR 0 keeps them): stage 1's raw weights are stage 0's
     before, after = checkpoints.raw_weights(ckpt), checkpoints.raw_weights(checkpoints.resolve(f"{out_b}/stage1"))
     assert before.keys() == after.keys()
@@ -207,6 +253,14 @@ def test_bf16_zero3_accumulation_then_a_same_layout_init_reads_only_rank_files(l
 
 def test_a_stalled_rank_fails_the_run_with_a_readable_timeout(latents, tmp_path):
     with pytest.raises(Exception) as err:
-        train(0, latents, str(tmp_path / "t"), "train.steps=3", "train.debug.stall_at_step=2",
-              "train.engine.collective_timeout_s=8", "train.checkpoint.max_failures=0", "train.export.enabled=false")
+        train(
+            0,
+            latents,
+            str(tmp_path / "t"),
+            "train.steps=3",
+            "train.debug.stall_at_step=2",
+            "train.engine.collective_timeout_s=8",
+            "train.checkpoint.max_failures=0",
+            "train.export.enabled=false",
+        )
     assert "train.engine.collective_timeout_s" in str(err.value)

@@ -20,16 +20,25 @@ from sama.training.schedule import LRLambda, ScheduleConfig
 
 def rows(n: int, seed: int = 0) -> list[dict]:
     buckets = ["1x48x80", "1x64x64", "1x80x48"]
-    return [{"sample_id": f"s{i:03d}", "task": "image_edit", "bucket": buckets[(i * 7 + seed) % 3],
-             "src_latent_shape": [16, 1, 6, 10]} for i in range(n)]
+    return [
+        {
+            "sample_id": f"s{i:03d}",
+            "task": "image_edit",
+            "bucket": buckets[(i * 7 + seed) % 3],
+            "src_latent_shape": [16, 1, 6, 10],
+        }
+        for i in range(n)
+    ]
 
 
 def opener(data: list[dict], passes: int):
     """open_rows for a list: rows of ``passes`` epochs from (epoch, start), annotated like the reader's."""
+
     def open_rows(epoch: int, start: int):
         for e in range(epoch, epoch + passes):
             for i in range(start if e == epoch else 0, len(data)):
                 yield {**data[i], "_e": e, "_i": i}
+
     return open_rows
 
 
@@ -110,23 +119,38 @@ def test_passes_needed():
 
 
 def train_cfg(**over) -> TrainConfig:
-    data = {"train": {"data": {"sources": [{"name": "i", "uri": "x", "tasks": ["image_edit"]},
-                                           {"name": "v", "uri": "x", "tasks": ["t2v"]}],
-                               "image_batch": 448, "video_batch": 112}, **over}}
+    data = {
+        "train": {
+            "data": {
+                "sources": [
+                    {"name": "i", "uri": "x", "tasks": ["image_edit"]},
+                    {"name": "v", "uri": "x", "tasks": ["t2v"]},
+                ],
+                "image_batch": 448,
+                "video_batch": 112,
+            },
+            **over,
+        }
+    }
     return C.load(TrainJobConfig, data=data).train
 
 
 def test_deepspeed_config_is_derived_from_the_typed_config():
-    t = train_cfg(engine={"zero_stage": 3, "offload_optimizer": True, "extra": {"zero_optimization": {"sub_group_size": 7}}},
-                  optim={"lr": 3e-4, "grad_clip": 0.5, "betas": [0.9, 0.95]}, workers={"num_workers": 16})
+    t = train_cfg(
+        engine={"zero_stage": 3, "offload_optimizer": True, "extra": {"zero_optimization": {"sub_group_size": 7}}},
+        optim={"lr": 3e-4, "grad_clip": 0.5, "betas": [0.9, 0.95]},
+        workers={"num_workers": 16},
+    )
     gpu = deepspeed_config(t, 16, use_gpu=True)
     assert gpu["bf16"] == {"enabled": True} and gpu["gradient_clipping"] == 0.5
     assert gpu["train_micro_batch_size_per_gpu"] == 28 and gpu["train_batch_size"] == 448
     z = gpu["zero_optimization"]
     assert z["stage"] == 3 and z["offload_optimizer"]["device"] == "cpu" and z["sub_group_size"] == 7
     assert z["stage3_gather_16bit_weights_on_model_save"] is False
-    assert gpu["optimizer"] == {"type": "AdamW", "params": {"lr": 3e-4, "betas": [0.9, 0.95], "eps": 1e-8,
-                                                            "weight_decay": 0.01}}
+    assert gpu["optimizer"] == {
+        "type": "AdamW",
+        "params": {"lr": 3e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.01},
+    }
     cpu = deepspeed_config(train_cfg(engine={"zero_stage": 2}, workers={"num_workers": 2}), 2, use_gpu=False)
     assert cpu["bf16"] == {"enabled": False} and cpu["optimizer"]["params"]["torch_adam"] is True
     assert cpu["zero_optimization"]["stage"] == 2 and cpu["zero_optimization"]["overlap_comm"] is False
@@ -139,8 +163,10 @@ def test_config_rejects_bad_values_naming_the_key():
     with pytest.raises(C.ConfigError, match="zero_stage"):
         train_cfg(engine={"zero_stage": 4})
     with pytest.raises(C.ConfigError, match="mixes image and video"):
-        C.load(TrainJobConfig, data={"train": {"data": {"sources": [{"name": "a", "uri": "x",
-                                                                      "tasks": ["image_edit", "t2v"]}]}}})
+        C.load(
+            TrainJobConfig,
+            data={"train": {"data": {"sources": [{"name": "a", "uri": "x", "tasks": ["image_edit", "t2v"]}]}}},
+        )
     with pytest.raises(C.ConfigError, match="unknown key 'train.optim.lrr'"):
         train_cfg(optim={"lrr": 1.0})
 
@@ -185,7 +211,7 @@ def test_sharded_ema_on_zero3_partitions_drops_the_padding():
             p = torch.nn.Parameter(torch.empty(0))
             size = -(-w.numel() // 2)
             flat = torch.cat([w.flatten(), torch.zeros(2 * size - w.numel())])
-            p.ds_tensor, p.ds_shape = flat[rank * size:(rank + 1) * size].clone(), w.shape
+            p.ds_tensor, p.ds_shape = flat[rank * size : (rank + 1) * size].clone(), w.shape
             params.append((n, p))
         ema = ShardedEMA(params, 0.5, rank=rank, world=2)
         assert ema.partitioned
@@ -207,8 +233,14 @@ def test_deal_by_size_balances():
 
 def test_data_plan_gives_every_rank_its_own_files(tmp_path):
     def shard(name, tasks):
-        table = pa.table({"task": tasks, "bucket": ["1x4x4"] * len(tasks), "src_latent_shape": [[1]] * len(tasks),
-                          "sample_id": [f"{name}{i}" for i in range(len(tasks))]})
+        table = pa.table(
+            {
+                "task": tasks,
+                "bucket": ["1x4x4"] * len(tasks),
+                "src_latent_shape": [[1]] * len(tasks),
+                "sample_id": [f"{name}{i}" for i in range(len(tasks))],
+            }
+        )
         storage.write_parquet(str(tmp_path / "latents" / f"{name}.parquet"), table)
 
     shard("a", ["image_edit"] * 3)
@@ -233,8 +265,15 @@ def test_data_plan_gives_every_rank_its_own_files(tmp_path):
     got = []
     for r in split:
         _, groups = rank_index(r, ["t2v"])
-        items = pa.table({"path": [g[0] for g in groups], "row_group": [g[1] for g in groups],
-                          "rows": [g[2] for g in groups], "first": [g[3] for g in groups], "epoch": [0] * len(groups)})
+        items = pa.table(
+            {
+                "path": [g[0] for g in groups],
+                "row_group": [g[1] for g in groups],
+                "rows": [g[2] for g in groups],
+                "first": [g[3] for g in groups],
+                "epoch": [0] * len(groups),
+            }
+        )
         got.append(read_row_groups(items)["sample_id"].to_pylist())
     assert sorted(sum(got, [])) == ["b1", "c0", "c1"] and all(len(g) == 1 for g in got)
 
@@ -245,12 +284,36 @@ def test_sequence_parallel_config_checks_groups_heads_and_batches(capsys):
     from sama.pipelines.train.deepspeed_config import deepspeed_config
 
     y = job_yaml("train_stage1_wan14b")
-    assert main(["run", "--dry-run", y, "train.engine.sequence_parallel=4", "train.workers.num_workers=448",
-                 "train.engine.grad_accum=1"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--dry-run",
+                y,
+                "train.engine.sequence_parallel=4",
+                "train.workers.num_workers=448",
+                "train.engine.grad_accum=1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    assert "video steps: global batch 112 = 1 per group x 112 data-parallel group(s) of 4 sequence-parallel ranks" in out
-    assert main(["run", "--dry-run", y, "train.engine.sequence_parallel=3", "train.workers.num_workers=336",
-                 "train.engine.grad_accum=1"]) == 2
+    assert (
+        "video steps: global batch 112 = 1 per group x 112 data-parallel group(s) of 4 sequence-parallel ranks" in out
+    )
+    assert (
+        main(
+            [
+                "run",
+                "--dry-run",
+                y,
+                "train.engine.sequence_parallel=3",
+                "train.workers.num_workers=336",
+                "train.engine.grad_accum=1",
+            ]
+        )
+        == 2
+    )
     assert "sequence_parallel=3 must divide the model's 40 attention heads" in capsys.readouterr().err
     assert main(["run", "--dry-run", y, "train.engine.sequence_parallel=5", "train.workers.num_workers=112"]) == 2
     assert "num_workers=112 is not divisible by engine.sequence_parallel=5" in capsys.readouterr().err
@@ -259,7 +322,9 @@ def test_sequence_parallel_config_checks_groups_heads_and_batches(capsys):
 
     from sama.jobs.launcher import resolve
 
-    cfg, _ = resolve(y, ["train.engine.sequence_parallel=2", "train.workers.num_workers=224", "train.engine.grad_accum=1"])
+    cfg, _ = resolve(
+        y, ["train.engine.sequence_parallel=2", "train.workers.num_workers=224", "train.engine.grad_accum=1"]
+    )
     ds = deepspeed_config(cfg.train, 224, use_gpu=True)
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["train_batch_size"] == 4 * 224  # 448 images / 112 groups
     # the shipped recipe: 56 groups x 2 micro-batches of 4 images
@@ -274,8 +339,12 @@ def test_ema_shard_files_rebuild_any_parameter_and_any_rank_slice(tmp_path):
     every full parameter, and a 3-rank run reads only the slices it keeps (byte ranges)."""
     from sama.training.ema import EmaShards
 
-    weights = {"a": torch.arange(7.0), "b": torch.arange(6.0).view(2, 3), "c": torch.arange(4.0) + 10,
-               "d": torch.arange(5.0) - 3}
+    weights = {
+        "a": torch.arange(7.0),
+        "b": torch.arange(6.0).view(2, 3),
+        "c": torch.arange(4.0) + 10,
+        "d": torch.arange(5.0) - 3,
+    }
     partitioned = {"a", "b"}
 
     def params_of(rank, world):
@@ -285,7 +354,7 @@ def test_ema_shard_files_rebuild_any_parameter_and_any_rank_slice(tmp_path):
                 p = torch.nn.Parameter(torch.empty(0))
                 size = -(-w.numel() // world)
                 flat = torch.cat([w.flatten(), torch.zeros(world * size - w.numel())])
-                p.ds_tensor, p.ds_shape = flat[rank * size:(rank + 1) * size].clone(), w.shape
+                p.ds_tensor, p.ds_shape = flat[rank * size : (rank + 1) * size].clone(), w.shape
             else:
                 p = torch.nn.Parameter(w.clone())
             out.append((n, p))
@@ -325,9 +394,14 @@ def test_rank_index_reads_light_columns_and_locates_row_groups(tmp_path):
     from sama.pipelines.train.data import RankData, rank_index, read_row_groups
 
     def shard(name, tasks):
-        table = pa.table({"task": tasks, "bucket": ["1x4x4"] * len(tasks),
-                          "src_latent_shape": [[16, 1, 1, 1]] * len(tasks),
-                          "sample_id": [f"{name}{i}" for i in range(len(tasks))]})
+        table = pa.table(
+            {
+                "task": tasks,
+                "bucket": ["1x4x4"] * len(tasks),
+                "src_latent_shape": [[16, 1, 1, 1]] * len(tasks),
+                "sample_id": [f"{name}{i}" for i in range(len(tasks))],
+            }
+        )
         path = str(tmp_path / f"{name}.parquet")
         storage.write_parquet(path, table, row_group_size=2)
         return path
@@ -335,7 +409,11 @@ def test_rank_index_reads_light_columns_and_locates_row_groups(tmp_path):
     a = shard("a", ["image_edit", "t2v", "image_edit", "image_edit", "t2v"])  # row groups [0,1] [2,3] [4]
     b = shard("b", ["image_edit", "image_edit"])
     records, groups = rank_index(RankData([a, b], rows=5, passes=1), ["image_edit"])
-    assert len(records) == 5 and records[0] == {"task": "image_edit", "bucket": "1x4x4", "src_latent_shape": [16, 1, 1, 1]}
+    assert len(records) == 5 and records[0] == {
+        "task": "image_edit",
+        "bucket": "1x4x4",
+        "src_latent_shape": [16, 1, 1, 1],
+    }
     assert groups == [(a, 0, [0], 0), (a, 1, [0, 1], 1), (b, 0, [0, 1], 3)]
     # reading a group returns its rows, numbered within the epoch
     t = read_row_groups(pa.table({"path": [a], "row_group": [1], "rows": [[1]], "first": [2], "epoch": [3]}))

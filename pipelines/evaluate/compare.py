@@ -68,18 +68,33 @@ def run(cfg: CompareJobConfig) -> dict:
     sheets = storage.join(cfg.output, "report", "sheets")
     items, wanted = [], set()
     if c.report.enabled:
+
         def sheet(r) -> dict:
             name = item_key(r.item_id, f"{r.edit_digest_a}-{r.edit_digest_b}") + ".jpg"
             uri = storage.join(sheets, name)
             if not storage.exists(uri):
-                row = {"edit_uri": r.edit_uri_a, "frames": int(r.frames_a), "source_uri": r.source_uri_a, "mask_uri": None}
+                row = {
+                    "edit_uri": r.edit_uri_a,
+                    "frames": int(r.frames_a),
+                    "source_uri": r.source_uri_a,
+                    "mask_uri": None,
+                }
                 src, ea, _ = aligned_clips(row, int(r.frames_a), None)
                 eb = read_frames(r.edit_uri_b, indices=list(range(int(r.frames_b))))
                 caption = f"{r.item_id} [{r.category_a}] {r.instruction_a}"
-                storage.write_bytes(uri, contact_sheet([("source", src), (labels[0], ea), (labels[1], eb)], caption,
-                                                       c.report.frames, c.report.thumb))
-            return {"item_id": r.item_id, "category": r.category_a, "instruction": r.instruction_a, "sheet": name,
-                    "scores": f"a: {_scores(r, '_a')} | b: {_scores(r, '_b')}"}
+                storage.write_bytes(
+                    uri,
+                    contact_sheet(
+                        [("source", src), (labels[0], ea), (labels[1], eb)], caption, c.report.frames, c.report.thumb
+                    ),
+                )
+            return {
+                "item_id": r.item_id,
+                "category": r.category_a,
+                "instruction": r.instruction_a,
+                "sheet": name,
+                "scores": f"a: {_scores(r, '_a')} | b: {_scores(r, '_b')}",
+            }
 
         with ThreadPoolExecutor(c.threads) as pool:
             items = list(pool.map(sheet, pairs.itertuples(index=False)))
@@ -87,9 +102,15 @@ def run(cfg: CompareJobConfig) -> dict:
     for f in storage.list_files(sheets, ".jpg", recursive=False):
         if storage.basename(f) not in wanted:
             storage.delete(f)
-    summary = {"a": c.a, "b": c.b, "labels": list(labels), "paired_items": len(pairs),
-               "only_a": int((~ra.item_id.isin(rb.item_id)).sum()), "only_b": int((~rb.item_id.isin(ra.item_id)).sum()),
-               "deltas": json.loads(deltas_wide(long).to_json(orient="index")) if len(long) else {}}
+    summary = {
+        "a": c.a,
+        "b": c.b,
+        "labels": list(labels),
+        "paired_items": len(pairs),
+        "only_a": int((~ra.item_id.isin(rb.item_id)).sum()),
+        "only_b": int((~rb.item_id.isin(ra.item_id)).sum()),
+        "deltas": json.loads(deltas_wide(long).to_json(orient="index")) if len(long) else {},
+    }
     if c.report.enabled:
         from .report import write_compare_report
 

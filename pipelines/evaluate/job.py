@@ -119,8 +119,10 @@ class EvalConfig:
         if bad:
             raise ValueError(f"evaluate.rubrics: unknown {bad} (known: {sorted(EVAL_RUBRICS)})")
         if self.judge.backend == "vllm":
-            raise ValueError("evaluate.judge.backend=vllm is not supported: serve the model with `vllm serve` "
-                             "and use backend=openai with its base_url")
+            raise ValueError(
+                "evaluate.judge.backend=vllm is not supported: serve the model with `vllm serve` "
+                "and use backend=openai with its base_url"
+            )
 
 
 @dataclass
@@ -136,8 +138,11 @@ class EvalJobConfig(JobConfig):
 def edit_digest(cfg: EvalConfig) -> str:
     """What makes the edited video: a change means new edits (and new keys)."""
     e = cfg.edit
-    parts = {"model": to_dict(cfg.model.resolved()), "pipeline": to_dict(cfg.model.pipeline),
-             "edit": [e.seed, e.steps, e.max_frames, e.fps, e.crf]}
+    parts = {
+        "model": to_dict(cfg.model.resolved()),
+        "pipeline": to_dict(cfg.model.pipeline),
+        "edit": [e.seed, e.steps, e.max_frames, e.fps, e.crf],
+    }
     return storage.content_digest(json.dumps(parts, sort_keys=True, default=str), n=10)
 
 
@@ -148,9 +153,12 @@ def judge_label(cfg: EvalConfig) -> str:
 def score_digest(cfg: EvalConfig) -> str:
     """What decides the scores of an existing edit: a change rescores without re-editing."""
     j = cfg.judge
-    parts = {"metrics": to_dict(cfg.metrics), "judge": [judge_label(cfg), j.base_url, j.frames, j.max_side],
-             "rubrics": [EVAL_RUBRICS[r].version for r in cfg.rubrics] if j.backend != "none" else [],
-             "sheet": to_dict(cfg.report)}
+    parts = {
+        "metrics": to_dict(cfg.metrics),
+        "judge": [judge_label(cfg), j.base_url, j.frames, j.max_side],
+        "rubrics": [EVAL_RUBRICS[r].version for r in cfg.rubrics] if j.backend != "none" else [],
+        "sheet": to_dict(cfg.report),
+    }
     return storage.content_digest(json.dumps(parts, sort_keys=True, default=str), n=12)
 
 
@@ -162,8 +170,11 @@ def item_key(item_id: str, digest: str) -> str:
 
 
 def uris(output: str, key: str) -> dict[str, str]:
-    return {"edit": storage.join(output, "edits", f"{key}.mp4"), "meta": storage.join(output, "edits", f"{key}.json"),
-            "sheet": storage.join(output, "report", "sheets", f"{key}.jpg")}
+    return {
+        "edit": storage.join(output, "edits", f"{key}.mp4"),
+        "meta": storage.join(output, "edits", f"{key}.json"),
+        "sheet": storage.join(output, "report", "sheets", f"{key}.jpg"),
+    }
 
 
 # --- edit stage ----------------------------------------------------------------------------------
@@ -209,8 +220,13 @@ class EditStage:
         except Exception as err:  # noqa: BLE001 - recorded per item (e.g. out of memory on a huge clip)
             return {**item, "error_kind": "edit_error", "error": f"{type(err).__name__}: {err}"[:500]}
         t, h, w = video.shape[:3]
-        meta = {"frames": int(t), "height": int(h), "width": int(w), "fps": float(fps),
-                "edit_seconds": round(time.time() - t0, 3)}
+        meta = {
+            "frames": int(t),
+            "height": int(h),
+            "width": int(w),
+            "fps": float(fps),
+            "edit_seconds": round(time.time() - t0, 3),
+        }
         storage.write_text(u["meta"], json.dumps(meta))
         return {**item, **meta, "edit_uri": u["edit"]}
 
@@ -221,7 +237,9 @@ class EditStage:
 # --- score stage ---------------------------------------------------------------------------------
 
 
-def aligned_clips(row: dict, max_frames: int, decode_side: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def aligned_clips(
+    row: dict, max_frames: int, decode_side: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Source, edit and mask frames at the edit's size and length (the source put into the
     edit's bucket exactly as the pipeline did, so pixels line up)."""
     from sama.buckets import Bucket, BucketConfig, fit_to_bucket
@@ -282,8 +300,9 @@ class ScoreStage:
         """Decode + metrics + sheet in a thread; returns (result fields, frames for the judge)."""
         cfg = self.cfg
         try:
-            src, edit, mask = aligned_clips(row, cfg.edit.max_frames or cfg.model.pipeline.buckets.max_frames,
-                                            self.decode_side)
+            src, edit, mask = aligned_clips(
+                row, cfg.edit.max_frames or cfg.model.pipeline.buckets.max_frames, self.decode_side
+            )
         except Exception as err:  # noqa: BLE001 - an unreadable edit or source is this item's error
             return {"error_kind": "metrics_error", "error": f"{type(err).__name__}: {err}"[:500]}, None
         out: dict = {"semantic_model": "none"}
@@ -298,8 +317,12 @@ class ScoreStage:
         if cfg.report.enabled:
             u = uris(self.output, row["key"])
             caption = f"{row['item_id']} [{row['category']}] {row['instruction']}"
-            storage.write_bytes(u["sheet"], contact_sheet([("source", src), (self.cfg.model.name, edit)], caption,
-                                                          cfg.report.frames, cfg.report.thumb))
+            storage.write_bytes(
+                u["sheet"],
+                contact_sheet(
+                    [("source", src), (self.cfg.model.name, edit)], caption, cfg.report.frames, cfg.report.thumb
+                ),
+            )
             out["sheet_uri"] = u["sheet"]
         return out, {"source": src, "target": edit}
 
@@ -308,6 +331,7 @@ class ScoreStage:
         judge = Judge(self.cfg.judge, self.key, self.cache_root) if self.rubrics else None
         try:
             with ThreadPoolExecutor(self.cfg.score.threads) as pool:
+
                 async def one(row: dict) -> dict:
                     if row.get("error_kind"):
                         return row
@@ -315,8 +339,9 @@ class ScoreStage:
                     row = {**row, **fields}
                     if frames is None or judge is None:
                         return row
-                    outcomes = await asyncio.gather(*(judge.judge(row["key"], r, row["instruction"], frames)
-                                                      for r in self.rubrics))
+                    outcomes = await asyncio.gather(
+                        *(judge.judge(row["key"], r, row["instruction"], frames) for r in self.rubrics)
+                    )
                     scores, raw, reasons, errors = {}, {}, {}, []
                     for r, o in zip(self.rubrics, outcomes):
                         if o.error:
@@ -325,8 +350,12 @@ class ScoreStage:
                         scores.update(aggregate(r, o.answer.scores))
                         raw.update({f"{r.task}.{k}": v for k, v in o.answer.scores.items()})
                         reasons[r.task] = judge.scrub(o.answer.reason)[:1000]
-                    row.update(judge_scores=scores, judge_raw=raw, judge_reasons=reasons,
-                               judge_attempts=sum(o.attempts for o in outcomes))
+                    row.update(
+                        judge_scores=scores,
+                        judge_raw=raw,
+                        judge_reasons=reasons,
+                        judge_attempts=sum(o.attempts for o in outcomes),
+                    )
                     if errors:
                         row.update(error_kind="judge_error", error="; ".join(errors)[:1000])
                     return row
@@ -340,8 +369,12 @@ class ScoreStage:
         rows = asyncio.run(self._score([p.spec for p in batch["part"]]))
         markers = []
         for r in rows:
-            r.update(score_digest=self.digest, judge_model=judge_label(self.cfg),
-                     rubrics=[x.version for x in self.rubrics], status="error" if r.get("error_kind") else "ok")
+            r.update(
+                score_digest=self.digest,
+                judge_model=judge_label(self.cfg),
+                rubrics=[x.version for x in self.rubrics],
+                status="error" if r.get("error_kind") else "ok",
+            )
             markers.append(self.evaluation.commit(r["key"], [r["key"]], {"results": [r]}))
         return {"marker": np.array(markers, dtype=object)}
 
@@ -359,8 +392,17 @@ class EvalStage(Stage):
     """A part per benchmark item: edit it (once per edit digest), then score it."""
 
     name = "evaluate"
-    tables = {"results": Table(EVAL_RESULTS, "results", status_column="status", statuses=("ok", "error"),
-                               reason_column="error_kind", ok=("ok",), errors=("error",))}
+    tables = {
+        "results": Table(
+            EVAL_RESULTS,
+            "results",
+            status_column="status",
+            statuses=("ok", "error"),
+            reason_column="error_kind",
+            ok=("ok",),
+            errors=("error",),
+        )
+    }
     files = {"edits": (".mp4", ".json"), "report/sheets": (".jpg",)}
 
     def __init__(self, cfg: EvalConfig, output: str):
@@ -374,8 +416,11 @@ class EvalStage(Stage):
         e = self.cfg
         items: list[Item] = read_manifest(e.manifest, e.format, e.benchmark, e.categories, e.limit)
         digest = edit_digest(e)
-        return [Part(key, {**it.to_json(), "key": key, "model": e.model.name, "edit_digest": digest})
-                for it in items for key in [item_key(it.item_id, digest)]]
+        return [
+            Part(key, {**it.to_json(), "key": key, "model": e.model.name, "edit_digest": digest})
+            for it in items
+            for key in [item_key(it.item_id, digest)]
+        ]
 
     def digest(self) -> str:
         return score_digest(self.cfg)
@@ -389,13 +434,23 @@ class EvalStage(Stage):
         log.info("evaluate: %d item(s) to edit and score with %s", len(todo), e.model.name)
         ray.data.DataContext.get_current().enable_fallback_to_arrow_object_ext_type = True  # parts as objects
         ds = ray.data.from_items([{"part": p} for p in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(EditStage, fn_constructor_kwargs={"cfg": e, "output": self.output}, batch_size=1,
-                            num_gpus=e.edit.num_gpus, num_cpus=e.edit.num_cpus, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(min_size=e.edit.actors,
-                                                               max_size=e.edit.max_actors or e.edit.actors))
-        ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"evaluation": self}, batch_size=e.score.batch_size,
-                            num_cpus=e.score.num_cpus, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=e.score.actors))
+        ds = ds.map_batches(
+            EditStage,
+            fn_constructor_kwargs={"cfg": e, "output": self.output},
+            batch_size=1,
+            num_gpus=e.edit.num_gpus,
+            num_cpus=e.edit.num_cpus,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=e.edit.actors, max_size=e.edit.max_actors or e.edit.actors),
+        )
+        ds = ds.map_batches(
+            ScoreStage,
+            fn_constructor_kwargs={"evaluation": self},
+            batch_size=e.score.batch_size,
+            num_cpus=e.score.num_cpus,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=e.score.actors),
+        )
         return [row["marker"] for row in ds.take_all()]
 
     def summarize(self, summary: dict, markers) -> None:
@@ -407,12 +462,19 @@ class EvalStage(Stage):
         self.by_category = table
         storage.write_parquet(storage.join(self.output, "by_category.parquet"), table_to_arrow(table))
         benchmarks = sorted(set(results.benchmark))
-        summary.update(model=e.model.name, benchmark=", ".join(benchmarks) or e.benchmark or e.format,
-                       judge_model=judge_label(e), edit_digest=edit_digest(e), score_digest=self.digest(),
-                       items=summary["parts"], items_run=summary["parts_run"],
-                       errors=int((results.status != "ok").sum()), seconds=round(time.time() - self.started, 1),
-                       semantic_model=e.metrics.semantic.model or "none",
-                       by_category=json.loads(table.to_json(orient="index")))
+        summary.update(
+            model=e.model.name,
+            benchmark=", ".join(benchmarks) or e.benchmark or e.format,
+            judge_model=judge_label(e),
+            edit_digest=edit_digest(e),
+            score_digest=self.digest(),
+            items=summary["parts"],
+            items_run=summary["parts_run"],
+            errors=int((results.status != "ok").sum()),
+            seconds=round(time.time() - self.started, 1),
+            semantic_model=e.metrics.semantic.model or "none",
+            by_category=json.loads(table.to_json(orient="index")),
+        )
         if e.report.enabled:
             from .report import write_report
 
@@ -421,8 +483,11 @@ class EvalStage(Stage):
     def report(self, summary: dict) -> None:
         from .tables import format_table
 
-        print(format_table(self.by_category, f"{summary['model']} on {summary['benchmark']} "
-                                             f"(judge: {summary['judge_model']})"))
+        print(
+            format_table(
+                self.by_category, f"{summary['model']} on {summary['benchmark']} (judge: {summary['judge_model']})"
+            )
+        )
         print(f"items run: {summary['items_run']}/{summary['items']}  errors: {summary['errors']}")
         print(f"results: {storage.join(self.output, 'results')}\nreport: {summary.get('report', '-')}")
 

@@ -51,22 +51,42 @@ class FormatSpec:
 
 
 SPECS: dict[str, FormatSpec] = {
-    "user": FormatSpec("user", ("source",), ("instruction",), ("category",), id=("id",), mask=("mask",),
-                       caption=("target_caption",), video_dirs=(), mask_dirs=()),
+    "user": FormatSpec(
+        "user",
+        ("source",),
+        ("instruction",),
+        ("category",),
+        id=("id",),
+        mask=("mask",),
+        caption=("target_caption",),
+        video_dirs=(),
+        mask_dirs=(),
+    ),
     # OpenVE-3M ships original_video / video (the *edited* one) / prompt / edited_type: "video" is
     # never read as the source here.
-    "openve": FormatSpec("openve", ("original_video", "source_video", "src_video", "source", "input_video",
-                                    "video_path"),
-                         ("prompt", "instruction", "edit_prompt", "edit_instruction"),
-                         ("edited_type", "category", "edit_type", "type"), category_required=False,
-                         signature=("original_video", "edited_type")),
-    "reco": FormatSpec("reco", ("src_video", "source_video", "src_video_path", "source", "src", "video", "video_path"),
-                       ("instruction", "prompt", "edit_prompt", "edit_instruction", "text"),
-                       ("task", "category", "edit_type", "type"), category_required=False,
-                       signature=("src_video", "src_video_path", "_data_config")),
-    "vie": FormatSpec("vie", ("source_video", "src_video", "source", "video", "video_path", "input_video", "src"),
-                      ("instruction", "prompt", "edit_prompt", "edit_instruction", "text"),
-                      ("category", "edit_type", "type", "task", "class"), category_required=False),
+    "openve": FormatSpec(
+        "openve",
+        ("original_video", "source_video", "src_video", "source", "input_video", "video_path"),
+        ("prompt", "instruction", "edit_prompt", "edit_instruction"),
+        ("edited_type", "category", "edit_type", "type"),
+        category_required=False,
+        signature=("original_video", "edited_type"),
+    ),
+    "reco": FormatSpec(
+        "reco",
+        ("src_video", "source_video", "src_video_path", "source", "src", "video", "video_path"),
+        ("instruction", "prompt", "edit_prompt", "edit_instruction", "text"),
+        ("task", "category", "edit_type", "type"),
+        category_required=False,
+        signature=("src_video", "src_video_path", "_data_config"),
+    ),
+    "vie": FormatSpec(
+        "vie",
+        ("source_video", "src_video", "source", "video", "video_path", "input_video", "src"),
+        ("instruction", "prompt", "edit_prompt", "edit_instruction", "text"),
+        ("category", "edit_type", "type", "task", "class"),
+        category_required=False,
+    ),
 }
 
 METADATA_EXTS = (".jsonl", ".json", ".csv")
@@ -149,11 +169,15 @@ def detect(records: list[dict], uri: str) -> str:
     marks = keys | {storage.basename(uri)}
     for name in ("user", "openve", "reco", "vie"):
         s = SPECS[name]
-        fields_ok = keys & set(s.source) and keys & set(s.instruction) and (not s.category_required or keys & set(s.category))
+        fields_ok = (
+            keys & set(s.source) and keys & set(s.instruction) and (not s.category_required or keys & set(s.category))
+        )
         if fields_ok and (name in ("user", "vie") or any(m in k for m in s.signature for k in marks)):
             return name
-    raise ManifestError(f"{uri}: cannot tell the format from its fields {sorted(keys)[:20]}; set "
-                        f"evaluate.format to one of {list(FORMATS[1:])}")
+    raise ManifestError(
+        f"{uri}: cannot tell the format from its fields {sorted(keys)[:20]}; set "
+        f"evaluate.format to one of {list(FORMATS[1:])}"
+    )
 
 
 def read_file(uri: str, fmt: str, root: str, benchmark: str | None = None) -> list[Item]:
@@ -171,8 +195,11 @@ def read_file(uri: str, fmt: str, root: str, benchmark: str | None = None) -> li
             raise ManifestError(f"{where}: not an object ({type(rec).__name__})")
         src, instr = _pick(rec, spec.source), _pick(rec, spec.instruction)
         cat = _pick(rec, spec.category) or default_cat
-        for field, value, names in (("source", src, spec.source), ("instruction", instr, spec.instruction),
-                                    ("category", cat, spec.category)):
+        for field, value, names in (
+            ("source", src, spec.source),
+            ("instruction", instr, spec.instruction),
+            ("category", cat, spec.category),
+        ):
             if value is None or not str(value).strip():
                 raise ManifestError(f"{where}: no {field} (tried fields {list(names)}; the record has {sorted(rec)})")
         src_uri = _resolve(str(src), base, spec.video_dirs, str(cat))
@@ -183,14 +210,27 @@ def read_file(uri: str, fmt: str, root: str, benchmark: str | None = None) -> li
         raw_id = _pick(rec, spec.id)
         # Without an id: stable over reruns and reorderings, from what defines the item.
         item_id = str(raw_id) if raw_id is not None else storage.content_digest(str(src), str(instr), n=12)
-        items.append(Item(item_id, benchmark or name, str(cat), str(instr).strip(), src_uri,
-                          _resolve(str(mask), base, spec.mask_dirs, str(cat)) if mask else None,
-                          _pick(rec, spec.caption)))
+        items.append(
+            Item(
+                item_id,
+                benchmark or name,
+                str(cat),
+                str(instr).strip(),
+                src_uri,
+                _resolve(str(mask), base, spec.mask_dirs, str(cat)) if mask else None,
+                _pick(rec, spec.caption),
+            )
+        )
     return items
 
 
-def read_manifest(uri: str, fmt: str = "auto", benchmark: str | None = None,
-                  categories: list[str] | None = None, limit: int | None = None) -> list[Item]:
+def read_manifest(
+    uri: str,
+    fmt: str = "auto",
+    benchmark: str | None = None,
+    categories: list[str] | None = None,
+    limit: int | None = None,
+) -> list[Item]:
     """Every item of a manifest file or folder, ids unique, in a stable order."""
     if fmt not in FORMATS:
         raise ManifestError(f"evaluate.format={fmt!r}: one of {list(FORMATS)}")
@@ -209,8 +249,10 @@ def read_manifest(uri: str, fmt: str = "auto", benchmark: str | None = None,
     seen: dict[str, str] = {}
     for it in items:
         if it.item_id in seen:
-            raise ManifestError(f"{uri}: item id {it.item_id!r} appears twice ({seen[it.item_id]} and "
-                                f"{it.source_uri}); ids must be unique")
+            raise ManifestError(
+                f"{uri}: item id {it.item_id!r} appears twice ({seen[it.item_id]} and "
+                f"{it.source_uri}); ids must be unique"
+            )
         seen[it.item_id] = it.source_uri
     if categories:
         items = [it for it in items if it.category in categories]

@@ -85,8 +85,9 @@ def _blocks(x: np.ndarray, block: int) -> np.ndarray:
     return np.moveaxis(x, -3, -2).reshape(*lead, hb, wb, block * block)
 
 
-def block_flow(a: np.ndarray, b: np.ndarray, block: int = 8, radius: int = 6,
-               smooth: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+def block_flow(
+    a: np.ndarray, b: np.ndarray, block: int = 8, radius: int = 6, smooth: float = 1e-4
+) -> tuple[np.ndarray, np.ndarray]:
     """Block-matching flow from gray frame ``a`` to ``b``.
 
     Returns (flow (hb, wb, 2) as (dy, dx): block at p in ``a`` is best matched at p + d in
@@ -127,8 +128,9 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def edited_blocks(src: np.ndarray, edit: np.ndarray, block: int, threshold: float,
-                  mask: np.ndarray | None = None) -> np.ndarray:
+def edited_blocks(
+    src: np.ndarray, edit: np.ndarray, block: int, threshold: float, mask: np.ndarray | None = None
+) -> np.ndarray:
     """(T, hb, wb) bool: blocks the edit changed (from ``mask`` (T, H, W) in 0..1 when given)."""
     if mask is not None:
         return _blocks(mask > 0.5, block).any(-1)
@@ -154,7 +156,7 @@ def ssim_map(a: np.ndarray, b: np.ndarray, win: int = 7) -> np.ndarray:
 
     mx, my = mean(x), mean(y)
     vx, vy, cxy = mean(x * x) - mx * mx, mean(y * y) - my * my, mean(x * y) - mx * my
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    c1, c2 = 0.01**2, 0.03**2
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
     return s[:, 0].numpy()
 
@@ -162,8 +164,7 @@ def ssim_map(a: np.ndarray, b: np.ndarray, win: int = 7) -> np.ndarray:
 # --- all metrics of one edit ---------------------------------------------------------------------
 
 
-def edit_metrics(source: np.ndarray, edit: np.ndarray, cfg: MetricsConfig,
-                 mask: np.ndarray | None = None) -> dict:
+def edit_metrics(source: np.ndarray, edit: np.ndarray, cfg: MetricsConfig, mask: np.ndarray | None = None) -> dict:
     """Metrics of one edit; ``source`` and ``edit`` are aligned (T, H, W, 3) uint8 clips,
     ``mask`` an optional (T, H, W) edited-region mask in 0..1 at the same size."""
     if source.shape != edit.shape:
@@ -183,11 +184,16 @@ def edit_metrics(source: np.ndarray, edit: np.ndarray, cfg: MetricsConfig,
     keep_px = np.repeat(np.repeat(unedited, b, axis=1), b, axis=2)  # (T, hb*b, wb*b)
     crop = (slice(None), slice(0, hb * b), slice(0, wb * b))
 
-    out: dict = {"edited_fraction": edited_fraction,
-                 "fidelity_psnr": psnr(src[crop], ed[crop], keep_px),
-                 "fidelity_ssim": (float(ssim_map(gs, ge)[crop][keep_px].mean()) if keep_px.any() else None),
-                 "temporal_consistency": None, "flicker": None, "flow_epe": None, "motion_preservation": None,
-                 "motion_region": None}
+    out: dict = {
+        "edited_fraction": edited_fraction,
+        "fidelity_psnr": psnr(src[crop], ed[crop], keep_px),
+        "fidelity_ssim": (float(ssim_map(gs, ge)[crop][keep_px].mean()) if keep_px.any() else None),
+        "temporal_consistency": None,
+        "flicker": None,
+        "flow_epe": None,
+        "motion_preservation": None,
+        "motion_region": None,
+    }
     if len(ed) < 2:
         return out
     luma_s, luma_e = gs.mean(axis=(1, 2)), ge.mean(axis=(1, 2))
@@ -248,8 +254,12 @@ class SemanticScorer:
         from sama.media import sample_indices
 
         frames = frames[sample_indices(len(frames), self.cfg.frames)]
-        tok = self.tokenizer([text], padding="max_length" if "siglip" in type(self.model).__name__.lower() else True,
-                             truncation=True, return_tensors="pt").to(self.device)
+        tok = self.tokenizer(
+            [text],
+            padding="max_length" if "siglip" in type(self.model).__name__.lower() else True,
+            truncation=True,
+            return_tensors="pt",
+        ).to(self.device)
         kw = {k: v for k, v in tok.items() if k in ("input_ids", "attention_mask")}
         t = self.model.get_text_features(**kw)
         i = self.model.get_image_features(pixel_values=self._pixels(frames).to(self.device))

@@ -10,8 +10,16 @@ from __future__ import annotations
 
 import pandas as pd
 
-METRICS = ("temporal_consistency", "flicker", "motion_preservation", "flow_epe", "fidelity_psnr", "fidelity_ssim",
-           "edited_fraction", "semantic_score")
+METRICS = (
+    "temporal_consistency",
+    "flicker",
+    "motion_preservation",
+    "flow_epe",
+    "fidelity_psnr",
+    "fidelity_ssim",
+    "edited_fraction",
+    "semantic_score",
+)
 # For comparisons: which direction is better (edited_fraction has none).
 LOWER_IS_BETTER = {"flicker", "flow_epe", "errors"}
 NEUTRAL = {"edited_fraction", "n"}
@@ -57,8 +65,16 @@ def compare_tables(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
             better = None
             if delta is not None and delta != 0 and col not in NEUTRAL:
                 better = "b" if (delta > 0) != (col in LOWER_IS_BETTER) else "a"
-            rows.append({"category": cat, "metric": col, "a": None if pd.isna(va) else float(va),
-                         "b": None if pd.isna(vb) else float(vb), "delta": delta, "better": better})
+            rows.append(
+                {
+                    "category": cat,
+                    "metric": col,
+                    "a": None if pd.isna(va) else float(va),
+                    "b": None if pd.isna(vb) else float(vb),
+                    "delta": delta,
+                    "better": better,
+                }
+            )
     return pd.DataFrame(rows, columns=["category", "metric", "a", "b", "delta", "better"])
 
 

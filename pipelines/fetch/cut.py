@@ -37,13 +37,38 @@ class CutConfig:
 
 
 def ffmpeg_args(src: str, dst: str, start: float, end: float, cfg: CutConfig) -> list[str]:
-    args = [cfg.ffmpeg, "-nostdin", "-v", "error", "-y", "-ss", f"{start:.3f}", "-i", src, "-t", f"{end - start:.3f}",
-            "-map", "0:v:0"]
+    args = [
+        cfg.ffmpeg,
+        "-nostdin",
+        "-v",
+        "error",
+        "-y",
+        "-ss",
+        f"{start:.3f}",
+        "-i",
+        src,
+        "-t",
+        f"{end - start:.3f}",
+        "-map",
+        "0:v:0",
+    ]
     if cfg.keep_audio:
         args += ["-map", "0:a:0?"]
     if cfg.reencode:
-        args += ["-c:v", cfg.codec, "-preset", cfg.preset, "-crf", str(cfg.crf), "-pix_fmt", "yuv420p",
-                 "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", "-threads", str(cfg.threads)]
+        args += [
+            "-c:v",
+            cfg.codec,
+            "-preset",
+            cfg.preset,
+            "-crf",
+            str(cfg.crf),
+            "-pix_fmt",
+            "yuv420p",
+            "-vf",
+            "scale=trunc(iw/2)*2:trunc(ih/2)*2",
+            "-threads",
+            str(cfg.threads),
+        ]
         args += ["-c:a", "aac"] if cfg.keep_audio else ["-an"]
     else:
         args += ["-c", "copy"] + ([] if cfg.keep_audio else ["-an"])
@@ -68,7 +93,9 @@ def cut_clip(src: str, dst: str, start: float, end: float, source: MediaInfo, cf
     if start >= source.duration or end > source.duration + cfg.tolerance:
         raise FetchError("span_out_of_range", f"{what}: span {start:.3f}-{end:.3f}s, video is {source.duration:.3f}s")
     try:
-        res = subprocess.run(ffmpeg_args(src, dst, start, end, cfg), capture_output=True, text=True, timeout=cfg.timeout)
+        res = subprocess.run(
+            ffmpeg_args(src, dst, start, end, cfg), capture_output=True, text=True, timeout=cfg.timeout
+        )
     except subprocess.TimeoutExpired:
         raise FetchError("cut_failed", f"{what}: ffmpeg ran over {cfg.timeout:.0f}s") from None
     if res.returncode != 0:

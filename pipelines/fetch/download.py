@@ -133,9 +133,13 @@ def http_download(url: str, dest: str, cfg: HttpConfig) -> Downloaded:
                     try:
                         chunk = resp.read(cfg.chunk_bytes)
                     except http.client.IncompleteRead as e:
-                        raise FetchError("truncated", f"{url}: body ended after {n + len(e.partial)} of {expected} bytes") from None
+                        raise FetchError(
+                            "truncated", f"{url}: body ended after {n + len(e.partial)} of {expected} bytes"
+                        ) from None
                     except (OSError, http.client.HTTPException) as e:
-                        raise FetchError("timeout" if _is_timeout(e) else "connection", f"{url}: after {n} bytes: {e}") from None
+                        raise FetchError(
+                            "timeout" if _is_timeout(e) else "connection", f"{url}: after {n} bytes: {e}"
+                        ) from None
                     if not chunk:
                         break
                     n += len(chunk)
@@ -161,7 +165,9 @@ def backoff(attempt: int, cfg: HttpConfig, retry_after: float | None = None) -> 
     return random.uniform(0, min(cfg.backoff_max, cfg.backoff_base * 2**attempt))
 
 
-def with_retries(attempt: Callable[[], T], cfg: HttpConfig, slot, sleep: Callable[[float], None] = time.sleep) -> tuple[T, int]:
+def with_retries(
+    attempt: Callable[[], T], cfg: HttpConfig, slot, sleep: Callable[[float], None] = time.sleep
+) -> tuple[T, int]:
     """(result, attempts made). ``slot()`` is a context manager holding a per-host slot for
     one attempt; the wait between attempts happens outside it, so a backing-off download
     does not block the host for others."""

@@ -91,9 +91,20 @@ class Fetcher:
 
     def _row(self, it: dict, status: str, **kw) -> dict:
         row = dict.fromkeys(FETCH.schema.names)
-        row |= {"id": it["id"], "dataset": it["dataset"], "status": status, "source_url": it["source_url"],
-               "fetch_url": it["fetch_url"], "method": it["method"], "output_uri": it["output_uri"],
-               "start": it["start"], "end": it["end"], "row": it["row"], "fetched_at": self.now(), "attempts": 0}
+        row |= {
+            "id": it["id"],
+            "dataset": it["dataset"],
+            "status": status,
+            "source_url": it["source_url"],
+            "fetch_url": it["fetch_url"],
+            "method": it["method"],
+            "output_uri": it["output_uri"],
+            "start": it["start"],
+            "end": it["end"],
+            "row": it["row"],
+            "fetched_at": self.now(),
+            "attempts": 0,
+        }
         row.update(kw)
         return row
 
@@ -106,7 +117,10 @@ class Fetcher:
             return self._row(it, "failed", error=it["error"], detail=it["detail"])
         if it["kind"] == "clip" and it["end"] - it["start"] > self.cfg.cut.max_clip_seconds:
             span = it["end"] - it["start"]
-            return self._failed(it, FetchError("too_long", f"{it['id']}: span is {span:.1f}s, cap is {self.cfg.cut.max_clip_seconds:.0f}s"))
+            return self._failed(
+                it,
+                FetchError("too_long", f"{it['id']}: span is {span:.1f}s, cap is {self.cfg.cut.max_clip_seconds:.0f}s"),
+            )
         if prior is not None and prior["status"] == "failed" and prior["error"] not in self.cfg.retry_failed:
             return prior
         if storage.exists(it["output_uri"]):
@@ -117,8 +131,14 @@ class Fetcher:
             if it["kind"] == "clip":
                 with contextlib.suppress(MediaError):
                     duration = probe(it["output_uri"]).duration
-            return self._row(it, "ok", bytes=len(data), sha256=sha256_of(data), duration=duration,
-                             detail="already on storage (written by an earlier run)")
+            return self._row(
+                it,
+                "ok",
+                bytes=len(data),
+                sha256=sha256_of(data),
+                duration=duration,
+                detail="already on storage (written by an earlier run)",
+            )
         return None
 
     # --- work ------------------------------------------------------------------------
@@ -184,8 +204,11 @@ class Fetcher:
         try:
             source = probe_source(dl.path, first["fetch_url"])
             if source.duration > self.cfg.ytdlp.max_video_seconds:
-                raise FetchError("too_long", f"{first['fetch_url']}: video is {source.duration:.0f}s, "
-                                             f"cap is {self.cfg.ytdlp.max_video_seconds:.0f}s")
+                raise FetchError(
+                    "too_long",
+                    f"{first['fetch_url']}: video is {source.duration:.0f}s, "
+                    f"cap is {self.cfg.ytdlp.max_video_seconds:.0f}s",
+                )
         except FetchError as e:
             return [self._failed(it, e, attempts) for it in todo]
         rows = []
@@ -197,8 +220,11 @@ class Fetcher:
                     data = f.read()
                 storage.write_bytes(it["output_uri"], data)
                 self._count(fetched=1)
-                rows.append(self._row(it, "ok", bytes=len(data), sha256=sha256_of(data), duration=clip.duration,
-                                      attempts=attempts))
+                rows.append(
+                    self._row(
+                        it, "ok", bytes=len(data), sha256=sha256_of(data), duration=clip.duration, attempts=attempts
+                    )
+                )
             except FetchError as e:
                 rows.append(self._failed(it, e, attempts))
         return rows
@@ -214,4 +240,3 @@ class Fetcher:
         storage.write_bytes(it["output_uri"], data)
         self._count(fetched=1)
         return self._row(it, "ok", bytes=len(data), sha256=dl.sha256 or sha256_of(data), attempts=attempts)
-

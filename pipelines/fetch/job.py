@@ -101,8 +101,9 @@ class ListStage(Stage):
             tars = self.tar_indexes if src.name == "pico_banana" else []
             for unit in src.units():  # the name changes with the file and with what decides its items
                 stem = posixpath.basename(unit).split(".")[0][:40]
-                digest = storage.content_digest(stamp(unit), decisive, json.dumps(self.cfg.ytdlp.hosts),
-                                                str(self.cfg.shard_size), *tars, n=10)
+                digest = storage.content_digest(
+                    stamp(unit), decisive, json.dumps(self.cfg.ytdlp.hosts), str(self.cfg.shard_size), *tars, n=10
+                )
                 parts.append(Part(f"{src.name}/{stem}-{digest}", (src, unit)))
         return parts
 
@@ -137,8 +138,17 @@ class FetchStage(Stage):
     """A part per listing chunk: download, cut and write its items, then its fetch-table part."""
 
     name = "fetch"
-    tables = {"fetch": Table(FETCH, "fetch", status_column="status", statuses=("ok", "failed"), reason_column="error",
-                             ok=("ok",), totals=("bytes",))}
+    tables = {
+        "fetch": Table(
+            FETCH,
+            "fetch",
+            status_column="status",
+            statuses=("ok", "failed"),
+            reason_column="error",
+            ok=("ok",),
+            totals=("bytes",),
+        )
+    }
 
     def __init__(self, cfg: FetchConfig, output: str, listed: dict[str, Marker]):
         super().__init__(output)
@@ -147,8 +157,11 @@ class FetchStage(Stage):
 
     def plan(self) -> list[Part]:
         listing = ListStage.tables["items"]
-        return [Part(f"{name}-{g:05d}", Chunk(listing.uri(self.output, name), g))
-                for name, marker in sorted(self.listed.items()) for g in range(marker.meta["groups"])]
+        return [
+            Part(f"{name}-{g:05d}", Chunk(listing.uri(self.output, name), g))
+            for name, marker in sorted(self.listed.items())
+            for g in range(marker.meta["groups"])
+        ]
 
     def finished(self, marker: Marker) -> bool:
         return not self.cfg.recheck and not marker.reason_count(*self.cfg.retry_failed)
@@ -172,10 +185,16 @@ class FetchStage(Stage):
         summary.setdefault("fetched", 0)
 
     def report(self, summary: dict) -> None:
-        print(count_table(summary["datasets"], {"ok": lambda s: s["ok"], "failed": lambda s: s["failed"],
-                                                "MB": lambda s: s["bytes"] / 1e6}))
-        print(f"this run: {summary['fetched']} fetched, {summary['requests']} requests, "
-              f"parts run {summary['parts_run']}/{summary['parts']}")
+        print(
+            count_table(
+                summary["datasets"],
+                {"ok": lambda s: s["ok"], "failed": lambda s: s["failed"], "MB": lambda s: s["bytes"] / 1e6},
+            )
+        )
+        print(
+            f"this run: {summary['fetched']} fetched, {summary['requests']} requests, "
+            f"parts run {summary['parts_run']}/{summary['parts']}"
+        )
         print(f"fetch table: {storage.join(self.output, 'fetch')}")
 
 

@@ -46,7 +46,9 @@ class PicoFetchConfig:
     root: str = ""  # folder holding the JSONL manifests
     manifests: list[str] = field(default_factory=lambda: ["sft.jsonl"])
     sources: str = ""  # where source images go (default ROOT/sources: where the ingest reader looks)
-    open_images_tars: str | None = None  # a folder of .tar archives you already have: members named like the URL's file are copied, not downloaded
+    open_images_tars: str | None = (
+        None  # a folder of .tar archives you already have: members named like the URL's file are copied, not downloaded
+    )
     limit: int | None = None  # at most this many records per manifest (debug runs)
 
     def validate(self) -> None:
@@ -61,7 +63,9 @@ def _item(dataset: str, id: str, group: str, kind: str, row: str, **kw) -> dict:
 
 def _bad(dataset: str, unit: str, line: int, detail: str) -> dict:
     row = f"{unit}:{line}"
-    return _item(dataset, f"{posixpath.basename(unit)}:{line}", row, "none", row, error="bad_record", detail=f"{row}: {detail}")
+    return _item(
+        dataset, f"{posixpath.basename(unit)}:{line}", row, "none", row, error="bad_record", detail=f"{row}: {detail}"
+    )
 
 
 class KoalaSource:
@@ -75,7 +79,11 @@ class KoalaSource:
         self.ytdlp_hosts = ytdlp_hosts
 
     def units(self) -> list[str]:
-        files = [f for f in storage.list_files(self.root, ".csv", recursive=False) if posixpath.basename(f).startswith("Koala_36M")]
+        files = [
+            f
+            for f in storage.list_files(self.root, ".csv", recursive=False)
+            if posixpath.basename(f).startswith("Koala_36M")
+        ]
         if not files:
             raise DatasetError(f"{self.name}: no Koala_36M_*.csv files found under {self.root}")
         return files
@@ -108,8 +116,19 @@ class KoalaSource:
             if name in seen:
                 continue
             seen.add(name)
-            yield _item(self.name, name, vid, "clip", f"{unit}:{line}", source_url=url, fetch_url=fetch_url, method=method,
-                        output_uri=storage.join(self.clips, name), start=start, end=end)
+            yield _item(
+                self.name,
+                name,
+                vid,
+                "clip",
+                f"{unit}:{line}",
+                source_url=url,
+                fetch_url=fetch_url,
+                method=method,
+                output_uri=storage.join(self.clips, name),
+                start=start,
+                end=end,
+            )
 
 
 class PicoSource:
@@ -141,8 +160,17 @@ class PicoSource:
                     yield _bad(self.name, unit, line, f"URL {url!r} has no file name")
                 continue
             seen.add(name)
-            yield _item(self.name, name, url, "image", f"{unit}:{line}", source_url=url, fetch_url=url, method="http",
-                        output_uri=storage.join(self.sources, name))
+            yield _item(
+                self.name,
+                name,
+                url,
+                "image",
+                f"{unit}:{line}",
+                source_url=url,
+                fetch_url=url,
+                method="http",
+                output_uri=storage.join(self.sources, name),
+            )
 
 
 def chunked(items: Iterator[dict], size: int) -> Iterator[list[dict]]:
@@ -159,4 +187,6 @@ def chunked(items: Iterator[dict], size: int) -> Iterator[list[dict]]:
 
 def tar_index_rows(archive: str) -> list[dict]:
     """(file name, member URI) of every regular member of one Open Images tar archive."""
-    return [{"name": posixpath.basename(m), "uri": f"{archive}{storage.TAR_SEP}{m}"} for m in storage.tar_members(archive)]
+    return [
+        {"name": posixpath.basename(m), "uri": f"{archive}{storage.TAR_SEP}{m}"} for m in storage.tar_members(archive)
+    ]

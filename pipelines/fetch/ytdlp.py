@@ -38,11 +38,18 @@ _PATTERNS = [
     (r"HTTP Error 429|Too Many Requests", "http_429"),
     (r"HTTP Error 5\d\d", "http_5xx"),
     (r"available (in|from) your (country|location)|geo.?restrict|blocked it in your country", "geo_blocked"),
-    (r"Sign in to confirm|age.?restricted|members.?only|Join this channel|requires (a )?login|cookies", "login_required"),
+    (
+        r"Sign in to confirm|age.?restricted|members.?only|Join this channel|requires (a )?login|cookies",
+        "login_required",
+    ),
     (r"removed|unavailable|Private video|no longer available|terminated|does not exist|deleted", "removed"),
     (r"max-filesize|larger than", "too_large"),
     (r"timed out|timeout", "timeout"),
-    (r"Connection (refused|reset|aborted)|Unable to connect|Temporary failure|Network is unreachable|RemoteDisconnected", "connection"),
+    (
+        r"Connection (refused|reset|aborted)|Unable to connect|Temporary failure|Network is unreachable"
+        r"|RemoteDisconnected",
+        "connection",
+    ),
     (r"did not match the expected|incomplete|Content-Length", "truncated"),
 ]
 
@@ -79,10 +86,22 @@ def ytdlp_download(url: str, workdir: str, cfg: YtDlpConfig, http: HttpConfig) -
 
     logger = _Log()
     opts = {
-        "outtmpl": os.path.join(workdir, "video.%(ext)s"), "format": cfg.format, "noplaylist": True,
-        "quiet": True, "no_warnings": True, "noprogress": True, "logger": logger, "cachedir": False,
-        "socket_timeout": http.timeout, "max_filesize": http.max_bytes, "overwrites": True, "continuedl": False,
-        "retries": 0, "fragment_retries": 0, "extractor_retries": 0, "file_access_retries": 0,
+        "outtmpl": os.path.join(workdir, "video.%(ext)s"),
+        "format": cfg.format,
+        "noplaylist": True,
+        "quiet": True,
+        "no_warnings": True,
+        "noprogress": True,
+        "logger": logger,
+        "cachedir": False,
+        "socket_timeout": http.timeout,
+        "max_filesize": http.max_bytes,
+        "overwrites": True,
+        "continuedl": False,
+        "retries": 0,
+        "fragment_retries": 0,
+        "extractor_retries": 0,
+        "file_access_retries": 0,
     }
     if cfg.cookies:
         opts["cookiefile"] = cfg.cookies

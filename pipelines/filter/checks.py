@@ -18,8 +18,16 @@ import numpy as np
 from sama.media import read_frames
 
 CHECK_REASONS = (
-    "low_resolution", "too_short", "too_long", "static", "blank_frames", "scene_cut", "blurry",
-    "frame_count_mismatch", "size_mismatch", "unchanged_target",
+    "low_resolution",
+    "too_short",
+    "too_long",
+    "static",
+    "blank_frames",
+    "scene_cut",
+    "blurry",
+    "frame_count_mismatch",
+    "size_mismatch",
+    "unchanged_target",
 )
 
 
@@ -79,9 +87,9 @@ def histogram_distances(frames: np.ndarray, bins: int = 16) -> np.ndarray:
     if len(frames) < 2:
         return np.zeros(0, np.float32)
     q = (frames.astype(np.int32) * bins) >> 8  # 0..bins-1 per channel
-    hists = np.stack([
-        np.concatenate([np.bincount(f[..., c].ravel(), minlength=bins) for c in range(3)]) for f in q
-    ]).astype(np.float32)
+    hists = np.stack(
+        [np.concatenate([np.bincount(f[..., c].ravel(), minlength=bins) for c in range(3)]) for f in q]
+    ).astype(np.float32)
     hists /= hists.sum(axis=1, keepdims=True) / 3.0  # each channel's histogram sums to 1
     return np.abs(np.diff(hists, axis=0)).sum(axis=1) / 3.0
 
@@ -154,7 +162,9 @@ def run_checks(row: dict, frames: dict[str, np.ndarray], cfg: ChecksConfig) -> C
     if is_video:
         n, dur = row.get("tgt_frames") or 0, row.get("tgt_duration") or 0.0
         if n < cfg.min_frames or dur < cfg.min_duration:
-            fail("too_short", f"{tgt_uri}: {n} frames, {dur:.2f}s (minimum {cfg.min_frames} frames, {cfg.min_duration}s)")
+            fail(
+                "too_short", f"{tgt_uri}: {n} frames, {dur:.2f}s (minimum {cfg.min_frames} frames, {cfg.min_duration}s)"
+            )
         if cfg.max_duration is not None and dur > cfg.max_duration:
             fail("too_long", f"{tgt_uri}: {dur:.2f}s > {cfg.max_duration}s")
     if src_uri and row.get("src_width"):
@@ -165,8 +175,11 @@ def run_checks(row: dict, frames: dict[str, np.ndarray], cfg: ChecksConfig) -> C
         ra = row["src_width"] / max(row["src_height"] or 1, 1)
         rb = row["tgt_width"] / max(row["tgt_height"] or 1, 1)
         if abs(ra - rb) / max(ra, rb) > cfg.max_aspect_mismatch:
-            fail("size_mismatch", f"{src_uri} vs {tgt_uri}: {row['src_width']}x{row['src_height']} vs "
-                                  f"{row['tgt_width']}x{row['tgt_height']}")
+            fail(
+                "size_mismatch",
+                f"{src_uri} vs {tgt_uri}: {row['src_width']}x{row['src_height']} vs "
+                f"{row['tgt_width']}x{row['tgt_height']}",
+            )
 
     # 2. from decoded frames
     m = frame_metrics(frames["target"], cfg)

@@ -46,7 +46,17 @@ class FilterJobConfig(JobConfig):
 def config_digest(cfg: FilterConfig) -> str:
     """What decides a verdict (not throughput knobs): a change redoes the parts."""
     judge = cfg.judge
-    decisive = {"checks": dataclasses.asdict(cfg.checks), "datasets": cfg.datasets, "judge": [
-        judge.backend, judge.model_label, judge.base_url, judge.frames, judge.max_side, dataclasses.asdict(judge.keep),
-        sorted(r.version for r in RUBRICS.values())]}
+    decisive = {
+        "checks": dataclasses.asdict(cfg.checks),
+        "datasets": cfg.datasets,
+        "judge": [
+            judge.backend,
+            judge.model_label,
+            judge.base_url,
+            judge.frames,
+            judge.max_side,
+            dataclasses.asdict(judge.keep),
+            sorted(r.version for r in RUBRICS.values()),
+        ],
+    }
     return storage.content_digest(json.dumps(decisive, sort_keys=True, default=str), n=12)

@@ -61,8 +61,15 @@ def plan_parts(input_uri: str, shard_size: int) -> list[Part]:
 class FilterStage(Stage):
     name = "filter"
     tables = {
-        "verdicts": Table(VERDICTS, "verdicts", status_column="verdict", statuses=("keep", "drop", "error"),
-                          reason_column="reasons", ok=("keep",), errors=("error",)),
+        "verdicts": Table(
+            VERDICTS,
+            "verdicts",
+            status_column="verdict",
+            statuses=("keep", "drop", "error"),
+            reason_column="reasons",
+            ok=("keep",),
+            errors=("error",),
+        ),
         "manifest": Table(MANIFEST, "manifest"),
     }
 
@@ -112,12 +119,18 @@ class FilterStage(Stage):
 
         verdicts, requests = asyncio.run(decide())
         kept = {v["sample_id"] for v in verdicts if v["verdict"] == "keep"}
-        return {"verdicts": verdicts, "manifest": [r for r in rows if r["sample_id"] in kept],
-                "stats": {"judge_requests": requests}}
+        return {
+            "verdicts": verdicts,
+            "manifest": [r for r in rows if r["sample_id"] in kept],
+            "stats": {"judge_requests": requests},
+        }
 
     def summarize(self, summary: dict, markers) -> None:
-        summary.update(judge_model=self.cfg.judge.model_label, config_digest=self.digest(),
-                       judge_requests=self.asked + summary.pop("judge_requests", 0))
+        summary.update(
+            judge_model=self.cfg.judge.model_label,
+            config_digest=self.digest(),
+            judge_requests=self.asked + summary.pop("judge_requests", 0),
+        )
         if self.cfg.report.enabled:
             from .report import write_report
 

@@ -75,25 +75,31 @@ def write_report(output: str, cfg, keep=None) -> str:
     table = read_table(storage.join(output, "verdicts"), VERDICTS)
     rows = table.to_pylist()
     out = storage.join(output, "report")
-    parts = ["<html><head><meta charset='utf-8'><title>filter report</title><style>body{font-family:sans-serif}"
-             "td,th{padding:2px 8px;text-align:left}img{margin:4px}</style></head><body><h1>Filter report</h1>"]
+    parts = [
+        "<html><head><meta charset='utf-8'><title>filter report</title><style>body{font-family:sans-serif}"
+        "td,th{padding:2px 8px;text-align:left}img{margin:4px}</style></head><body><h1>Filter report</h1>"
+    ]
     models = sorted({r["judge_model"] for r in rows})
-    parts.append(f"<p>judge: {html.escape(', '.join(models))}</p><table><tr><th>dataset</th><th>kept</th><th>dropped</th>"
-                 "<th>errors</th><th>reasons</th></tr>")
+    parts.append(
+        f"<p>judge: {html.escape(', '.join(models))}</p><table><tr><th>dataset</th><th>kept</th><th>dropped</th>"
+        "<th>errors</th><th>reasons</th></tr>"
+    )
     by_ds: dict[str, list[dict]] = {}
     for r in rows:
         by_ds.setdefault(r["dataset"], []).append(r)
     for ds, rs in sorted(by_ds.items()):
         c = Counter(r["verdict"] for r in rs)
         reasons = Counter(x for r in rs if r["verdict"] != "keep" for x in r["reasons"])
-        parts.append(f"<tr><td>{html.escape(ds)}</td><td>{c['keep']}</td><td>{c['drop']}</td><td>{c['error']}</td>"
-                     f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in sorted(reasons.items())))}</td></tr>")
+        parts.append(
+            f"<tr><td>{html.escape(ds)}</td><td>{c['keep']}</td><td>{c['drop']}</td><td>{c['error']}</td>"
+            f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in sorted(reasons.items())))}</td></tr>"
+        )
     parts.append("</table>")
     for ds, rs in sorted(by_ds.items()):
         parts.append(f"<h2>{html.escape(ds)}</h2>")
         series = {m: [r[m] for r in rs] for m in METRICS}
         for r in rs:
-            for k, v in (r["scores"] or []):
+            for k, v in r["scores"] or []:
                 series.setdefault(f"score:{k}", []).append(v)
         for name, vals in series.items():
             if not any(v is not None for v in vals):
@@ -104,11 +110,16 @@ def write_report(output: str, cfg, keep=None) -> str:
         judged = sorted((r for r in rs if r["overall"] is not None), key=lambda r: r["overall"])
         if judged:
             floor = (lambda r: keep.min_overall.get(r["task"], 0.5)) if keep else (lambda r: 0.5)
-            sheets = {"best": judged[::-1][: cfg.examples], "worst": judged[: cfg.examples],
-                      "borderline": sorted(judged, key=lambda r: abs(r["overall"] - floor(r)))[: cfg.examples]}
+            sheets = {
+                "best": judged[::-1][: cfg.examples],
+                "worst": judged[: cfg.examples],
+                "borderline": sorted(judged, key=lambda r: abs(r["overall"] - floor(r)))[: cfg.examples],
+            }
         else:
-            sheets = {"kept": [r for r in rs if r["verdict"] == "keep"][: cfg.examples],
-                      "dropped": [r for r in rs if r["verdict"] != "keep"][: cfg.examples]}
+            sheets = {
+                "kept": [r for r in rs if r["verdict"] == "keep"][: cfg.examples],
+                "dropped": [r for r in rs if r["verdict"] != "keep"][: cfg.examples],
+            }
         for label, sample in sheets.items():
             if not sample:
                 continue
@@ -118,6 +129,8 @@ def write_report(output: str, cfg, keep=None) -> str:
     parts.append("</body></html>")
     index = storage.join(out, "index.html")
     storage.write_text(index, "\n".join(parts))
-    storage.write_text(storage.join(out, "counts.json"), json.dumps({ds: dict(Counter(r["verdict"] for r in rs))
-                                                                     for ds, rs in by_ds.items()}))
+    storage.write_text(
+        storage.join(out, "counts.json"),
+        json.dumps({ds: dict(Counter(r["verdict"] for r in rs)) for ds, rs in by_ds.items()}),
+    )
     return index

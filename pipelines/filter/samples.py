@@ -51,7 +51,9 @@ def decode(row: dict, n: int, max_side: int) -> dict[str, np.ndarray]:
     return frames
 
 
-def screen(row: dict, checks: ChecksConfig, judge: Optional[JudgeConfig]) -> tuple[CheckResult | None, dict[str, np.ndarray]]:
+def screen(
+    row: dict, checks: ChecksConfig, judge: Optional[JudgeConfig]
+) -> tuple[CheckResult | None, dict[str, np.ndarray]]:
     """Decode a sample once for both consumers (as many frames and pixels as the larger asks
     for; ``judge`` None: nobody judges it) and run the cheap checks on a downscaled copy.
     Raises MediaError for bad media."""
@@ -85,10 +87,19 @@ class Verdicts:
     digest: str
 
     def verdict(self, row: dict, verdict: str, reasons: list[str], **fields) -> dict:
-        return {"sample_id": row["sample_id"], "dataset": row["dataset"], "category": row.get("category"),
-                "task": row["task"], "verdict": verdict, "reasons": reasons, "judge_model": self.judge_cfg.model_label,
-                "source_uri": row.get("source_uri"), "target_uri": row["target_uri"], "config_digest": self.digest,
-                **fields}
+        return {
+            "sample_id": row["sample_id"],
+            "dataset": row["dataset"],
+            "category": row.get("category"),
+            "task": row["task"],
+            "verdict": verdict,
+            "reasons": reasons,
+            "judge_model": self.judge_cfg.model_label,
+            "source_uri": row.get("source_uri"),
+            "target_uri": row["target_uri"],
+            "config_digest": self.digest,
+            **fields,
+        }
 
     async def decide(self, rows: list[dict], judge: CachedAnswers | None) -> list[dict]:
         """Verdicts for ``rows`` (same order): decode + checks in threads, the judge on the event loop."""
@@ -119,8 +130,15 @@ class Verdicts:
                     if outcome.error:
                         return self.verdict(row, "error", ["judge_error"], error=outcome.error, **fields)
                     answer = outcome.answer
-                    return self.verdict(row, "keep" if outcome.keep else "drop", outcome.reasons, scores=answer.scores,
-                                        flags=[k for k, v in answer.flags.items() if v], overall=outcome.overall,
-                                        judge_reason=judge.scrub(answer.reason)[:1000], **fields)
+                    return self.verdict(
+                        row,
+                        "keep" if outcome.keep else "drop",
+                        outcome.reasons,
+                        scores=answer.scores,
+                        flags=[k for k, v in answer.flags.items() if v],
+                        overall=outcome.overall,
+                        judge_reason=judge.scrub(answer.reason)[:1000],
+                        **fields,
+                    )
 
             return await asyncio.gather(*(one(r) for r in rows))

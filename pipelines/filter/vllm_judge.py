@@ -86,8 +86,12 @@ def to_request(row: dict, cfg: JudgeConfig) -> dict:
         params["structured_outputs"] = {"json": RUBRICS[row["task"]].response_schema()}
     elif cfg.response_format == "json_object":
         params["structured_outputs"] = {"json_object": True}
-    return {"sample_id": row["sample_id"], "task": row["task"], "messages": json.loads(row["messages"]),
-            "sampling_params": params}
+    return {
+        "sample_id": row["sample_id"],
+        "task": row["task"],
+        "messages": json.loads(row["messages"]),
+        "sampling_params": params,
+    }
 
 
 def from_reply(row: dict) -> dict:
@@ -115,10 +119,19 @@ def processor_config(cfg: JudgeConfig):
 
     v = cfg.vllm
     return vLLMEngineProcessorConfig(
-        model_source=v.model_source, batch_size=v.batch_size, concurrency=v.concurrency,
-        accelerator_type=v.accelerator_type, prepare_multimodal_stage=True, should_continue_on_error=True,
-        engine_kwargs={"tensor_parallel_size": v.tensor_parallel_size, "max_model_len": v.max_model_len,
-                       "limit_mm_per_prompt": {"image": 2 * cfg.frames}, **v.engine_kwargs})
+        model_source=v.model_source,
+        batch_size=v.batch_size,
+        concurrency=v.concurrency,
+        accelerator_type=v.accelerator_type,
+        prepare_multimodal_stage=True,
+        should_continue_on_error=True,
+        engine_kwargs={
+            "tensor_parallel_size": v.tensor_parallel_size,
+            "max_model_len": v.max_model_len,
+            "limit_mm_per_prompt": {"image": 2 * cfg.frames},
+            **v.engine_kwargs,
+        },
+    )
 
 
 def vllm_engine(cfg: JudgeConfig) -> Engine:
@@ -127,14 +140,17 @@ def vllm_engine(cfg: JudgeConfig) -> Engine:
     from ray.data.llm import build_processor
 
     if importlib.util.find_spec("vllm") is None:  # the cluster's image is this one: fail before any work
-        raise RuntimeError("filter.judge.backend=vllm needs vllm (pip install vllm, in the image of the GPU "
-                           "workers too), or use backend=openai against a vLLM server (vllm serve MODEL) with "
-                           "base_url=http://HOST:8000/v1")
+        raise RuntimeError(
+            "filter.judge.backend=vllm needs vllm (pip install vllm, in the image of the GPU "
+            "workers too), or use backend=openai against a vLLM server (vllm serve MODEL) with "
+            "base_url=http://HOST:8000/v1"
+        )
     return build_processor(processor_config(cfg), preprocess=partial(to_request, cfg=cfg), postprocess=from_reply)
 
 
-def prejudge(parts: list[Part], cfg: FilterConfig, cache_root: str, engine: Engine | None = None
-             ) -> tuple[int, dict[str, str]]:
+def prejudge(
+    parts: list[Part], cfg: FilterConfig, cache_root: str, engine: Engine | None = None
+) -> tuple[int, dict[str, str]]:
     """Answer every unanswered sample of ``parts`` into the cache. Returns (requests sent,
     {sample_id: why it has no answer}). A malformed answer is asked again, in up to
     ``malformed_retries`` more rounds over the samples still without one."""
@@ -146,7 +162,8 @@ def prejudge(parts: list[Part], cfg: FilterConfig, cache_root: str, engine: Engi
     for round_ in range(1 + cfg.judge.malformed_retries):
         ray.data.DataContext.get_current().enable_fallback_to_arrow_object_ext_type = True  # parts as objects
         requests = ray.data.from_items([{"part": p} for p in parts]).flat_map(
-            partial(requests_of_part, cfg=cfg, cache_root=cache_root), num_cpus=cfg.task_cpus)
+            partial(requests_of_part, cfg=cfg, cache_root=cache_root), num_cpus=cfg.task_cpus
+        )
         results = engine(requests).map(partial(record, cache_root=cache_root, model_label=label))
         asked, failures = 0, {}
         for r in results.iter_rows():  # streamed: only the failures stay in memory
@@ -156,8 +173,12 @@ def prejudge(parts: list[Part], cfg: FilterConfig, cache_root: str, engine: Engi
         sent += asked
         log.info("judge (in-cluster) round %d: %d request(s), %d without an answer", round_ + 1, asked, len(failures))
         if asked and len(failures) == asked:  # recorded as judge_error by pass 2 and asked again next run
-            log.warning("judge (in-cluster, %s): none of %d request(s) got a valid answer; e.g. %s",
-                        cfg.judge.vllm.model_source, asked, next(iter(failures.items())))
+            log.warning(
+                "judge (in-cluster, %s): none of %d request(s) got a valid answer; e.g. %s",
+                cfg.judge.vllm.model_source,
+                asked,
+                next(iter(failures.items())),
+            )
         if not any(e.startswith("malformed") for e in failures.values()):
             break
     return sent, failures

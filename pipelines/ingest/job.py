@@ -93,14 +93,19 @@ class ListStage(Stage):
         self.tables = {"listing": dataclasses.replace(self.tables["listing"], row_group_size=cfg.shard_size)}
 
     def plan(self) -> list[Part]:
-        return [Part(f"{r.name}/{unit_id(r, unit, self.cfg.shard_size)}", (r, unit))
-                for r in self.readers for unit in r.units()]
+        return [
+            Part(f"{r.name}/{unit_id(r, unit, self.cfg.shard_size)}", (r, unit))
+            for r in self.readers
+            for unit in r.units()
+        ]
 
     def process(self, part: Part) -> dict:
         reader, unit = part.spec
         rows = [sample.row() for sample in reader.samples(unit)]
-        return {"listing": rows, "meta": {"dataset": reader.name, "unit": unit, "rows": len(rows),
-                                          "not_listed": dict(reader.skipped)}}
+        return {
+            "listing": rows,
+            "meta": {"dataset": reader.name, "unit": unit, "rows": len(rows), "not_listed": dict(reader.skipped)},
+        }
 
 
 # --- between the stages: duplicates ---------------------------------------------------------------
@@ -123,15 +128,20 @@ def chunk_parts(listed: dict[str, Marker], listing: Table, output: str, shard_si
         uris.append(listing.uri(output, name))
         sizes.append(listed[name].meta["rows"])
     ids = [storage.read_parquet(u, columns=["sample_id"])["sample_id"] for u in uris]
-    table = pa.table({"sample_id": pa.chunked_array([c for a in ids for c in a.chunks], pa.string()),
-                      "file": pa.array([i for i, n in enumerate(sizes) for _ in range(n)], pa.int32()),
-                      "row": pa.array([r for n in sizes for r in range(n)], pa.int64())})
+    table = pa.table(
+        {
+            "sample_id": pa.chunked_array([c for a in ids for c in a.chunks], pa.string()),
+            "file": pa.array([i for i, n in enumerate(sizes) for _ in range(n)], pa.int32()),
+            "row": pa.array([r for n in sizes for r in range(n)], pa.int64()),
+        }
+    )
     dups: dict[tuple[int, int], dict[int, str]] = defaultdict(dict)
     counts = table.group_by("sample_id").aggregate([("row", "count")])
     repeated = counts.filter(pc.greater(counts["row_count"], 1))["sample_id"]
     if len(repeated):
         rows = table.filter(pc.is_in(table["sample_id"], repeated)).sort_by(
-            [("sample_id", "ascending"), ("file", "ascending"), ("row", "ascending")])
+            [("sample_id", "ascending"), ("file", "ascending"), ("row", "ascending")]
+        )
         first: dict[str, str] = {}
         for sid, fi, row in zip(*(rows[c].to_pylist() for c in ("sample_id", "file", "row"))):
             chunk = f"{names[fi]}-{row // shard_size:05d}"
@@ -139,8 +149,11 @@ def chunk_parts(listed: dict[str, Marker], listing: Table, output: str, shard_si
                 first[sid] = chunk
             else:
                 dups[(fi, row // shard_size)][row % shard_size] = first[sid]
-    return [Part(f"{name}-{g:05d}", Chunk(uri, g, dups.get((fi, g), {})))
-            for fi, (name, uri, n) in enumerate(zip(names, uris, sizes)) for g in range(math.ceil(n / shard_size))]
+    return [
+        Part(f"{name}-{g:05d}", Chunk(uri, g, dups.get((fi, g), {})))
+        for fi, (name, uri, n) in enumerate(zip(names, uris, sizes))
+        for g in range(math.ceil(n / shard_size))
+    ]
 
 
 # --- stage 2: probing ------------------------------------------------------------------------------
@@ -174,8 +187,10 @@ def check_sample(row: dict, cfg: IngestConfig) -> tuple[dict | None, tuple[str, 
         why = mismatch(row["task"], src, tgt, cfg)
         if why:
             return None, ("source_target_mismatch", f"{row['source_uri']} vs {row['target_uri']}: {why}")
-    out = {k: row[k] for k in ("sample_id", "dataset", "category", "task", "instruction", "source_uri", "target_uri",
-                               "extra")}
+    out = {
+        k: row[k]
+        for k in ("sample_id", "dataset", "category", "task", "instruction", "source_uri", "target_uri", "extra")
+    }
     out.update(tgt.as_columns("tgt"))
     if src is not None:
         out.update(src.as_columns("src"))
@@ -186,8 +201,10 @@ class ProbeStage(Stage):
     """A part per listing chunk: probe every sample's media; usable ones to the manifest."""
 
     name = "probe"
-    tables = {"manifest": Table(MANIFEST, "manifest", status="kept", statuses=("kept",)),
-              "rejects": Table(REJECTS, "rejects", status="rejected", statuses=("rejected",), reason_column="reason")}
+    tables = {
+        "manifest": Table(MANIFEST, "manifest", status="kept", statuses=("kept",)),
+        "rejects": Table(REJECTS, "rejects", status="rejected", statuses=("rejected",), reason_column="reason"),
+    }
 
     def __init__(self, cfg: IngestConfig, output: str, listed: dict[str, Marker]):
         super().__init__(output)
@@ -216,9 +233,17 @@ class ProbeStage(Stage):
                     kept.append(ok)
                     continue
                 reason, detail = bad
-                rejected.append({"sample_id": row["sample_id"], "dataset": row["dataset"], "stage": "ingest",
-                                 "reason": reason, "detail": detail, "source_uri": row["source_uri"],
-                                 "target_uri": row["target_uri"] or None})
+                rejected.append(
+                    {
+                        "sample_id": row["sample_id"],
+                        "dataset": row["dataset"],
+                        "stage": "ingest",
+                        "reason": reason,
+                        "detail": detail,
+                        "source_uri": row["source_uri"],
+                        "target_uri": row["target_uri"] or None,
+                    }
+                )
         return {"manifest": kept, "rejects": rejected}
 
     def summarize(self, summary: dict, markers) -> None:
@@ -231,8 +256,13 @@ class ProbeStage(Stage):
         summary["datasets"] = dict(sorted(datasets.items()))
 
     def report(self, summary: dict) -> None:
-        print(count_table(summary["datasets"], {"kept": lambda s: s["kept"], "rejected": lambda s: s["rejected"]},
-                          note=lambda s: "".join(f"  ({v} {k})" for k, v in s.get("not_listed", {}).items())))
+        print(
+            count_table(
+                summary["datasets"],
+                {"kept": lambda s: s["kept"], "rejected": lambda s: s["rejected"]},
+                note=lambda s: "".join(f"  ({v} {k})" for k, v in s.get("not_listed", {}).items()),
+            )
+        )
         print(f"manifest: {storage.join(self.output, 'manifest')}\nrejects:  {storage.join(self.output, 'rejects')}")
 
 

@@ -113,8 +113,9 @@ def clip_indices(total: int, src_fps: float, fps: float, max_frames: int) -> lis
     return [j for j in (int(round(i * step)) for i in range(max_frames)) if j < max(total, 1)]
 
 
-def _read(uri: str, task: str, fps: float, probed_fps: float | None, probed_frames: int | None,
-          max_frames: int) -> np.ndarray:
+def _read(
+    uri: str, task: str, fps: float, probed_fps: float | None, probed_frames: int | None, max_frames: int
+) -> np.ndarray:
     if task == "image_edit":
         return media.read_image(uri)[None]
     idx = clip_indices(int(probed_frames or max_frames), float(probed_fps or fps), fps, max_frames)
@@ -144,19 +145,36 @@ def decode_sample(row: dict, cfg: PrecomputeConfig, buckets: list[Bucket]) -> di
         pcfg = cfg.pretexts if cfg.stage == 0 else PretextConfig(enabled=False)
         res = PretextSampler(pcfg)(tgt, row["instruction"], seed=row["sample_id"])
         src, prompt, pretext, params = res.video, res.prompt, res.name, res.params
-    return {"src": np.ascontiguousarray(src), "tgt": np.ascontiguousarray(tgt), "prompt": prompt,
-            "pretext": pretext, "pretext_params": params_json(params),
-            "bucket": f"{tgt.shape[0]}x{bucket.height}x{bucket.width}"}
+    return {
+        "src": np.ascontiguousarray(src),
+        "tgt": np.ascontiguousarray(tgt),
+        "prompt": prompt,
+        "pretext": pretext,
+        "pretext_params": params_json(params),
+        "bucket": f"{tgt.shape[0]}x{bucket.height}x{bucket.width}",
+    }
 
 
-DECODED = pa.schema([
-    ("sample_id", pa.string()), ("dataset", pa.string()), ("category", pa.string()), ("task", pa.string()),
-    ("source_uri", pa.string()), ("target_uri", pa.string()), ("bucket", pa.string()), ("pretext", pa.string()),
-    ("pretext_params", pa.string()), ("prompt", pa.string()),
-    ("src_frames", pa.large_binary()), ("src_shape", pa.list_(pa.int32())),
-    ("tgt_frames", pa.large_binary()), ("tgt_shape", pa.list_(pa.int32())),
-    ("error_reason", pa.string()), ("error_detail", pa.string()),
-])
+DECODED = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("dataset", pa.string()),
+        ("category", pa.string()),
+        ("task", pa.string()),
+        ("source_uri", pa.string()),
+        ("target_uri", pa.string()),
+        ("bucket", pa.string()),
+        ("pretext", pa.string()),
+        ("pretext_params", pa.string()),
+        ("prompt", pa.string()),
+        ("src_frames", pa.large_binary()),
+        ("src_shape", pa.list_(pa.int32())),
+        ("tgt_frames", pa.large_binary()),
+        ("tgt_shape", pa.list_(pa.int32())),
+        ("error_reason", pa.string()),
+        ("error_detail", pa.string()),
+    ]
+)
 
 
 class DecodeStage:
@@ -178,9 +196,19 @@ class DecodeStage:
             except Exception as e:  # a bug or an odd file must not kill the job: record it
                 out.append({**base, "error_reason": "decode_error", "error_detail": f"{row['target_uri']}: {e!r}"})
                 continue
-            out.append({**base, "bucket": d["bucket"], "pretext": d["pretext"], "pretext_params": d["pretext_params"],
-                        "prompt": d["prompt"], "src_frames": d["src"].tobytes(), "src_shape": list(d["src"].shape),
-                        "tgt_frames": d["tgt"].tobytes(), "tgt_shape": list(d["tgt"].shape)})
+            out.append(
+                {
+                    **base,
+                    "bucket": d["bucket"],
+                    "pretext": d["pretext"],
+                    "pretext_params": d["pretext_params"],
+                    "prompt": d["prompt"],
+                    "src_frames": d["src"].tobytes(),
+                    "src_shape": list(d["src"].shape),
+                    "tgt_frames": d["tgt"].tobytes(),
+                    "tgt_shape": list(d["tgt"].shape),
+                }
+            )
         return pa.Table.from_pylist(out, schema=DECODED)
 
 
@@ -191,10 +219,15 @@ def decode_batch(batch: pa.Table, cfg: PrecomputeConfig) -> pa.Table:
 
 # --- encode (GPU actors) ------------------------------------------------------------------------
 
-ENCODED = pa.schema([f for f in LATENTS.schema] + [
-    pa.field("source_uri", pa.string()), pa.field("target_uri", pa.string()),
-    pa.field("error_reason", pa.string()), pa.field("error_detail", pa.string()),
-])
+ENCODED = pa.schema(
+    [f for f in LATENTS.schema]
+    + [
+        pa.field("source_uri", pa.string()),
+        pa.field("target_uri", pa.string()),
+        pa.field("error_reason", pa.string()),
+        pa.field("error_detail", pa.string()),
+    ]
+)
 ENCODED = pa.schema([f.with_nullable(True) for f in ENCODED])
 
 
@@ -215,8 +248,15 @@ class Encoders:
         src_lat, tgt_lat = self.vae.encode(s), self.vae.encode(t)
         sem = self.semantic(t)
         emb, lens = self.text.encode(prompts)
-        return [{"src_latent": src_lat[i], "tgt_latent": tgt_lat[i], "sem_tokens": sem[i],
-                 "text_emb": emb[i, : int(lens[i])]} for i in range(len(prompts))]
+        return [
+            {
+                "src_latent": src_lat[i],
+                "tgt_latent": tgt_lat[i],
+                "sem_tokens": sem[i],
+                "text_emb": emb[i, : int(lens[i])],
+            }
+            for i in range(len(prompts))
+        ]
 
 
 class EncodeStage:
@@ -243,12 +283,27 @@ class EncodeStage:
                 tgt = [np.frombuffer(bytearray(r["tgt_frames"]), np.uint8).reshape(ts) for r in group]
                 encoded = self.encoders.encode(src, tgt, [r["prompt"] for r in group])
             except Exception as e:  # e.g. out of memory on a huge bucket: reject the group, keep going
-                out.extend({**self._passthrough(r), "error_reason": "encode_error", "error_detail": f"{r['sample_id']}: {e!r}"}
-                           for r in group)
+                out.extend(
+                    {**self._passthrough(r), "error_reason": "encode_error", "error_detail": f"{r['sample_id']}: {e!r}"}
+                    for r in group
+                )
                 continue
             for r, tensors in zip(group, encoded):
-                row = {k: r[k] for k in ("sample_id", "dataset", "category", "task", "bucket", "pretext",
-                                         "pretext_params", "prompt", "source_uri", "target_uri")}
+                row = {
+                    k: r[k]
+                    for k in (
+                        "sample_id",
+                        "dataset",
+                        "category",
+                        "task",
+                        "bucket",
+                        "pretext",
+                        "pretext_params",
+                        "prompt",
+                        "source_uri",
+                        "target_uri",
+                    )
+                }
                 for name in TENSORS:
                     row[name], row[f"{name}_shape"] = pack(tensors[name], self.dtype)
                 row["dtype"] = self.dtype
@@ -257,8 +312,19 @@ class EncodeStage:
 
     @staticmethod
     def _passthrough(r: dict) -> dict:
-        return {k: r[k] for k in ("sample_id", "dataset", "category", "task", "source_uri", "target_uri",
-                                  "error_reason", "error_detail")}
+        return {
+            k: r[k]
+            for k in (
+                "sample_id",
+                "dataset",
+                "category",
+                "task",
+                "source_uri",
+                "target_uri",
+                "error_reason",
+                "error_detail",
+            )
+        }
 
 
 # --- write (CPU) --------------------------------------------------------------------------------
@@ -270,9 +336,18 @@ def write_shard(batch: pa.Table, owner: PrecomputeStage) -> dict:
     ids = sorted(batch["sample_id"].to_pylist())
     failed = pc.invert(pc.is_null(batch["error_reason"]))
     ok, bad = batch.filter(pc.invert(failed)), batch.filter(failed)
-    rejects = [{"sample_id": r["sample_id"], "dataset": r["dataset"], "stage": "precompute", "reason": r["error_reason"],
-                "detail": r["error_detail"], "source_uri": r["source_uri"], "target_uri": r["target_uri"]}
-               for r in bad.to_pylist()]
+    rejects = [
+        {
+            "sample_id": r["sample_id"],
+            "dataset": r["dataset"],
+            "stage": "precompute",
+            "reason": r["error_reason"],
+            "detail": r["error_detail"],
+            "source_uri": r["source_uri"],
+            "target_uri": r["target_uri"],
+        }
+        for r in bad.to_pylist()
+    ]
     latents = ok.select([f.name for f in LATENTS.schema]).cast(LATENTS.with_metadata())
     marker = owner.commit(f"part-{storage.content_digest(*ids, n=16)}", ids, {"latents": latents, "rejects": rejects})
     return {"marker": np.array([marker], dtype=object)}
@@ -284,8 +359,12 @@ def write_shard(batch: pa.Table, owner: PrecomputeStage) -> dict:
 def bucket_order(manifest: pa.Table, buckets: BucketConfig) -> pa.Table:
     """``manifest`` sorted by (bucket guess, task, sample id), so batches share shapes."""
     shapes = make_buckets(buckets)
-    guess = [str(nearest_bucket(h or 1, w or 1, shapes, buckets.match)) + t for h, w, t in
-             zip(manifest["tgt_height"].to_pylist(), manifest["tgt_width"].to_pylist(), manifest["task"].to_pylist())]
+    guess = [
+        str(nearest_bucket(h or 1, w or 1, shapes, buckets.match)) + t
+        for h, w, t in zip(
+            manifest["tgt_height"].to_pylist(), manifest["tgt_width"].to_pylist(), manifest["task"].to_pylist()
+        )
+    ]
     manifest = manifest.append_column("_order", pa.array(guess))
     return manifest.sort_by([("_order", "ascending"), ("sample_id", "ascending")]).drop_columns(["_order"])
 
@@ -294,10 +373,20 @@ class PrecomputeStage(Stage):
     """A part per manifest sample; a commit per written shard (the samples it covers)."""
 
     name = "precompute"
-    tables = {"latents": Table(LATENTS, "latents", status="written", statuses=("written",),
-                               breakdown=("pretext", "bucket"), row_group_size=8, write_empty=False),
-              "rejects": Table(REJECTS, "rejects", status="rejected", statuses=("rejected",), reason_column="reason",
-                               write_empty=False)}
+    tables = {
+        "latents": Table(
+            LATENTS,
+            "latents",
+            status="written",
+            statuses=("written",),
+            breakdown=("pretext", "bucket"),
+            row_group_size=8,
+            write_empty=False,
+        ),
+        "rejects": Table(
+            REJECTS, "rejects", status="rejected", statuses=("rejected",), reason_column="reason", write_empty=False
+        ),
+    }
 
     def __init__(self, cfg: PrecomputeConfig, output: str):
         super().__init__(output)
@@ -315,14 +404,25 @@ class PrecomputeStage(Stage):
         pool = ray.data.ActorPoolStrategy(min_size=enc.actors, max_size=enc.max_actors or enc.actors)
         ray.data.DataContext.get_current().enable_fallback_to_arrow_object_ext_type = True  # markers as objects
         ds = ray.data.from_arrow(MANIFEST.table([part.spec for part in todo]))
-        ds = ds.map_batches(decode_batch, fn_kwargs={"cfg": p}, batch_size=p.decode.batch_size,
-                            batch_format="pyarrow", num_cpus=p.decode.num_cpus)
-        ds = ds.map_batches(EncodeStage, fn_constructor_kwargs={"encode": enc, "vae": p.vae, "semantic": p.semantic,
-                                                                "text": p.text},
-                            batch_size=enc.batch_size, batch_format="pyarrow", num_gpus=enc.num_gpus,
-                            num_cpus=enc.num_cpus, compute=pool)
-        ds = ds.map_batches(write_shard, fn_kwargs={"owner": self}, batch_size=p.shard_size, batch_format="pyarrow",
-                            num_cpus=0.5)
+        ds = ds.map_batches(
+            decode_batch,
+            fn_kwargs={"cfg": p},
+            batch_size=p.decode.batch_size,
+            batch_format="pyarrow",
+            num_cpus=p.decode.num_cpus,
+        )
+        ds = ds.map_batches(
+            EncodeStage,
+            fn_constructor_kwargs={"encode": enc, "vae": p.vae, "semantic": p.semantic, "text": p.text},
+            batch_size=enc.batch_size,
+            batch_format="pyarrow",
+            num_gpus=enc.num_gpus,
+            num_cpus=enc.num_cpus,
+            compute=pool,
+        )
+        ds = ds.map_batches(
+            write_shard, fn_kwargs={"owner": self}, batch_size=p.shard_size, batch_format="pyarrow", num_cpus=0.5
+        )
         markers = [row["marker"] for row in ds.take_all()]
         seconds = time.time() - t0
         log.info("precompute: %d samples in %.1fs (%.2f samples/s)", len(todo), seconds, len(todo) / max(seconds, 1e-9))
@@ -336,8 +436,10 @@ class PrecomputeStage(Stage):
 
     def report(self, summary: dict) -> None:
         for dataset, entry in summary["datasets"].items():
-            print(f"{dataset:<16} written={entry['written']} rejected={entry['rejected']} "
-                  f"pretexts={entry.get('pretext', {})} reasons={entry['reasons']}")
+            print(
+                f"{dataset:<16} written={entry['written']} rejected={entry['rejected']} "
+                f"pretexts={entry.get('pretext', {})} reasons={entry['reasons']}"
+            )
         print(f"latents: {storage.join(self.output, 'latents')}  buckets: {summary['buckets']}")
 
     def dry_run(self) -> list[str]:
@@ -347,11 +449,13 @@ class PrecomputeStage(Stage):
         frames = p.buckets.max_frames
         biggest = max(b.height * b.width for b in buckets)
         tokens = ((frames - 1) // 4 + 1) * biggest // (16 * 16)  # Wan VAE 8x, patch 2x
-        lines = [f"buckets: {len(buckets)} ({', '.join(f'{b.height}x{b.width}' for b in buckets)}), frames <= {frames}",
-                 f"largest sample: {tokens} target tokens, {2 * tokens} with the source",
-                 f"decode: CPU tasks of {p.decode.batch_size} samples, {p.decode.num_cpus} CPU each, at {p.decode.fps} fps",
-                 f"encode: {enc.actors}..{enc.max_actors or enc.actors} actors x {enc.num_gpus} GPU, batches of "
-                 f"{enc.batch_size}, stored as {enc.storage_dtype}"]
+        lines = [
+            f"buckets: {len(buckets)} ({', '.join(f'{b.height}x{b.width}' for b in buckets)}), frames <= {frames}",
+            f"largest sample: {tokens} target tokens, {2 * tokens} with the source",
+            f"decode: CPU tasks of {p.decode.batch_size} samples, {p.decode.num_cpus} CPU each, at {p.decode.fps} fps",
+            f"encode: {enc.actors}..{enc.max_actors or enc.actors} actors x {enc.num_gpus} GPU, batches of "
+            f"{enc.batch_size}, stored as {enc.storage_dtype}",
+        ]
         for name, c in (("vae", p.vae), ("semantic", p.semantic), ("text", p.text)):
             lines.append(f"{name}: {c.pretrained or 'tiny random model'} ({c.dtype})")
         if enc.num_gpus == 0 and any(c.pretrained for c in (p.vae, p.semantic, p.text)):

@@ -95,7 +95,7 @@ def own_files(names: list[str], rank: int, zero_stage: int) -> list[str]:
 
 def list_relative(ckpt: str) -> list[str]:
     root = ckpt.rstrip("/")
-    return [f[len(root) + 1:] for f in storage.list_files(root)]
+    return [f[len(root) + 1 :] for f in storage.list_files(root)]
 
 
 def fetch(ckpt: str, names: list[str], dest: str) -> list[str]:
@@ -175,8 +175,9 @@ def raw_weights(ckpt: str, lazy: bool = False) -> dict:
     ds = storage.materialize(storage.join(ckpt, DS_TAG))  # a local path as it is; s3: the node's cache
     extra = dict(fp32_params(ckpt).get("params", {}))
     if meta["zero_stage"] == 0:
-        module = torch.load(os.path.join(ds, "mp_rank_00_model_states.pt"), map_location="cpu",
-                            weights_only=False, mmap=True)["module"]
+        module = torch.load(
+            os.path.join(ds, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=False, mmap=True
+        )["module"]
         return {**module, **extra}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

@@ -182,8 +182,11 @@ class TrainConfig:
             raise ValueError(f"workers.num_workers={n} is not divisible by engine.sequence_parallel={sp}")
         for what, b in (("image_batch", self.data.image_batch), ("video_batch", self.data.video_batch)):
             if b % (n // sp * k):
-                by = f"workers.num_workers={n}" if sp == 1 else \
-                    f"the {n // sp} data-parallel groups (workers.num_workers={n} / engine.sequence_parallel={sp})"
+                by = (
+                    f"workers.num_workers={n}"
+                    if sp == 1
+                    else f"the {n // sp} data-parallel groups (workers.num_workers={n} / engine.sequence_parallel={sp})"
+                )
                 by += f" x engine.grad_accum={k}" if k > 1 else ""
                 raise ValueError(f"data.{what}={b} is not divisible by {by}")
 
@@ -213,9 +216,12 @@ def absolute_paths(cfg: "TrainJobConfig") -> "TrainJobConfig":
         return storage.normalize(uri) if uri else uri
 
     t = dataclasses.replace(
-        t, init_from=fix(t.init_from), model=dataclasses.replace(t.model, pretrained=fix(t.model.pretrained)),
+        t,
+        init_from=fix(t.init_from),
+        model=dataclasses.replace(t.model, pretrained=fix(t.model.pretrained)),
         export=dataclasses.replace(t.export, output=fix(t.export.output)),
-        data=dataclasses.replace(t.data, sources=[dataclasses.replace(s, uri=fix(s.uri)) for s in t.data.sources]))
+        data=dataclasses.replace(t.data, sources=[dataclasses.replace(s, uri=fix(s.uri)) for s in t.data.sources]),
+    )
     return dataclasses.replace(cfg, output=fix(cfg.output), train=t)
 
 

@@ -52,8 +52,10 @@ def plan_files(sources: list[SourceConfig], world: int, steps: int, batch_per_ra
                 files.append(f)
                 counts.append(n)
         if sum(counts) < world:
-            raise ValueError(f"data source {s.name!r}: {sum(counts)} {s.tasks} row(s) under {s.uri} for {world} "
-                             "workers; every worker needs at least one")
+            raise ValueError(
+                f"data source {s.name!r}: {sum(counts)} {s.tasks} row(s) under {s.uri} for {world} "
+                "workers; every worker needs at least one"
+            )
         share, batch = s.weight / total_weight, batch_per_rank[s.name]
         ranks = []
         if len(files) < world:
@@ -112,8 +114,9 @@ def read_row_groups(batch: pa.Table) -> pa.Table:
     """Ray Data UDF: (path, row group, rows, first index, epoch) -> those rows, numbered ``_i``
     within the epoch ``_e`` (a task, not an actor, so no CPU is held between reads)."""
     tables = []
-    for path, rg, rows, first, epoch in zip(*(batch[c].to_pylist() for c in ("path", "row_group", "rows", "first",
-                                                                           "epoch"))):
+    for path, rg, rows, first, epoch in zip(
+        *(batch[c].to_pylist() for c in ("path", "row_group", "rows", "first", "epoch"))
+    ):
         t = storage.read_row_group(path, rg).take(pa.array(rows, pa.int64()))
         t = t.append_column("_e", pa.array([epoch] * len(rows), pa.int64()))
         tables.append(t.append_column("_i", pa.array(range(first, first + len(rows)), pa.int64())))
@@ -133,8 +136,9 @@ def row_opener(groups: list[tuple[str, int, list[int], int]], passes: int, read_
             for path, rg, rows, first in groups:
                 skip = max(0, start - first) if e == epoch else 0
                 if skip < len(rows):
-                    items.append({"path": path, "row_group": rg, "rows": rows[skip:], "first": first + skip,
-                                  "epoch": e})
+                    items.append(
+                        {"path": path, "row_group": rg, "rows": rows[skip:], "first": first + skip, "epoch": e}
+                    )
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(read_row_groups, batch_size=1, batch_format="pyarrow", num_cpus=read_num_cpus)
         ds.context.execution_options.preserve_order = True  # the row order is part of the position
@@ -144,8 +148,9 @@ def row_opener(groups: list[tuple[str, int, list[int], int]], passes: int, read_
     return open_rows
 
 
-def build(sources: list[SourceConfig], world: int, steps: int, batch_per_rank: dict[str, int],
-          sequence_parallel: int = 1) -> Plan:
+def build(
+    sources: list[SourceConfig], world: int, steps: int, batch_per_rank: dict[str, int], sequence_parallel: int = 1
+) -> Plan:
     """The per-rank plan: each source's files dealt to the data-parallel groups, and every
     rank of a group streaming its group's files (the same rows in the same order, so the group
     agrees on each batch without talking). Workers build their streams from it."""

@@ -42,12 +42,14 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, use_gpu: bool | None = N
         "allgather_bucket_size": e.reduce_bucket_size,
     }
     if e.zero_stage == 3:
-        zero.update({
-            "stage3_prefetch_bucket_size": e.stage3_prefetch_bucket_size,
-            "stage3_param_persistence_threshold": e.stage3_param_persistence_threshold,
-            # export reads our EMA, and stage 1 reads the fp32 shards: no 16-bit gather at save
-            "stage3_gather_16bit_weights_on_model_save": False,
-        })
+        zero.update(
+            {
+                "stage3_prefetch_bucket_size": e.stage3_prefetch_bucket_size,
+                "stage3_param_persistence_threshold": e.stage3_param_persistence_threshold,
+                # export reads our EMA, and stage 1 reads the fp32 shards: no 16-bit gather at save
+                "stage3_gather_16bit_weights_on_model_save": False,
+            }
+        )
         zero.pop("allgather_bucket_size")
     if e.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": use_gpu}

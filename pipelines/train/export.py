@@ -38,8 +38,9 @@ def model_on_meta(model_config: dict) -> SamaTransformer3DModel:
         return SamaTransformer3DModel.from_config(config)
 
 
-def export_checkpoint(ckpt_uri: str, output: str, weights: str = "ema", dtype: str = "float32",
-                      max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> str:
+def export_checkpoint(
+    ckpt_uri: str, output: str, weights: str = "ema", dtype: str = "float32", max_shard_bytes: int = DEFAULT_SHARD_BYTES
+) -> str:
     """Write ``<output>/transformer`` from the checkpoint at (or newest under) ``ckpt_uri``."""
     ckpt = checkpoints.resolve(ckpt_uri)
     model = model_on_meta(json.loads(storage.read_text(storage.join(ckpt, "model_config.json"))))
@@ -61,14 +62,19 @@ def export_checkpoint(ckpt_uri: str, output: str, weights: str = "ema", dtype: s
         missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
         if missing or extra:
             close()
-            raise ValueError(f"{ckpt}: {weights} weights do not fit the model: missing {missing[:5]}, "
-                             f"unexpected {extra[:5]}")
+            raise ValueError(
+                f"{ckpt}: {weights} weights do not fit the model: missing {missing[:5]}, unexpected {extra[:5]}"
+            )
         dest = storage.join(output, "transformer")
         stage = os.path.join(tmp, "transformer") if storage.is_s3(output) else storage.filesystem(dest)[1]
         os.makedirs(stage, exist_ok=True)
         try:
-            files = write_sharded(stage, [(n, s, out_dtype) for n, s in expected.items()],
-                                  lambda n: get(n).view(expected[n]), max_shard_bytes)
+            files = write_sharded(
+                stage,
+                [(n, s, out_dtype) for n, s in expected.items()],
+                lambda n: get(n).view(expected[n]),
+                max_shard_bytes,
+            )
         finally:
             close()
         model.save_config(stage)
@@ -81,8 +87,9 @@ def export_checkpoint(ckpt_uri: str, output: str, weights: str = "ema", dtype: s
     return output
 
 
-def export_as_task(ckpt_uri: str, output: str, weights: str = "ema", dtype: str = "float32",
-                   memory_gb: float = 4.0) -> str:
+def export_as_task(
+    ckpt_uri: str, output: str, weights: str = "ema", dtype: str = "float32", memory_gb: float = 4.0
+) -> str:
     """``export_checkpoint`` in a Ray task that declares ``memory_gb`` (in-process without Ray)."""
     import ray
 
@@ -94,7 +101,9 @@ def export_as_task(ckpt_uri: str, output: str, weights: str = "ema", dtype: str 
 
 def run(cfg: ExportJobConfig) -> str:
     out = export_as_task(cfg.checkpoint, cfg.output, cfg.weights, cfg.dtype, cfg.memory_gb)
-    print(f"exported {cfg.weights} weights of {checkpoints.resolve(cfg.checkpoint)} -> {storage.join(out, 'transformer')}")
+    print(
+        f"exported {cfg.weights} weights of {checkpoints.resolve(cfg.checkpoint)} -> {storage.join(out, 'transformer')}"
+    )
     return out
 
 

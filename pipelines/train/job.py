@@ -53,12 +53,21 @@ def build_trainer(cfg: TrainJobConfig):
         train_loop_per_worker,
         train_loop_config={"train": t, "output": cfg.output, "plan": plan},
         torch_config=TorchConfig(backend="nccl" if w.use_gpu else "gloo", timeout_s=int(t.engine.collective_timeout_s)),
-        scaling_config=ScalingConfig(num_workers=w.num_workers, use_gpu=w.use_gpu, resources_per_worker=w.resources(),
-                                     accelerator_type=w.accelerator_type, placement_strategy=w.placement_strategy),
-        run_config=RunConfig(name=t.name, storage_path=path, storage_filesystem=fs,
-                             failure_config=FailureConfig(max_failures=t.checkpoint.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoint.keep),
-                             worker_runtime_env={"env_vars": env}),
+        scaling_config=ScalingConfig(
+            num_workers=w.num_workers,
+            use_gpu=w.use_gpu,
+            resources_per_worker=w.resources(),
+            accelerator_type=w.accelerator_type,
+            placement_strategy=w.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name=t.name,
+            storage_path=path,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=t.checkpoint.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoint.keep),
+            worker_runtime_env={"env_vars": env},
+        ),
     )
 
 
@@ -67,11 +76,16 @@ def run(cfg: TrainJobConfig) -> dict:
     t = cfg.train
     result = build_trainer(cfg).fit()
     ckpt = storage.join(cfg.output, t.name, os.path.basename(result.checkpoint.path.rstrip("/")))
-    summary = {"run": t.name, "checkpoint": ckpt, "metrics": result.metrics,
-               "metrics_dir": storage.join(cfg.output, t.name, "metrics")}
+    summary = {
+        "run": t.name,
+        "checkpoint": ckpt,
+        "metrics": result.metrics,
+        "metrics_dir": storage.join(cfg.output, t.name, "metrics"),
+    }
     if t.export.enabled:
-        summary["export"] = export_as_task(ckpt, t.export.output or storage.join(cfg.output, "export"), "ema",
-                                           t.export.dtype, t.export.memory_gb)
+        summary["export"] = export_as_task(
+            ckpt, t.export.output or storage.join(cfg.output, "export"), "ema", t.export.dtype, t.export.memory_gb
+        )
     storage.write_text(storage.join(cfg.output, "summary.json"), json.dumps(summary, indent=2, default=str))
     print(f"[train] stage {t.stage}: checkpoint {ckpt}" + (f", export {summary['export']}" if t.export.enabled else ""))
     return summary

@@ -1,13 +1,13 @@
 """``train_loop_per_worker``: one Ray Train worker's life.
 
-    build the model (ZeRO-3: partitioned, streamed in by rank 0; else in the training dtype)
-    -> DeepSpeed engine (ZeRO, our LR schedule) [+ the fp32-kept parameters' own optimizer]
-    -> sharded EMA
-    -> resume (Ray Train's latest checkpoint: this rank's files only), or init_from
-       (same layout: this rank's files; else streamed one parameter at a time)
-    -> per step: pick source (seed, step) -> grad_accum bucket micro-batches -> L_FM + lambda L_SA
-       -> all-reduce [non-finite flag, loss terms, counts] per micro-batch -> backward -> step + EMA
-       -> rank 0 logs; every N steps (and the last) a checkpoint, uploaded in the background
+build the model (ZeRO-3: partitioned, streamed in by rank 0; else in the training dtype)
+-> DeepSpeed engine (ZeRO, our LR schedule) [+ the fp32-kept parameters' own optimizer]
+-> sharded EMA
+-> resume (Ray Train's latest checkpoint: this rank's files only), or init_from
+   (same layout: this rank's files; else streamed one parameter at a time)
+-> per step: pick source (seed, step) -> grad_accum bucket micro-batches -> L_FM + lambda L_SA
+   -> all-reduce [non-finite flag, loss terms, counts] per micro-batch -> backward -> step + EMA
+   -> rank 0 logs; every N steps (and the last) a checkpoint, uploaded in the background
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def metrics_dir(output: str, run: str) -> tuple[str, str | None]:
     local = os.path.join(tempfile.gettempdir(), f"sama-metrics-{storage.content_digest(remote)}")
     os.makedirs(local, exist_ok=True)
     for f in storage.list_files(remote):  # a restarted rank 0 may be on another node: continue the files
-        storage.write_bytes(os.path.join(local, f[len(remote) + 1:]), storage.read_bytes(f))
+        storage.write_bytes(os.path.join(local, f[len(remote) + 1 :]), storage.read_bytes(f))
     return local, remote
 
 
@@ -77,20 +77,30 @@ def batch_tokens(batch, patch_size) -> int:
 
 
 def micro_loss(engine, batch, t: TrainConfig, device, dtype, gen: torch.Generator):
-    return sama_loss(engine, batch.target.to(device, dtype), batch.text.to(device, dtype),
-                     source_latents=batch.source.to(device, dtype), semantic_tokens=batch.semantic.to(device),
-                     cfg=t.loss, generator=gen, semantic_prediction=engine.module.config.semantic_prediction)
+    return sama_loss(
+        engine,
+        batch.target.to(device, dtype),
+        batch.text.to(device, dtype),
+        source_latents=batch.source.to(device, dtype),
+        semantic_tokens=batch.semantic.to(device),
+        cfg=t.loss,
+        generator=gen,
+        semantic_prediction=engine.module.config.semantic_prediction,
+    )
 
 
 def zero_gradient_loss(engine, batch, t: TrainConfig, device, dtype, gen: torch.Generator, step: int):
     """A loss whose gradient is exactly zero for every parameter, computed through the whole
     model (so every rank's ZeRO reductions happen) on zeroed inputs of the batch's shapes."""
-    zeros = type(batch)(**{k: torch.zeros_like(v) if isinstance(v, torch.Tensor) else v
-                           for k, v in batch.__dict__.items()})
+    zeros = type(batch)(
+        **{k: torch.zeros_like(v) if isinstance(v, torch.Tensor) else v for k, v in batch.__dict__.items()}
+    )
     out = micro_loss(engine, zeros, t, device, dtype, gen)
     if not torch.isfinite(out.loss.detach()):
-        raise NonFiniteLossError(f"step {step}: the loss is non-finite on zero inputs, so the weights are; "
-                                 "the run diverged (resume from an earlier checkpoint with a lower LR)")
+        raise NonFiniteLossError(
+            f"step {step}: the loss is non-finite on zero inputs, so the weights are; "
+            "the run diverged (resume from an earlier checkpoint with a lower LR)"
+        )
     return out.loss * 0.0
 
 
@@ -140,8 +150,10 @@ class Uploads:
         while os.path.exists(self.pending):
             waited = time.monotonic() - start
             if waited > self.timeout_s:
-                raise TimeoutError(f"the checkpoint upload from {self.pending} did not finish in {self.timeout_s:.0f} s "
-                                   "(train.checkpoint.upload_timeout_s); is the storage reachable?")
+                raise TimeoutError(
+                    f"the checkpoint upload from {self.pending} did not finish in {self.timeout_s:.0f} s "
+                    "(train.checkpoint.upload_timeout_s); is the storage reachable?"
+                )
             time.sleep(0.05 if waited < 5 else 1.0)
         self.pending = None
 
@@ -156,8 +168,10 @@ def fetch_own(ckpt: str, rank: int, zero_stage: int, workdir: str, with_state: b
 
 def record_fetches(t: TrainConfig, output: str, rank: int, kind: str, ckpt: str, names: list[str]) -> None:
     if t.debug.record_fetches:
-        storage.write_text(storage.join(output, t.name, "debug", f"{kind}_rank_{rank:05d}.json"),
-                           json.dumps({"checkpoint": ckpt, "files": names}))
+        storage.write_text(
+            storage.join(output, t.name, "debug", f"{kind}_rank_{rank:05d}.json"),
+            json.dumps({"checkpoint": ckpt, "files": names}),
+        )
 
 
 def fresh_optimizer(engine, t: TrainConfig, lr: float) -> None:
@@ -229,9 +243,12 @@ def train_loop_per_worker(config: dict) -> None:
     # 3. DeepSpeed engine; the LR schedule is ours (warmup from 1/warmup, not 0).
     lr_lambda = LRLambda(t.optim.schedule, t.steps)
     engine, _, _, scheduler = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=ds_config, dist_init_required=False,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda))
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=ds_config,
+        dist_init_required=False,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda),
+    )
     o = t.optim
     fp32.build_optimizer(o.lr, o.betas, o.eps, o.weight_decay, lr_lambda)
     ema = ShardedEMA([*engine.module.named_parameters(), *fp32.named_parameters()], t.ema.decay, rank, world)
@@ -255,12 +272,15 @@ def train_loop_per_worker(config: dict) -> None:
         # Its own files only: DeepSpeed's weights-only load would consolidate every rank's
         # shards, so load the rank's optimizer shard (the fp32 weights live there) and start
         # the optimizer afresh: no moments, this run's hyper-parameters and LR schedule.
-        engine.load_checkpoint(workdir, tag=checkpoints.DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
+        engine.load_checkpoint(
+            workdir, tag=checkpoints.DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
         fresh_optimizer(engine, t, scheduler.get_last_lr()[0])
         ema.load(os.path.join(workdir, checkpoints.rank_file("ema", rank)))
         if fp32.params:
-            fp32.load_state_dict(torch.load(os.path.join(workdir, checkpoints.FP32_FILE), map_location="cpu"),
-                                 weights_only=True)
+            fp32.load_state_dict(
+                torch.load(os.path.join(workdir, checkpoints.FP32_FILE), map_location="cpu"), weights_only=True
+            )
     elif init is not None:
         shards = checkpoints.ema_shards(init)  # stage 0's EMA, each rank reading only the slices it keeps
         try:
@@ -275,15 +295,24 @@ def train_loop_per_worker(config: dict) -> None:
         mine = config["plan"][s.name][rank]
         index, groups = train_data.rank_index(mine, list(s.tasks))
         streams[s.name] = BucketStream(
-            s.name, index, train_data.row_opener(groups, mine.passes, t.data.read_num_cpus), t.micro_batch(s.family),
-            t.seed, dp_rank, t.data.shuffle_buffer, t.data.max_pending_buckets, state.positions.get(s.name, (0, 0)))
+            s.name,
+            index,
+            train_data.row_opener(groups, mine.passes, t.data.read_num_cpus),
+            t.micro_batch(s.family),
+            t.seed,
+            dp_rank,
+            t.data.shuffle_buffer,
+            t.data.max_pending_buckets,
+            state.positions.get(s.name, (0, 0)),
+        )
     names, weights = [s.name for s in t.data.sources], [s.weight for s in t.data.sources]
 
     logger = remote = None
     if rank == 0:
         local, remote = metrics_dir(output, t.name)
-        logger = MetricsLogger(local, t.steps, state.step, t.metrics.tensorboard, t.metrics.progress_bar,
-                               prefix=f"stage{t.stage}")
+        logger = MetricsLogger(
+            local, t.steps, state.step, t.metrics.tensorboard, t.metrics.progress_bar, prefix=f"stage{t.stage}"
+        )
     patch = tuple(engine.module.config.patch_size)
     accum = t.engine.grad_accum
     uploads = Uploads(t.checkpoint.upload_timeout_s)
@@ -313,11 +342,17 @@ def train_loop_per_worker(config: dict) -> None:
                 out = micro_loss(engine, batch, t, device, dtype, gen)
                 loss = out.loss * float("nan") if step in t.debug.nan_at_steps else out.loss
                 sa = out.semantic.detach().float() if out.semantic is not None else torch.zeros((), device=device)
-                stats = torch.stack([
-                    (~torch.isfinite(loss.detach())).float(), loss.detach().float(), out.fm.detach().float(), sa,
-                    torch.tensor(float(batch.target.shape[0]), device=device),
-                    torch.tensor(float(batch_tokens(batch, patch)), device=device),
-                    torch.tensor(t_data, device=device)])
+                stats = torch.stack(
+                    [
+                        (~torch.isfinite(loss.detach())).float(),
+                        loss.detach().float(),
+                        out.fm.detach().float(),
+                        sa,
+                        torch.tensor(float(batch.target.shape[0]), device=device),
+                        torch.tensor(float(batch_tokens(batch, patch)), device=device),
+                        torch.tensor(t_data, device=device),
+                    ]
+                )
                 dist.all_reduce(stats)  # one collective per micro-batch
                 poisoned = stats[0].item() > 0
                 if poisoned:
@@ -348,8 +383,10 @@ def train_loop_per_worker(config: dict) -> None:
             if dropped:
                 state.consecutive_skipped += 1
                 if state.consecutive_skipped > t.max_nonfinite:
-                    raise NonFiniteLossError(f"{state.consecutive_skipped} consecutive steps with non-finite losses "
-                                             f"(train.max_nonfinite={t.max_nonfinite}) at step {step}")
+                    raise NonFiniteLossError(
+                        f"{state.consecutive_skipped} consecutive steps with non-finite losses "
+                        f"(train.max_nonfinite={t.max_nonfinite}) at step {step}"
+                    )
             else:
                 state.consecutive_skipped = 0
             if dropped == accum:
@@ -369,11 +406,19 @@ def train_loop_per_worker(config: dict) -> None:
             state.positions = {n: s.position for n, s in streams.items()}
 
             if logger is not None:
-                m = {"loss": stats[1].item() / world, "loss_fm": stats[2].item() / world,
-                     "loss_sa": stats[3].item() / world, "lr": lr, "grad_norm": grad_norm,
-                     "samples_per_s": stats[4].item() / sp / dt, "tokens_per_s": stats[5].item() / sp / dt,
-                     "data_wait_frac": min(1.0, stats[6].item() / world / dt), "step_time_s": dt,
-                     "skipped_steps": float(state.skipped), f"source/{source}": 1.0}
+                m = {
+                    "loss": stats[1].item() / world,
+                    "loss_fm": stats[2].item() / world,
+                    "loss_sa": stats[3].item() / world,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "samples_per_s": stats[4].item() / sp / dt,
+                    "tokens_per_s": stats[5].item() / sp / dt,
+                    "data_wait_frac": min(1.0, stats[6].item() / world / dt),
+                    "step_time_s": dt,
+                    "skipped_steps": float(state.skipped),
+                    f"source/{source}": 1.0,
+                }
                 m["rows_read"] = float(sum(s.rows_read for s in streams.values()))  # this rank's, since start
                 if accum > 1:
                     m["dropped_micro_batches"] = float(state.dropped_micro_batches)
@@ -384,8 +429,9 @@ def train_loop_per_worker(config: dict) -> None:
             # 9. Checkpoint every N steps, at the end, and where a test interrupts.
             last = step == t.steps or step == t.debug.stop_after_step
             if step % t.checkpoint.every == 0 or last:
-                save(engine, ema, fp32, state, t, layout, rank, {"step": step, "loss": stats[1].item() / world},
-                     uploads)
+                save(
+                    engine, ema, fp32, state, t, layout, rank, {"step": step, "loss": stats[1].item() / world}, uploads
+                )
                 if logger is not None:
                     logger.flush()
                     mirror(logger.log_dir, remote)
@@ -398,7 +444,8 @@ def train_loop_per_worker(config: dict) -> None:
                 f"rank {rank} at step {step}: a collective did not complete within "
                 f"{t.engine.collective_timeout_s:.0f} s (train.engine.collective_timeout_s): another rank died, "
                 f"stalled or ran out of memory. Ray Train restarts the group from the last checkpoint "
-                f"(train.checkpoint.max_failures={t.checkpoint.max_failures}). Cause: {str(err)[:300]}") from err
+                f"(train.checkpoint.max_failures={t.checkpoint.max_failures}). Cause: {str(err)[:300]}"
+            ) from err
         raise
     finally:
         if logger is not None:
@@ -406,8 +453,17 @@ def train_loop_per_worker(config: dict) -> None:
             mirror(logger.log_dir, remote)
 
 
-def save(engine, ema: ShardedEMA, fp32: model_weights.Fp32Params, state: checkpoints.TrainState, t: TrainConfig, layout: Layout,
-         rank: int, metrics: dict, uploads: Uploads) -> None:
+def save(
+    engine,
+    ema: ShardedEMA,
+    fp32: model_weights.Fp32Params,
+    state: checkpoints.TrainState,
+    t: TrainConfig,
+    layout: Layout,
+    rank: int,
+    metrics: dict,
+    uploads: Uploads,
+) -> None:
     """Write this rank's part of a checkpoint locally and hand it to Ray Train, which uploads
     it in the background while training goes on."""
     import ray.train
@@ -419,9 +475,16 @@ def save(engine, ema: ShardedEMA, fp32: model_weights.Fp32Params, state: checkpo
     engine.save_checkpoint(folder, tag=checkpoints.DS_TAG)
     checkpoints.save_rank_state(folder, rank, state, ema)
     if rank == 0:
-        meta = {"step": state.step, "world_size": layout.world, "zero_stage": layout.zero_stage,
-                "precision": layout.precision, "run": t.name, "stage": t.stage, "samples": state.samples,
-                "skipped": state.skipped}
+        meta = {
+            "step": state.step,
+            "world_size": layout.world,
+            "zero_stage": layout.zero_stage,
+            "precision": layout.precision,
+            "run": t.name,
+            "stage": t.stage,
+            "samples": state.samples,
+            "skipped": state.skipped,
+        }
         with open(os.path.join(folder, "meta.json"), "w") as f:
             json.dump(meta, f, indent=2)
         with open(os.path.join(folder, "model_config.json"), "w") as f:
@@ -431,9 +494,12 @@ def save(engine, ema: ShardedEMA, fp32: model_weights.Fp32Params, state: checkpo
         if fp32.params:
             os.makedirs(os.path.join(folder, os.path.dirname(checkpoints.FP32_FILE)), exist_ok=True)
             torch.save(fp32.state_dict(), os.path.join(folder, checkpoints.FP32_FILE))
-    mode = ray.train.CheckpointUploadMode.ASYNC if t.checkpoint.async_upload else \
-        ray.train.CheckpointUploadMode.SYNC
-    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                     checkpoint_dir_name=checkpoints.step_dir_name(state.step), checkpoint_upload_mode=mode,
-                     delete_local_checkpoint_after_upload=True)
+    mode = ray.train.CheckpointUploadMode.ASYNC if t.checkpoint.async_upload else ray.train.CheckpointUploadMode.SYNC
+    ray.train.report(
+        metrics,
+        checkpoint=ray.train.Checkpoint.from_directory(folder),
+        checkpoint_dir_name=checkpoints.step_dir_name(state.step),
+        checkpoint_upload_mode=mode,
+        delete_local_checkpoint_after_upload=True,
+    )
     uploads.pending = folder

@@ -80,11 +80,13 @@ class Fp32Params:
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         return iter(self.params.items())
 
-    def build_optimizer(self, lr: float, betas, eps: float, weight_decay: float,
-                        lr_lambda: Callable[[int], float]) -> None:
+    def build_optimizer(
+        self, lr: float, betas, eps: float, weight_decay: float, lr_lambda: Callable[[int], float]
+    ) -> None:
         if self.params:
-            self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=lr, betas=tuple(betas), eps=eps,
-                                               weight_decay=weight_decay)
+            self.optimizer = torch.optim.AdamW(
+                list(self.params.values()), lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay
+            )
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
 
     def step(self, world: int, clip: float, lr_zero: bool = False) -> None:
@@ -99,7 +101,7 @@ class Fp32Params:
         offset = 0
         for p in self.params.values():
             n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
             offset += n
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(list(self.params.values()), clip)
@@ -116,8 +118,11 @@ class Fp32Params:
     def state_dict(self) -> dict:
         # the schedule's lambda (our LRLambda object) is rebuilt from the config, not pickled
         sched = {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"} if self.scheduler else None
-        return {"params": {n: p.detach().cpu() for n, p in self.params.items()},
-                "optimizer": self.optimizer.state_dict() if self.optimizer else None, "scheduler": sched}
+        return {
+            "params": {n: p.detach().cpu() for n, p in self.params.items()},
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "scheduler": sched,
+        }
 
     @torch.no_grad()
     def load_state_dict(self, state: dict, weights_only: bool = False) -> None:
@@ -168,8 +173,11 @@ def checkpoint_source(ckpt: str) -> WeightSource:
 
     from . import checkpoint as checkpoints
 
-    config = {k: v for k, v in json.loads(storage.read_text(storage.join(ckpt, "model_config.json"))).items()
-              if not k.startswith("_")}
+    config = {
+        k: v
+        for k, v in json.loads(storage.read_text(storage.join(ckpt, "model_config.json"))).items()
+        if not k.startswith("_")
+    }
     raw = checkpoints.raw_weights(ckpt, lazy=True)
     return WeightSource(config, set(raw), lambda n: raw[n] if isinstance(raw[n], torch.Tensor) else raw[n].contiguous())
 
@@ -195,9 +203,15 @@ def architecture(model_cfg: SamaModelConfig) -> dict[str, Any]:
     return src.config
 
 
-def build_zero3(model_cfg: SamaModelConfig, ds_config: dict, dtype: torch.dtype, rank: int,
-                source: Callable[[], WeightSource] | None, device: torch.device,
-                keep_fp32: bool) -> tuple[SamaTransformer3DModel, Fp32Params]:
+def build_zero3(
+    model_cfg: SamaModelConfig,
+    ds_config: dict,
+    dtype: torch.dtype,
+    rank: int,
+    source: Callable[[], WeightSource] | None,
+    device: torch.device,
+    keep_fp32: bool,
+) -> tuple[SamaTransformer3DModel, Fp32Params]:
     """ZeRO-3: built partitioned (``zero.Init``), filled by rank 0 one tensor at a time.
 
     ``source`` is opened on rank 0 only; None keeps the built (seeded) weights: the tiny
@@ -221,7 +235,9 @@ def build_zero3(model_cfg: SamaModelConfig, ds_config: dict, dtype: torch.dtype,
         unknown = sorted(set(names) - set(params))
         missing = sorted(set(params) - set(names) - set(model.sama_parameter_names()))
         if unknown or missing:
-            raise ValueError(f"checkpoint weights do not fit the model: missing {missing[:5]}, unexpected {unknown[:5]}")
+            raise ValueError(
+                f"checkpoint weights do not fit the model: missing {missing[:5]}, unexpected {unknown[:5]}"
+            )
         for name in names:
             if name in kept:
                 continue
@@ -242,8 +258,9 @@ def build_zero3(model_cfg: SamaModelConfig, ds_config: dict, dtype: torch.dtype,
     return model, Fp32Params.detach_from(model, values)
 
 
-def build_replicated(model_cfg: SamaModelConfig, dtype: torch.dtype, keep_fp32: bool,
-                     source: Callable[[], WeightSource] | None = None) -> tuple[SamaTransformer3DModel, Fp32Params]:
+def build_replicated(
+    model_cfg: SamaModelConfig, dtype: torch.dtype, keep_fp32: bool, source: Callable[[], WeightSource] | None = None
+) -> tuple[SamaTransformer3DModel, Fp32Params]:
     """ZeRO 0-2: the whole model on every rank, in the training dtype (diffusers keeps its
     fp32 modules fp32); weights from ``source`` instead of the pretrained ones when given."""
     import dataclasses

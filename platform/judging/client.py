@@ -113,8 +113,10 @@ def api_key(cfg: JudgeConfig) -> Secret:
         return Secret("EMPTY")  # local vLLM servers accept any key
     value = os.environ.get(cfg.api_key_env)
     if not value:
-        raise ValueError(f"judge.api_key_env: environment variable {cfg.api_key_env} is not set "
-                         "(set it, or api_key_env=null for an endpoint without auth)")
+        raise ValueError(
+            f"judge.api_key_env: environment variable {cfg.api_key_env} is not set "
+            "(set it, or api_key_env=null for an endpoint without auth)"
+        )
     return Secret(value)
 
 
@@ -175,8 +177,14 @@ def build_messages(rubric: Rubric, instruction: str, frames: dict[str, np.ndarra
 
 def response_format(rubric: Rubric, kind: str) -> dict | None:
     if kind == "json_schema":
-        return {"type": "json_schema", "json_schema": {"name": rubric.version.replace("-", "_"), "strict": True,
-                                                       "schema": rubric.response_schema()}}
+        return {
+            "type": "json_schema",
+            "json_schema": {
+                "name": rubric.version.replace("-", "_"),
+                "strict": True,
+                "schema": rubric.response_schema(),
+            },
+        }
     if kind == "json_object":
         return {"type": "json_object"}
     return None
@@ -250,8 +258,9 @@ class CachedAnswers(abc.ABC):
         return Outcome(answer, keep, overall, reasons, cached=True)
 
     @abc.abstractmethod
-    async def judge(self, sample_id: str, task: str | Rubric, instruction: str,
-                    frames: dict[str, np.ndarray]) -> Outcome:
+    async def judge(
+        self, sample_id: str, task: str | Rubric, instruction: str, frames: dict[str, np.ndarray]
+    ) -> Outcome:
         """One sample's outcome: an answer and the keep decision, or an error."""
 
     def scrub(self, text: str) -> str:
@@ -282,14 +291,19 @@ class Judge(CachedAnswers):
         return text.replace(k, "***") if k and len(k) >= 4 else text
 
     def _backoff(self, attempt: int) -> float:
-        d = min(self.cfg.backoff_max, self.cfg.backoff_base * (2 ** attempt))
+        d = min(self.cfg.backoff_max, self.cfg.backoff_base * (2**attempt))
         return d / 2 + random.uniform(0, d / 2)  # "equal jitter": grows, yet spreads retries apart
 
     async def _ask(self, messages: list[dict], rubric: Rubric) -> str | None:
         fmt = response_format(rubric, self.cfg.response_format)
         extra = {"response_format": fmt} if fmt else {}
-        body = {"model": self.cfg.model, "messages": messages, "max_tokens": self.cfg.max_tokens,
-                "temperature": self.cfg.temperature, **extra}
+        body = {
+            "model": self.cfg.model,
+            "messages": messages,
+            "max_tokens": self.cfg.max_tokens,
+            "temperature": self.cfg.temperature,
+            **extra,
+        }
         async with self.slots:  # held only while a request is in flight, never while backing off
             self.requests += 1
             # client.post, not chat.completions.create: same auth, errors and response type, but the body
@@ -298,7 +312,9 @@ class Judge(CachedAnswers):
             resp = await self.client.post("/chat/completions", cast_to=self._completion, body=body)
         return resp.choices[0].message.content if resp.choices else None
 
-    async def judge(self, sample_id: str, task: str | Rubric, instruction: str, frames: dict[str, np.ndarray]) -> Outcome:
+    async def judge(
+        self, sample_id: str, task: str | Rubric, instruction: str, frames: dict[str, np.ndarray]
+    ) -> Outcome:
         """``task`` names a filter rubric, or is a :class:`Rubric` (the evaluation job's)."""
         rubric = task if isinstance(task, Rubric) else RUBRICS[task]
         cached = await self.cached(sample_id, rubric)

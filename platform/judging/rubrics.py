@@ -51,18 +51,27 @@ class Rubric:
     def response_schema(self) -> dict:
         """JSON schema of the answer (sent as ``response_format`` for structured output)."""
         scores = {c.name: {"type": "integer", "minimum": c.lo, "maximum": c.hi} for c in self.criteria}
-        props: dict = {"scores": {"type": "object", "properties": scores, "required": self.names(), "additionalProperties": False}}
+        props: dict = {
+            "scores": {"type": "object", "properties": scores, "required": self.names(), "additionalProperties": False}
+        }
         if self.flags:
             fl = {n: {"type": "boolean"} for n, _ in self.flags}
-            props["flags"] = {"type": "object", "properties": fl, "required": [n for n, _ in self.flags], "additionalProperties": False}
+            props["flags"] = {
+                "type": "object",
+                "properties": fl,
+                "required": [n for n, _ in self.flags],
+                "additionalProperties": False,
+            }
         props["reason"] = {"type": "string"}
         return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
     def prompt(self, instruction: str, n_source: int, n_target: int) -> str:
         lines = [self.intro, ""]
         if n_source:
-            lines.append(f"The first {n_source} image(s) are frames of the SOURCE, the next {n_target} of the TARGET, "
-                         "each sampled uniformly in time.")
+            lines.append(
+                f"The first {n_source} image(s) are frames of the SOURCE, the next {n_target} of the TARGET, "
+                "each sampled uniformly in time."
+            )
         else:
             lines.append(f"The {n_target} image(s) are frames of the CLIP, sampled uniformly in time.")
         label = "Caption" if self.task == "t2v" else "Edit instruction"
@@ -92,25 +101,38 @@ RUBRICS: dict[str, Rubric] = {
     r.task: r
     for r in (
         Rubric(
-            "video_edit", "video_edit-v1",
+            "video_edit",
+            "video_edit-v1",
             "You judge training data for instruction-guided video editing: a source video, an edit "
             "instruction and the edited target video.",
             (
                 Criterion("instruction_compliance", "the target carries out the instruction, fully and only it", 1, 5),
-                Criterion("fidelity", "everything the instruction does not touch is preserved: identity, layout, "
-                          "motion and detail of the source", 1, 5),
-                Criterion("visual_quality", "the target is sharp, natural and temporally stable (no flicker, "
-                          "no drifting edits)", 1, 5),
+                Criterion(
+                    "fidelity",
+                    "everything the instruction does not touch is preserved: identity, layout, "
+                    "motion and detail of the source",
+                    1,
+                    5,
+                ),
+                Criterion(
+                    "visual_quality",
+                    "the target is sharp, natural and temporally stable (no flicker, no drifting edits)",
+                    1,
+                    5,
+                ),
             ),
             EDIT_FLAGS + (("flicker", "Does the edited region flicker or change from frame to frame?"),),
             capped_by="instruction_compliance",
         ),
         Rubric(
-            "image_edit", "image_edit-v1",
+            "image_edit",
+            "image_edit-v1",
             "You judge training data for instruction-guided image editing: a source image, an edit "
             "instruction and the edited target image.",
             (
-                Criterion("instruction_compliance", "the target carries out the instruction, fully and only it", 0, 10, 0.40),
+                Criterion(
+                    "instruction_compliance", "the target carries out the instruction, fully and only it", 0, 10, 0.40
+                ),
                 Criterion("realism", "the edit looks natural: lighting, scale, perspective, shadows", 0, 10, 0.25),
                 Criterion("preservation", "everything the instruction does not touch is unchanged", 0, 10, 0.20),
                 Criterion("technical_quality", "sharp, no artifacts, no blur or compression damage", 0, 10, 0.15),
@@ -118,7 +140,8 @@ RUBRICS: dict[str, Rubric] = {
             EDIT_FLAGS,
         ),
         Rubric(
-            "t2v", "t2v-v1",
+            "t2v",
+            "t2v-v1",
             "You judge training clips for a text-to-video model: a video clip and its caption.",
             (
                 Criterion("caption_match", "the caption describes what happens in the clip", 1, 5),
@@ -146,20 +169,32 @@ EVAL_RUBRICS: dict[str, Rubric] = {
     r.task: r
     for r in (
         Rubric(
-            "openve", "openve-v1",
+            "openve",
+            "openve-v1",
             "You judge an instruction-guided video edit for a benchmark: a source video, an edit instruction "
             "and the edited video. Judge the edited video against both.",
             (
                 Criterion("instruction_compliance", "the edit carries out the instruction, fully and only it", 1, 5),
-                Criterion("detail_fidelity", "consistency and detail fidelity: what the instruction does not touch "
-                          "(identity, layout, background, motion, fine detail) is preserved from the source", 1, 5),
-                Criterion("visual_quality", "visual quality and stability: sharp, natural, no artifacts, no flicker "
-                          "or drift over time", 1, 5),
+                Criterion(
+                    "detail_fidelity",
+                    "consistency and detail fidelity: what the instruction does not touch "
+                    "(identity, layout, background, motion, fine detail) is preserved from the source",
+                    1,
+                    5,
+                ),
+                Criterion(
+                    "visual_quality",
+                    "visual quality and stability: sharp, natural, no artifacts, no flicker or drift over time",
+                    1,
+                    5,
+                ),
             ),
-            capped_by="instruction_compliance", system=EVAL_SYSTEM,
+            capped_by="instruction_compliance",
+            system=EVAL_SYSTEM,
         ),
         Rubric(
-            "reco", "reco-v1",
+            "reco",
+            "reco-v1",
             "You judge an instruction-guided video edit for a benchmark: a source video, an edit instruction "
             "and the edited video. Score each aspect from 0 (fails entirely) to 10 (perfect).",
             (
@@ -171,21 +206,30 @@ EVAL_RUBRICS: dict[str, Rubric] = {
                 Criterion("motion", "the edited content moves naturally and with the scene", 0, 10),
                 Criterion("fidelity", "the frames are sharp and free of artifacts", 0, 10),
                 Criterion("temporal_stability", "the video is stable over time: no flicker, no jitter", 0, 10),
-                Criterion("edit_stability", "the edit itself stays consistent across frames (no drift, no popping)", 0, 10),
+                Criterion(
+                    "edit_stability", "the edit itself stays consistent across frames (no drift, no popping)", 0, 10
+                ),
             ),
-            groups=(("edit_accuracy", ("semantic_accuracy", "scope_precision", "content_preservation")),
-                    ("naturalness", ("appearance", "scale", "motion")),
-                    ("quality", ("fidelity", "temporal_stability", "edit_stability"))),
+            groups=(
+                ("edit_accuracy", ("semantic_accuracy", "scope_precision", "content_preservation")),
+                ("naturalness", ("appearance", "scale", "motion")),
+                ("quality", ("fidelity", "temporal_stability", "edit_stability")),
+            ),
             system=EVAL_SYSTEM,
         ),
         Rubric(
-            "vie", "vie-v1",
+            "vie",
+            "vie-v1",
             "You judge an instruction-guided video edit for a benchmark: a source video, an edit instruction "
             "and the edited video. Score from 0 (fails entirely) to 10 (perfect).",
             (
                 Criterion("instruction_following", "the edit does what the instruction asks, and nothing else", 0, 10),
-                Criterion("quality", "the edited video is natural, sharp, temporally coherent and preserves the "
-                          "source where it should", 0, 10),
+                Criterion(
+                    "quality",
+                    "the edited video is natural, sharp, temporally coherent and preserves the source where it should",
+                    0,
+                    10,
+                ),
             ),
             system=EVAL_SYSTEM,
         ),

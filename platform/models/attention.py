@@ -72,9 +72,7 @@ def _resolve(q: torch.Tensor, mask: torch.Tensor | None) -> str:
     return "sdpa"
 
 
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v. q: (B, Sq, H, D), k/v: (B, Sk, H, D) -> (B, Sq, H, D).
 
     ``mask``: optional boolean, broadcastable to (B, H, Sq, Sk); True = may attend.
@@ -86,9 +84,7 @@ def attention(
         return _flash_fn()(q, k, v)
     if backend == "math":
         return _math_attention(q, k, v, mask)
-    out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
-    )
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
     return out.transpose(1, 2)
 
 

@@ -63,10 +63,28 @@ CheckpointError = TensorFileError
 # Inside ``blocks.N.``: release name -> ours. A rule ending in "." renames a prefix, any
 # other rule an exact name.
 _BLOCK_RULES = [
-    *[(f"self_attn.{a}.", f"attn1.{b}.") for a, b in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0"),
-                                                         ("norm_q", "norm_q"), ("norm_k", "norm_k"))],
-    *[(f"cross_attn.{a}.", f"attn2.{b}.") for a, b in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0"),
-                                                          ("norm_q", "norm_q"), ("norm_k", "norm_k"))],
+    *[
+        (f"self_attn.{a}.", f"attn1.{b}.")
+        for a, b in (
+            ("q", "to_q"),
+            ("k", "to_k"),
+            ("v", "to_v"),
+            ("o", "to_out.0"),
+            ("norm_q", "norm_q"),
+            ("norm_k", "norm_k"),
+        )
+    ],
+    *[
+        (f"cross_attn.{a}.", f"attn2.{b}.")
+        for a, b in (
+            ("q", "to_q"),
+            ("k", "to_k"),
+            ("v", "to_v"),
+            ("o", "to_out.0"),
+            ("norm_q", "norm_q"),
+            ("norm_k", "norm_k"),
+        )
+    ],
     ("norm3.", "norm2."),  # the cross-attention norm (the release's norm1/norm2 have no weights)
     ("ffn.0.", "ffn.net.0.proj."),
     ("ffn.2.", "ffn.net.2."),
@@ -100,7 +118,7 @@ def _apply(rules: list[tuple[str, str]], name: str, reverse: bool) -> Optional[s
     for src, dst in rules:
         a, b = (dst, src) if reverse else (src, dst)
         if a.endswith(".") and name.startswith(a):
-            return b + name[len(a):]
+            return b + name[len(a) :]
         if name == a:
             return b
     return None
@@ -129,8 +147,14 @@ def ours_to_release(name: str) -> Optional[str]:
 # Conversion options that are not model config keys.
 OPTION_KEYS = ("dtype", "max_shard_size", "base")
 # What the release computes (recorded in a converted checkpoint's config.json).
-RELEASE_NUMERICS = dict(semantic_rope="zero_qk", semantic_prediction="velocity", semantic_norm_eps=1e-6,
-                        semantic_slot_embed=False, source_attention_mask=False, source_timestep="shared")
+RELEASE_NUMERICS = dict(
+    semantic_rope="zero_qk",
+    semantic_prediction="velocity",
+    semantic_norm_eps=1e-6,
+    semantic_slot_embed=False,
+    source_attention_mask=False,
+    source_timestep="shared",
+)
 
 
 def _wan_config(uri: str) -> dict[str, Any]:
@@ -150,9 +174,13 @@ def _shape(shapes: dict[str, tuple[int, ...]], name: str, src: str) -> tuple[int
     return shapes[name]
 
 
-def infer_config(shapes: dict[str, tuple[int, ...]], src: str, sama: bool,
-                 wan_config: Optional[dict[str, Any]] = None,
-                 overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def infer_config(
+    shapes: dict[str, tuple[int, ...]],
+    src: str,
+    sama: bool,
+    wan_config: Optional[dict[str, Any]] = None,
+    overrides: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
     """The diffusers config of a checkpoint in original names, from its tensor shapes."""
     wan_config, overrides = wan_config or {}, dict(overrides or {})
     if any(k.startswith("img_emb.") or ".k_img." in k for k in shapes) or wan_config.get("model_type") == "i2v":
@@ -202,11 +230,21 @@ def _meta_model(cfg: dict[str, Any], sama: bool):
 
 def _wan_style_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """Wan's own ``config.json`` for a model in original names (what its tools read)."""
-    out = {"_class_name": "WanModel", "model_type": "t2v", "patch_size": list(cfg["patch_size"]),
-           "dim": cfg["num_attention_heads"] * cfg["attention_head_dim"], "ffn_dim": cfg["ffn_dim"],
-           "freq_dim": cfg["freq_dim"], "in_dim": cfg["in_channels"], "out_dim": cfg["out_channels"],
-           "num_heads": cfg["num_attention_heads"], "num_layers": cfg["num_layers"], "eps": cfg["eps"],
-           "text_dim": cfg["text_dim"], "text_len": 512}
+    out = {
+        "_class_name": "WanModel",
+        "model_type": "t2v",
+        "patch_size": list(cfg["patch_size"]),
+        "dim": cfg["num_attention_heads"] * cfg["attention_head_dim"],
+        "ffn_dim": cfg["ffn_dim"],
+        "freq_dim": cfg["freq_dim"],
+        "in_dim": cfg["in_channels"],
+        "out_dim": cfg["out_channels"],
+        "num_heads": cfg["num_attention_heads"],
+        "num_layers": cfg["num_layers"],
+        "eps": cfg["eps"],
+        "text_dim": cfg["text_dim"],
+        "text_len": 512,
+    }
     if "semantic_dim" in cfg:
         out["sama"] = {k: cfg[k] for k in ("semantic_dim", "semantic_hidden_dim", "num_semantic_tokens")}
     return out
@@ -240,8 +278,9 @@ class ConversionResult:
     files: list[str]
 
 
-def convert(src: str, dst: str, from_format: str, to_format: str = "diffusers", *,
-            overrides: Optional[dict[str, Any]] = None) -> ConversionResult:
+def convert(
+    src: str, dst: str, from_format: str, to_format: str = "diffusers", *, overrides: Optional[dict[str, Any]] = None
+) -> ConversionResult:
     """Convert a checkpoint between formats (see the module docstring).
 
     ``overrides``: model config keys (``num_attention_heads``, ``num_semantic_tokens``,
@@ -286,8 +325,10 @@ def _from_original(src: str, dst: str, fmt: str, overrides: dict, opts: dict) ->
     where = src if len(files) == 1 else f"{src} ({len(files)} files)"
     sama_keys = [k for k in reader.entries if k.startswith(SAMA_RELEASE_PREFIXES)]
     if fmt == "release" and not sama_keys:
-        raise CheckpointError(f"{where}: no SAMA keys (segment_embedding, siglip_feat_mlp, semantic_head): "
-                              "a plain Wan checkpoint, convert it with --from wan")
+        raise CheckpointError(
+            f"{where}: no SAMA keys (segment_embedding, siglip_feat_mlp, semantic_head): "
+            "a plain Wan checkpoint, convert it with --from wan"
+        )
     if fmt == "wan" and sama_keys:
         raise CheckpointError(f"{where}: has SAMA keys ({sama_keys[0]}, ...): convert it with --from release")
     shapes = {k: e.shape for k, e in reader.entries.items()}
@@ -302,16 +343,23 @@ def _from_original(src: str, dst: str, fmt: str, overrides: dict, opts: dict) ->
     for name, entry in reader.entries.items():
         ours = release_to_ours(name)
         if ours is None or ours not in expected:
-            raise CheckpointError(f"{entry.file}: unexpected key {name} (no counterpart in "
-                                  f"{type(model).__name__} with {cfg['num_layers']} layers)")
+            raise CheckpointError(
+                f"{entry.file}: unexpected key {name} (no counterpart in "
+                f"{type(model).__name__} with {cfg['num_layers']} layers)"
+            )
         if entry.shape != expected[ours]:
-            raise CheckpointError(f"{entry.file}: {name} has shape {list(entry.shape)}, expected "
-                                  f"{list(expected[ours])} (set num_attention_heads=... if the head count differs)")
+            raise CheckpointError(
+                f"{entry.file}: {name} has shape {list(entry.shape)}, expected "
+                f"{list(expected[ours])} (set num_attention_heads=... if the head count differs)"
+            )
         ours_to_file[ours] = name
     missing = [ours_to_release(k) or k for k in expected if k not in ours_to_file]
     if missing:
-        raise CheckpointError(f"{where}: missing {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1
-                              else "") + " (a partial state dict? pass base=<original Wan folder> to fill it)")
+        raise CheckpointError(
+            f"{where}: missing {missing[0]}"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+            + " (a partial state dict? pass base=<original Wan folder> to fill it)"
+        )
 
     dtype = _dtype_option(opts.get("dtype"))
 
@@ -321,8 +369,10 @@ def _from_original(src: str, dst: str, fmt: str, overrides: dict, opts: dict) ->
 
     # In file order, so each input file is read front to back once.
     order = {f: i for i, f in enumerate(reader.files + base_files)}
-    keys = sorted(expected, key=lambda k: (order.get(reader.entries[ours_to_file[k]].file, 0),
-                                           reader.entries[ours_to_file[k]].offset))
+    keys = sorted(
+        expected,
+        key=lambda k: (order.get(reader.entries[ours_to_file[k]].file, 0), reader.entries[ours_to_file[k]].offset),
+    )
     items = [(k, expected[k], dtype or reader.entries[ours_to_file[k]].dtype) for k in keys]
     os.makedirs(dst, exist_ok=True)
     try:
@@ -343,7 +393,9 @@ def _read_diffusers_config(src: str) -> dict[str, Any]:
 
 def _to_original(src: str, dst: str, fmt: str, overrides: dict, opts: dict) -> ConversionResult:
     if overrides:
-        raise CheckpointError(f"--to {fmt} takes no config overrides ({sorted(overrides)}); the source's config is used")
+        raise CheckpointError(
+            f"--to {fmt} takes no config overrides ({sorted(overrides)}); the source's config is used"
+        )
     if not is_file(storage.join(src, "config.json")) and is_file(storage.join(src, "transformer", "config.json")):
         src = storage.join(src, "transformer")  # a pipeline folder: its transformer
     cfg = _read_diffusers_config(src)
@@ -355,19 +407,26 @@ def _to_original(src: str, dst: str, fmt: str, overrides: dict, opts: dict) -> C
     if sama:
         # The release's tools compute the release numerics; another model would run there wrongly.
         legacy = legacy_numerics(cfg)
-        differs = {k: cfg.get(k, legacy.get(k)) for k, v in RELEASE_NUMERICS.items()
-                   if k not in ("semantic_slot_embed",) and cfg.get(k, legacy.get(k)) != v}
+        differs = {
+            k: cfg.get(k, legacy.get(k))
+            for k, v in RELEASE_NUMERICS.items()
+            if k not in ("semantic_slot_embed",) and cfg.get(k, legacy.get(k)) != v
+        }
         if differs:
-            raise CheckpointError(f"{src}: config {differs} differs from the release's numerics {RELEASE_NUMERICS}; "
-                                  "the release's tools would compute a different model")
+            raise CheckpointError(
+                f"{src}: config {differs} differs from the release's numerics {RELEASE_NUMERICS}; "
+                "the release's tools would compute a different model"
+            )
     reader = TensorReader(weight_files(src))
     items, to_ours = [], {}
     dtype = _dtype_option(opts.get("dtype"))
     for name, entry in sorted(reader.entries.items()):
         if name == "semantic_pos_embed":
             if reader.get(name).abs().max() > 0:
-                raise CheckpointError(f"{entry.file}: semantic_pos_embed is non-zero; the release format has no "
-                                      "semantic slot embedding, so its tools would compute a different model")
+                raise CheckpointError(
+                    f"{entry.file}: semantic_pos_embed is non-zero; the release format has no "
+                    "semantic slot embedding, so its tools would compute a different model"
+                )
             continue
         theirs = ours_to_release(name)
         if theirs is None:
@@ -427,8 +486,12 @@ def _source_key(uri: str, files: list[str]) -> str:
     return storage.content_digest(*parts, n=16)
 
 
-def as_diffusers(uri: str, subfolder: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
-                 cache_dir: Optional[str] = None) -> tuple[str, Optional[str]]:
+def as_diffusers(
+    uri: str,
+    subfolder: Optional[str] = None,
+    overrides: Optional[dict[str, Any]] = None,
+    cache_dir: Optional[str] = None,
+) -> tuple[str, Optional[str]]:
     """(path, subfolder) that ``from_pretrained`` loads, converting an original-format
     checkpoint into the local cache on first use (one process converts, the others wait).
 

@@ -107,7 +107,7 @@ class WanVAE(nn.Module):
         dtype = next(self.vae.parameters()).dtype
         dist = self.vae.encode(video.to(dtype)).latent_dist
         z = dist.sample(generator) if self.sample_posterior else dist.mode()
-        return ((z.float() - self.latents_mean) / self.latents_std)
+        return (z.float() - self.latents_mean) / self.latents_std
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -187,8 +187,9 @@ class SemanticTokenizer(nn.Module):
         frames = video[:, :, idx].transpose(1, 2).flatten(0, 1)
         # 2. SigLIP input size.                               (B*M, 3, S, S)
         dtype = next(self.model.parameters()).dtype
-        frames = F.interpolate(frames.float(), size=(self.image_size,) * 2, mode="bilinear",
-                               align_corners=False, antialias=True).to(dtype)
+        frames = F.interpolate(
+            frames.float(), size=(self.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True
+        ).to(dtype)
         # 3. Patch features on a g x g grid.                  (B*M, g*g, D)
         out = self.model(pixel_values=frames)
         patches = out.last_hidden_state.float()
@@ -243,8 +244,9 @@ class TextEncoder(nn.Module):
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (embeddings (B, max_length, D) float32, lengths (B,))."""
         device = next(self.model.parameters()).device
-        tok = self.tokenizer(list(prompts), padding="max_length", truncation=True,
-                             max_length=self.max_length, return_tensors="pt")
+        tok = self.tokenizer(
+            list(prompts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         ids, mask = tok.input_ids.to(device), tok.attention_mask.to(device)
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
         hidden = hidden * mask[..., None]  # Wan zeroes the padded positions

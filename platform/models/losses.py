@@ -53,8 +53,9 @@ def shift_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * u / (1 + (shift - 1) * u)
 
 
-def sample_sigmas(batch: int, cfg: LossConfig, generator: torch.Generator | None = None,
-                  device: torch.device | str = "cpu") -> torch.Tensor:
+def sample_sigmas(
+    batch: int, cfg: LossConfig, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """(B,) noise levels in (0, 1), drawn on CPU from ``generator`` for reproducibility."""
     if cfg.timestep_sampling == "uniform":
         u = torch.rand(batch, generator=generator)

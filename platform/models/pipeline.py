@@ -89,8 +89,11 @@ class EditModelConfig:
 
     def resolved(self) -> tuple[SamaModelConfig, VaeConfig, TextEncoderConfig]:
         parts = []
-        for part, default in ((self.transformer, self.checkpoint), (self.vae, self.base or self.checkpoint),
-                              (self.text, self.base or self.checkpoint)):
+        for part, default in (
+            (self.transformer, self.checkpoint),
+            (self.vae, self.base or self.checkpoint),
+            (self.text, self.base or self.checkpoint),
+        ):
             if part.pretrained is None and default:
                 part = dataclasses.replace(part, pretrained=default)
             parts.append(part)
@@ -103,11 +106,17 @@ class EditModelConfig:
 
         _, vae, text = self.resolved()
         for key, part, sub in (("vae", vae, vae.subfolder), ("text", text, text.text_encoder_subfolder)):
-            if part.pretrained and sub and part.pretrained == self.checkpoint \
-                    and not storage.exists(storage.join(part.pretrained, sub)):
-                raise ValueError(f"checkpoint {self.checkpoint} has no {sub}/ (a DiT alone, e.g. the SAMA-14B "
-                                 f"release): set base (or {key}.pretrained) to a Wan2.1 diffusers folder such as "
-                                 "Wan2.1-T2V-14B-Diffusers")
+            if (
+                part.pretrained
+                and sub
+                and part.pretrained == self.checkpoint
+                and not storage.exists(storage.join(part.pretrained, sub))
+            ):
+                raise ValueError(
+                    f"checkpoint {self.checkpoint} has no {sub}/ (a DiT alone, e.g. the SAMA-14B "
+                    f"release): set base (or {key}.pretrained) to a Wan2.1 diffusers folder such as "
+                    "Wan2.1-T2V-14B-Diffusers"
+                )
 
     def load(self, device: str | torch.device = "cpu") -> "SamaPipeline":
         self.check_parts()
@@ -122,8 +131,13 @@ class SamaPipelineOutput:
 
 
 class SamaPipeline:
-    def __init__(self, transformer: SamaTransformer3DModel, vae: WanVAE, text_encoder: TextEncoder,
-                 config: PipelineConfig = PipelineConfig()):
+    def __init__(
+        self,
+        transformer: SamaTransformer3DModel,
+        vae: WanVAE,
+        text_encoder: TextEncoder,
+        config: PipelineConfig = PipelineConfig(),
+    ):
         self.transformer = transformer.eval()
         self.vae = vae
         self.text_encoder = text_encoder
@@ -131,8 +145,14 @@ class SamaPipeline:
         self.buckets = make_buckets(config.buckets)
 
     @classmethod
-    def from_configs(cls, model: SamaModelConfig, vae: VaeConfig, text: TextEncoderConfig,
-                     config: PipelineConfig = PipelineConfig(), device: str | torch.device = "cpu"):
+    def from_configs(
+        cls,
+        model: SamaModelConfig,
+        vae: VaeConfig,
+        text: TextEncoderConfig,
+        config: PipelineConfig = PipelineConfig(),
+        device: str | torch.device = "cpu",
+    ):
         return cls(load_transformer(model), load_vae(vae), load_text_encoder(text), config).to(device)
 
     def to(self, device: str | torch.device) -> "SamaPipeline":
@@ -238,11 +258,14 @@ class SamaPipeline:
         if latents is None:
             latents = torch.randn((batch, c, f, h, w), generator=torch.Generator().manual_seed(seed))
         latents = latents.to(device, torch.float32)
-        n_sem = self.transformer.config.num_semantic_tokens if cfg.num_semantic_tokens is None else cfg.num_semantic_tokens
+        n_sem = (
+            self.transformer.config.num_semantic_tokens if cfg.num_semantic_tokens is None else cfg.num_semantic_tokens
+        )
         sem = semantic_latents
         if sem is None and n_sem:
-            sem = torch.randn((batch, n_sem, self.transformer.config.semantic_dim),
-                              generator=torch.Generator().manual_seed(seed + 1))
+            sem = torch.randn(
+                (batch, n_sem, self.transformer.config.semantic_dim), generator=torch.Generator().manual_seed(seed + 1)
+            )
         sem = sem.to(device, torch.float32) if sem is not None else None
 
         # 4. One scheduler per state, on the same sigmas.

@@ -34,8 +34,14 @@ class FlowMatchEulerScheduler:
 
     order = 1
 
-    def __init__(self, shift: float = 5.0, num_train_timesteps: int = 1000, sigma_max: float = 1.0,
-                 sigma_min: float = 0.0, extra_one_step: bool = True):
+    def __init__(
+        self,
+        shift: float = 5.0,
+        num_train_timesteps: int = 1000,
+        sigma_max: float = 1.0,
+        sigma_min: float = 0.0,
+        extra_one_step: bool = True,
+    ):
         self.shift = float(shift)
         self.num_train_timesteps = num_train_timesteps
         self.sigma_max, self.sigma_min = float(sigma_max), float(sigma_min)
@@ -60,8 +66,9 @@ class FlowMatchEulerScheduler:
         t = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1)[0].cpu()
         return int(torch.argmin((self.timesteps.cpu() - t).abs()))
 
-    def step(self, model_output: torch.Tensor, timestep: torch.Tensor | float, sample: torch.Tensor,
-             return_dict: bool = True) -> SchedulerStep | tuple[torch.Tensor]:
+    def step(
+        self, model_output: torch.Tensor, timestep: torch.Tensor | float, sample: torch.Tensor, return_dict: bool = True
+    ) -> SchedulerStep | tuple[torch.Tensor]:
         """One Euler step of the velocity ``model_output`` from ``timestep``'s sigma to the next."""
         i = self.index_for_timestep(timestep)
         delta = (self.sigmas[i + 1] - self.sigmas[i]).to(sample.device)
@@ -79,7 +86,9 @@ def make_scheduler(sampler: str, shift: float, num_train_timesteps: int = 1000):
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift)
     if sampler == "unipc":
         return UniPCMultistepScheduler(
-            num_train_timesteps=num_train_timesteps, prediction_type="flow_prediction",
-            use_flow_sigmas=True, flow_shift=shift,
+            num_train_timesteps=num_train_timesteps,
+            prediction_type="flow_prediction",
+            use_flow_sigmas=True,
+            flow_shift=shift,
         )
     raise ValueError(f"sampler={sampler!r}: choose one of {SAMPLERS}")

@@ -68,9 +68,11 @@ class MemoryEstimate:
 
     def lines(self) -> list[str]:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in self.per_gpu_gb.items())
-        return [f"parameters: {self.params / 1e9:.2f} B",
-                f"per GPU with ZeRO-{self.zero_stage} over {self.world}: {self.total_gb:.1f} GiB "
-                f"({parts}), before activations"]
+        return [
+            f"parameters: {self.params / 1e9:.2f} B",
+            f"per GPU with ZeRO-{self.zero_stage} over {self.world}: {self.total_gb:.1f} GiB "
+            f"({parts}), before activations",
+        ]
 
 
 def estimate_memory(params: int, world: int, zero_stage: int, bf16: bool = True, ema: bool = True) -> MemoryEstimate:
@@ -103,8 +105,16 @@ CUDA_RESERVE_GIB = 2.0  # CUDA context, NCCL buffers, kernels' workspaces
 FRAGMENTATION = 0.10  # the caching allocator's slack on top of what is live
 
 
-def tokens_per_sample(height: int, width: int, frames: int, semantic: int, source: bool = True,
-                      vae_spatial: int = 8, vae_temporal: int = 4, patch: tuple[int, int, int] = (1, 2, 2)) -> int:
+def tokens_per_sample(
+    height: int,
+    width: int,
+    frames: int,
+    semantic: int,
+    source: bool = True,
+    vae_spatial: int = 8,
+    vae_temporal: int = 4,
+    patch: tuple[int, int, int] = (1, 2, 2),
+) -> int:
     """In-context tokens of one sample: target (+ source of the same shape) + semantic tokens."""
     latent_frames = (frames - 1) // vae_temporal + 1
     per = (latent_frames // patch[0]) * (height // vae_spatial // patch[1]) * (width // vae_spatial // patch[2])
@@ -114,8 +124,11 @@ def tokens_per_sample(height: int, width: int, frames: int, semantic: int, sourc
 def activation_gib(tokens: int, dim: int, layers: int, checkpointing: bool, itemsize: int = 2) -> float:
     """Activation memory of a forward+backward over ``tokens`` tokens on one GPU: with
     checkpointing, every block's input plus one block recomputed at a time in backward."""
-    rows = layers * ACTIVATION_ROWS_CHECKPOINTED + ACTIVATION_ROWS_PLAIN if checkpointing \
+    rows = (
+        layers * ACTIVATION_ROWS_CHECKPOINTED + ACTIVATION_ROWS_PLAIN
+        if checkpointing
         else layers * ACTIVATION_ROWS_PLAIN
+    )
     return tokens * dim * itemsize * rows / 1024**3
 
 
@@ -134,8 +147,9 @@ class Fit:
         return {gpu: self.total_gib <= cap for gpu, cap in GPU_TYPES.items()}
 
 
-def training_fit(states: MemoryEstimate, fp32_kept: int, block_params: int, zero_stage: int, prefetch: int,
-                 activations: float) -> Fit:
+def training_fit(
+    states: MemoryEstimate, fp32_kept: int, block_params: int, zero_stage: int, prefetch: int, activations: float
+) -> Fit:
     """Per-GPU memory: ZeRO states + EMA (``states``), the fp32-kept parameters replicated outside
     DeepSpeed (param, grad, AdamW m and v, EMA: 20 bytes each), ZeRO-3's gathered parameters
     (the block being computed and the next, prefetched, in bf16), activations, a fixed reserve."""

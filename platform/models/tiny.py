@@ -82,8 +82,11 @@ def tiny_wan_transformer(seed: int = 0, **overrides):
     """A plain diffusers WanTransformer3DModel with the tiny shapes (no SAMA parameters)."""
     from diffusers import WanTransformer3DModel
 
-    cfg = {k: v for k, v in tiny_transformer_config(**overrides).items()
-           if k not in ("semantic_dim", "semantic_hidden_dim", "num_semantic_tokens")}
+    cfg = {
+        k: v
+        for k, v in tiny_transformer_config(**overrides).items()
+        if k not in ("semantic_dim", "semantic_hidden_dim", "num_semantic_tokens")
+    }
     with seeded(seed):
         return WanTransformer3DModel(**cfg).eval()
 

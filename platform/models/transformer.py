@@ -186,7 +186,9 @@ class SamaTransformer3DModel(WanTransformer3DModel):
     _cp_plan = None
     sequence_parallel: Optional[SequenceParallel] = None  # runtime state, not config: see enable_...
     _skip_layerwise_casting_patterns = [
-        *WanTransformer3DModel._skip_layerwise_casting_patterns, "type_embed", "semantic_",
+        *WanTransformer3DModel._skip_layerwise_casting_patterns,
+        "type_embed",
+        "semantic_",
     ]
 
     # diffusers builds the config from this signature: every base argument is spelled out.
@@ -239,9 +241,11 @@ class SamaTransformer3DModel(WanTransformer3DModel):
             rope_max_seq_len=rope_max_seq_len,
             pos_embed_seq_len=pos_embed_seq_len,
         )
-        for name, value, choices in (("source_timestep", source_timestep, SOURCE_TIMESTEP_MODES),
-                                     ("semantic_rope", semantic_rope, SEMANTIC_ROPE_MODES),
-                                     ("semantic_prediction", semantic_prediction, SEMANTIC_PREDICTIONS)):
+        for name, value, choices in (
+            ("source_timestep", source_timestep, SOURCE_TIMESTEP_MODES),
+            ("semantic_rope", semantic_rope, SEMANTIC_ROPE_MODES),
+            ("semantic_prediction", semantic_prediction, SEMANTIC_PREDICTIONS),
+        ):
             if value not in choices:
                 raise ValueError(f"{name}={value!r}; choose one of {choices}")
         dim = num_attention_heads * attention_head_dim
@@ -264,8 +268,11 @@ class SamaTransformer3DModel(WanTransformer3DModel):
     # ------------------------------------------------------------------ parameters
 
     def sama_modules(self) -> dict[str, nn.Module]:
-        return {"type_embed": self.type_embed, "semantic_projector": self.semantic_projector,
-                "semantic_head": self.semantic_head}
+        return {
+            "type_embed": self.type_embed,
+            "semantic_projector": self.semantic_projector,
+            "semantic_head": self.semantic_head,
+        }
 
     def sama_parameter_names(self) -> list[str]:
         """Names of the parameters SAMA adds to Wan (what a plain Wan checkpoint lacks)."""
@@ -347,8 +354,10 @@ class SamaTransformer3DModel(WanTransformer3DModel):
         """Split every forward's sequence over ``sp``'s ranks (None: off). Every rank of the
         group must call forward with the same inputs; the output is the whole, on each."""
         if sp is not None and self.config.num_attention_heads % sp.world:
-            raise ValueError(f"sequence parallelism over {sp.world} ranks needs the head count "
-                             f"({self.config.num_attention_heads}) to be a multiple of it")
+            raise ValueError(
+                f"sequence parallelism over {sp.world} ranks needs the head count "
+                f"({self.config.num_attention_heads}) to be a multiple of it"
+            )
         self.sequence_parallel = sp
 
     def _embed_conditions(self, timestep: torch.Tensor, text: torch.Tensor, seq_len: int | None):
@@ -523,8 +532,9 @@ class SamaModelConfig:
     """How a job builds the SAMA transformer.
 
     ``pretrained``: a SAMA checkpoint or a plain Wan2.1 checkpoint, in diffusers format or
-    the original Wan / SAMA-release format (local or s3://). None builds the tiny random model (``sama.models.tiny``) for tests and demos;
-    it then ignores ``semantic_dim`` / ``semantic_hidden_dim`` (tiny SigLIP sizes).
+    the original Wan / SAMA-release format (local or s3://; see ``sama.models.loading``). None
+    builds the tiny random model (``sama.models.tiny``) for tests and demos; it then ignores
+    ``semantic_dim`` / ``semantic_hidden_dim`` (tiny SigLIP sizes).
     """
 
     pretrained: Optional[str] = None
@@ -549,9 +559,18 @@ class SamaModelConfig:
 
     def sama_kwargs(self) -> dict[str, Any]:
         """The SAMA hyper-parameters set here (overrides of the checkpoint's config)."""
-        names = ("semantic_dim", "semantic_hidden_dim", "num_semantic_tokens", "source_timestep",
-                 "source_attention_mask", "type_embed_init_std", "semantic_rope", "semantic_prediction",
-                 "semantic_norm_eps", "semantic_slot_embed")
+        names = (
+            "semantic_dim",
+            "semantic_hidden_dim",
+            "num_semantic_tokens",
+            "source_timestep",
+            "source_attention_mask",
+            "type_embed_init_std",
+            "semantic_rope",
+            "semantic_prediction",
+            "semantic_norm_eps",
+            "semantic_slot_embed",
+        )
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
@@ -561,8 +580,9 @@ def legacy_numerics(cfg: dict[str, Any]) -> dict[str, Any]:
     that record them (or are not SAMA configs)."""
     if "semantic_dim" not in cfg or "semantic_rope" in cfg:
         return {}
-    return dict(semantic_rope="identity", semantic_prediction="sample", semantic_norm_eps=1e-5,
-                semantic_slot_embed=True)
+    return dict(
+        semantic_rope="identity", semantic_prediction="sample", semantic_norm_eps=1e-5, semantic_slot_embed=True
+    )
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -59,20 +59,54 @@ def koala(root: str, n: int, odd: bool) -> Expect:
     for i in range(n):
         vid = f"vid{i:03d}-_x"
         start, end = 1.001 * i, 1.001 * i + 2.5
-        rows.append([vid, f"https://www.youtube.com/watch?v={vid}", f"['0:00:{start:06.3f}', '0:00:{end:06.3f}']",
-                     f"a clip number {i} of a moving square", 0.9, 5.1, 3.2, 0.8])
+        rows.append(
+            [
+                vid,
+                f"https://www.youtube.com/watch?v={vid}",
+                f"['0:00:{start:06.3f}', '0:00:{end:06.3f}']",
+                f"a clip number {i} of a moving square",
+                0.9,
+                5.1,
+                3.2,
+                0.8,
+            ]
+        )
         name = f"{vid}_{round(start * 1000)}-{round(end * 1000)}.mp4"
         write_video(os.path.join(root, "clips", name), frames=17, seed=i, rotation=90 if odd and i == 0 else None)
     if odd:
-        rows.append(["unfetched01", "https://www.youtube.com/watch?v=unfetched01", "['0:00:01.000', '0:00:03.000']", "never fetched", 1, 1, 1, 1])
+        rows.append(
+            [
+                "unfetched01",
+                "https://www.youtube.com/watch?v=unfetched01",
+                "['0:00:01.000', '0:00:03.000']",
+                "never fetched",
+                1,
+                1,
+                1,
+                1,
+            ]
+        )
         rows.append(["badspan", "https://www.youtube.com/watch?v=badspan", "soon", "bad timestamp", 1, 1, 1, 1])
-        rows.append(["trunc01", "https://www.youtube.com/watch?v=trunc01", "[0.0, 4.0]", "a truncated clip", 1, 1, 1, 1])
+        rows.append(
+            ["trunc01", "https://www.youtube.com/watch?v=trunc01", "[0.0, 4.0]", "a truncated clip", 1, 1, 1, 1]
+        )
         truncate(write_video(os.path.join(root, "clips", "trunc01_0-4000.mp4"), frames=60, seed=99), 0.4)
         e.reasons.update({"bad_record": 1, "truncated": 1})
         e.not_listed.update({"clip_not_fetched": 1})
-    _csv(os.path.join(root, "Koala_36M_1.csv"),
-         ["videoID", "url", "timestamp", "caption", "clarity_score", "aesthetic_score", "motion_score",
-          "video_training_suitability_score"], rows)
+    _csv(
+        os.path.join(root, "Koala_36M_1.csv"),
+        [
+            "videoID",
+            "url",
+            "timestamp",
+            "caption",
+            "clarity_score",
+            "aesthetic_score",
+            "motion_score",
+            "video_training_suitability_score",
+        ],
+        rows,
+    )
     return e
 
 
@@ -85,9 +119,11 @@ def motionbench(root: str, n: int, odd: bool) -> Expect:
     if odd:
         zero_byte(os.path.join(root, "videos", "zero.mp4"))
         write_video(os.path.join(root, "videos", "nocap.mp4"), frames=9, seed=7)
-        recs += [{"video_path": "videos/zero.mp4", "motion_caption": "zero bytes"},
-                 {"video_path": "videos/nocap.mp4", "motion_caption": "  "},
-                 "{not json"]
+        recs += [
+            {"video_path": "videos/zero.mp4", "motion_caption": "zero bytes"},
+            {"video_path": "videos/nocap.mp4", "motion_caption": "  "},
+            "{not json",
+        ]
         e.reasons.update({"empty_file": 1, "empty_instruction": 1, "bad_record": 1})
     _jsonl(os.path.join(root, "train.jsonl"), recs)
     return e
@@ -99,7 +135,9 @@ def ditto(root: str, n: int, odd: bool) -> Expect:
     for i in range(n):
         write_video(os.path.join(root, "videos", "source", f"d{i:03d}.mp4"), frames=17, seed=20 + i)
         write_video(os.path.join(root, "videos", "global_style1", f"d{i:03d}.mp4"), frames=17, seed=40 + i)
-        rows.append([f"videos/source/d{i:03d}.mp4", f"videos/global_style1/d{i:03d}.mp4", f"make it look like watercolor {i}"])
+        rows.append(
+            [f"videos/source/d{i:03d}.mp4", f"videos/global_style1/d{i:03d}.mp4", f"make it look like watercolor {i}"]
+        )
     if odd:
         write_video(os.path.join(root, "videos", "source", "short.mp4"), frames=17, seed=3)
         write_video(os.path.join(root, "videos", "global_style1", "short.mp4"), frames=5, seed=4)
@@ -107,8 +145,11 @@ def ditto(root: str, n: int, odd: bool) -> Expect:
         e.reasons.update({"source_target_mismatch": 1})
     _csv(os.path.join(root, "csvs_for_DiffSynth", "global_style1.csv"), ["src_video", "tgt_video", "prompt"], rows)
     # A subset SAMA does not use: must not be read with the default config.
-    _csv(os.path.join(root, "csvs_for_DiffSynth", "local.csv"), ["src_video", "tgt_video", "prompt"],
-         [["videos/source/d000.mp4", "videos/local/none.mp4", "not read"]])
+    _csv(
+        os.path.join(root, "csvs_for_DiffSynth", "local.csv"),
+        ["src_video", "tgt_video", "prompt"],
+        [["videos/source/d000.mp4", "videos/local/none.mp4", "not read"]],
+    )
     return e
 
 
@@ -117,17 +158,44 @@ def openve(root: str, n: int, odd: bool) -> Expect:
     rows = []
     for i in range(n):
         codec, ext = ("libvpx-vp9", "webm") if odd and i == 0 else ("libx264", "mp4")
-        write_video(os.path.join(root, "videos", f"o{i:03d}_src.{ext}"), frames=13, seed=60 + i, codec=codec, width=66, height=46)
-        write_video(os.path.join(root, "videos", f"o{i:03d}_tgt.{ext}"), frames=13, seed=80 + i, codec=codec, width=66, height=46)
-        rows.append([f"videos/o{i:03d}_src.{ext}", f"videos/o{i:03d}_tgt.{ext}", f"change the background {i}", "background_change"])
+        write_video(
+            os.path.join(root, "videos", f"o{i:03d}_src.{ext}"),
+            frames=13,
+            seed=60 + i,
+            codec=codec,
+            width=66,
+            height=46,
+        )
+        write_video(
+            os.path.join(root, "videos", f"o{i:03d}_tgt.{ext}"),
+            frames=13,
+            seed=80 + i,
+            codec=codec,
+            width=66,
+            height=46,
+        )
+        rows.append(
+            [
+                f"videos/o{i:03d}_src.{ext}",
+                f"videos/o{i:03d}_tgt.{ext}",
+                f"change the background {i}",
+                "background_change",
+            ]
+        )
     _csv(os.path.join(root, "background_change.csv"), ["original_video", "video", "prompt", "edited_type"], rows)
     if odd:
-        _csv(os.path.join(root, "global_style.csv"), ["original_video", "video", "prompt", "edited_type"],
-             [["videos/o000_src.mp4", "videos/missing.mp4", "style it", "global_style"]])
+        _csv(
+            os.path.join(root, "global_style.csv"),
+            ["original_video", "video", "prompt", "edited_type"],
+            [["videos/o000_src.mp4", "videos/missing.mp4", "style it", "global_style"]],
+        )
         e.reasons.update({"missing_file": 1})
     # A category SAMA does not use: filtered out by the default config.
-    _csv(os.path.join(root, "local_remove.csv"), ["original_video", "video", "prompt", "edited_type"],
-         [["videos/x.mp4", "videos/y.mp4", "remove it", "local_remove"]])
+    _csv(
+        os.path.join(root, "local_remove.csv"),
+        ["original_video", "video", "prompt", "edited_type"],
+        [["videos/x.mp4", "videos/y.mp4", "remove it", "local_remove"]],
+    )
     return e
 
 
@@ -161,14 +229,29 @@ def nhr_edit(root: str, n: int, odd: bool) -> Expect:
         w, h = (63, 47) if odd and i == 0 else (64, 48)
         write_image(os.path.join(root, "train", "images", "00", f"image_{i:03d}_original.jpg"), w, h, seed=200 + i)
         write_image(os.path.join(root, "train", "images", "00", f"image_{i:03d}_edited_0.jpg"), w, h, seed=220 + i)
-        recs.append({"original_image": f"images/00/image_{i:03d}_original.jpg",
-                     "edited_image": f"images/00/image_{i:03d}_edited_0.jpg",
-                     "instruction": f"add a hat {i}", "edit_type": "add", "style": "photo", "resolution": f"{w}x{h}"})
+        recs.append(
+            {
+                "original_image": f"images/00/image_{i:03d}_original.jpg",
+                "edited_image": f"images/00/image_{i:03d}_edited_0.jpg",
+                "instruction": f"add a hat {i}",
+                "edit_type": "add",
+                "style": "photo",
+                "resolution": f"{w}x{h}",
+            }
+        )
     if odd:
         write_image(os.path.join(root, "train", "images", "00", "image_900_original.jpg"), 64, 48, seed=1)
-        truncate(write_image(os.path.join(root, "train", "images", "00", "image_900_edited_0.jpg"), 64, 48, seed=2), 0.5)
-        recs.append({"original_image": "images/00/image_900_original.jpg", "edited_image": "images/00/image_900_edited_0.jpg",
-                     "instruction": "truncated target", "edit_type": "add"})
+        truncate(
+            write_image(os.path.join(root, "train", "images", "00", "image_900_edited_0.jpg"), 64, 48, seed=2), 0.5
+        )
+        recs.append(
+            {
+                "original_image": "images/00/image_900_original.jpg",
+                "edited_image": "images/00/image_900_edited_0.jpg",
+                "instruction": "truncated target",
+                "edit_type": "add",
+            }
+        )
         e.reasons.update({"truncated": 1})
     _jsonl(os.path.join(root, "train", "metadata.jsonl"), recs)
     return e
@@ -181,14 +264,30 @@ def gpt_image_edit(root: str, n: int, odd: bool) -> Expect:
     for i in range(n):
         write_image(os.path.join(task_dir, "input", f"{i:05d}.png"), 64, 64, seed=300 + i)
         write_image(os.path.join(task_dir, "output", f"{i:05d}.png"), 64, 64, seed=320 + i)
-        recs.append({"id": f"omni-{i}", "dataset_source": "omniedit", "task": "addition", "input": f"input/{i:05d}.png",
-                     "output": f"output/{i:05d}.png", "instruction": f"add a red ball {i}", "instruction_type": "short",
-                     "input_description": "a gradient"})
+        recs.append(
+            {
+                "id": f"omni-{i}",
+                "dataset_source": "omniedit",
+                "task": "addition",
+                "input": f"input/{i:05d}.png",
+                "output": f"output/{i:05d}.png",
+                "instruction": f"add a red ball {i}",
+                "instruction_type": "short",
+                "input_description": "a gradient",
+            }
+        )
     if odd:
         write_image(os.path.join(task_dir, "input", "wide.png"), 64, 32, seed=5)
         write_image(os.path.join(task_dir, "output", "wide.png"), 32, 64, seed=6)
-        recs.append({"id": "omni-wide", "task": "addition", "input": "input/wide.png", "output": "output/wide.png",
-                     "instruction": "rotated by mistake"})
+        recs.append(
+            {
+                "id": "omni-wide",
+                "task": "addition",
+                "input": "input/wide.png",
+                "output": "output/wide.png",
+                "instruction": "rotated by mistake",
+            }
+        )
         e.reasons.update({"source_target_mismatch": 1})
     os.makedirs(os.path.join(task_dir, "metadata"), exist_ok=True)
     with open(os.path.join(task_dir, "metadata", "omniedit_addition.json"), "w") as f:
@@ -226,12 +325,25 @@ def pico_banana(root: str, n: int, odd: bool) -> Expect:
     for i in range(n):
         write_image(os.path.join(root, "sources", f"oi{i:04d}.jpg"), 64, 48, seed=500 + i)
         write_image(os.path.join(root, "images", "positive-edits", f"e{i:04d}.png"), 64, 48, seed=520 + i)
-        recs.append({"open_image_input_url": f"https://farm2.staticflickr.com/1/oi{i:04d}.jpg", "text": f"make it snowy {i}",
-                     "output_image": f"images/positive-edits/e{i:04d}.png", "edit_type": "weather", "summarized_text": "snow"})
+        recs.append(
+            {
+                "open_image_input_url": f"https://farm2.staticflickr.com/1/oi{i:04d}.jpg",
+                "text": f"make it snowy {i}",
+                "output_image": f"images/positive-edits/e{i:04d}.png",
+                "edit_type": "weather",
+                "summarized_text": "snow",
+            }
+        )
     if odd:
         write_image(os.path.join(root, "images", "positive-edits", "nosrc.png"), 64, 48, seed=9)
-        recs.append({"open_image_input_url": "https://farm2.staticflickr.com/1/never_fetched.jpg", "text": "x",
-                     "output_image": "images/positive-edits/nosrc.png", "edit_type": "weather"})
+        recs.append(
+            {
+                "open_image_input_url": "https://farm2.staticflickr.com/1/never_fetched.jpg",
+                "text": "x",
+                "output_image": "images/positive-edits/nosrc.png",
+                "edit_type": "weather",
+            }
+        )
         e.reasons.update({"missing_file": 1})
     _jsonl(os.path.join(root, "sft.jsonl"), recs)
     return e

@@ -21,7 +21,11 @@ def frames_array(n: int, width: int, height: int, seed: int = 0, speed: float = 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
     base = np.stack(
-        [(xx * 255 // max(width - 1, 1)), (yy * 255 // max(height - 1, 1)), np.full_like(xx, int(rng.integers(0, 255)))],
+        [
+            (xx * 255 // max(width - 1, 1)),
+            (yy * 255 // max(height - 1, 1)),
+            np.full_like(xx, int(rng.integers(0, 255))),
+        ],
         axis=-1,
     ).astype(np.uint8)
     side = max(4, min(width, height) // 3)
@@ -80,7 +84,9 @@ def write_video(
 def write_image(path: str, width: int = 64, height: int = 48, seed: int = 0, data: np.ndarray | None = None) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     arr = frames_array(1, width, height, seed)[0] if data is None else data
-    Image.fromarray(arr).save(path, quality=90) if path.lower().endswith((".jpg", ".jpeg")) else Image.fromarray(arr).save(path)
+    Image.fromarray(arr).save(path, quality=90) if path.lower().endswith((".jpg", ".jpeg")) else Image.fromarray(
+        arr
+    ).save(path)
     return path
 
 

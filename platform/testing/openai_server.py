@@ -76,8 +76,10 @@ class FakeJudgeServer:
         fmt = body.get("response_format") or {}
         schema = (fmt.get("json_schema") or {}).get("schema")
         if schema:
-            scores = {k: (v["maximum"] if level == "ok" else v["minimum"])
-                      for k, v in schema["properties"]["scores"]["properties"].items()}
+            scores = {
+                k: (v["maximum"] if level == "ok" else v["minimum"])
+                for k, v in schema["properties"]["scores"]["properties"].items()
+            }
             flags = {k: False for k in schema["properties"].get("flags", {}).get("properties", {})}
         else:  # the example the prompt ends with carries top scores and no flags set
             example = json.loads(prompt.strip().splitlines()[-1])
@@ -92,7 +94,11 @@ class FakeJudgeServer:
 
         body = await request.json()
         content = body["messages"][-1]["content"]
-        prompt = content if isinstance(content, str) else "\n".join(p.get("text", "") for p in content if p.get("type") == "text")
+        prompt = (
+            content
+            if isinstance(content, str)
+            else "\n".join(p.get("text", "") for p in content if p.get("type") == "text")
+        )
         behaviour = self._next(prompt)
         with self._lock:
             self.seen.append(Seen(prompt, time.monotonic(), request.headers.get("Authorization", ""), behaviour))
@@ -104,8 +110,11 @@ class FakeJudgeServer:
             if behaviour.startswith("status:"):
                 parts = behaviour.split(":")
                 headers = {"retry-after": parts[2]} if len(parts) > 2 else {}
-                return web.json_response({"error": {"message": f"scripted {parts[1]}", "type": "scripted"}},
-                                         status=int(parts[1]), headers=headers)
+                return web.json_response(
+                    {"error": {"message": f"scripted {parts[1]}", "type": "scripted"}},
+                    status=int(parts[1]),
+                    headers=headers,
+                )
             if behaviour.startswith("sleep:"):
                 await asyncio.sleep(float(behaviour.split(":")[1]))
                 behaviour = "ok"
@@ -117,11 +126,18 @@ class FakeJudgeServer:
                 text = json.dumps(self._answer(body, prompt, "low" if behaviour == "low" else "ok"))
                 if behaviour == "fenced":
                     text = f"```json\n{text}\n```"
-            return web.json_response({
-                "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": body.get("model"),
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            })
+            return web.json_response(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model"),
+                    "choices": [
+                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+            )
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -162,5 +178,3 @@ class FakeJudgeServer:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
-
-

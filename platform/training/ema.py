@@ -41,8 +41,9 @@ def _partition(p: torch.nn.Parameter) -> torch.Tensor | None:
 
 
 class ShardedEMA:
-    def __init__(self, named_params: Iterable[tuple[str, torch.nn.Parameter]], decay: float, rank: int = 0,
-                 world: int = 1):
+    def __init__(
+        self, named_params: Iterable[tuple[str, torch.nn.Parameter]], decay: float, rank: int = 0, world: int = 1
+    ):
         self.decay, self.rank, self.world = decay, rank, world
         named = [(n, p) for n, p in named_params if p.requires_grad]
         parted = [(n, p) for n, p in named if _partition(p) is not None]
@@ -64,21 +65,30 @@ class ShardedEMA:
         if not self.shadow:
             return
         names = list(self.shadow)
-        torch._foreach_lerp_([self.shadow[n] for n in names],
-                             [self._source(n).detach().float() for n in names], 1.0 - self.decay)
+        torch._foreach_lerp_(
+            [self.shadow[n] for n in names], [self._source(n).detach().float() for n in names], 1.0 - self.decay
+        )
 
     def layout(self) -> dict:
-        return {"decay": self.decay, "rank": self.rank, "world": self.world,
-                "partitioned": sorted(self.partitioned), "shapes": {n: list(s) for n, s in self.shapes.items()}}
+        return {
+            "decay": self.decay,
+            "rank": self.rank,
+            "world": self.world,
+            "partitioned": sorted(self.partitioned),
+            "shapes": {n: list(s) for n, s in self.shapes.items()},
+        }
 
     def state_dict(self) -> dict:
         return {**self.layout(), "shadow": self.shadow}
 
     def load_state_dict(self, state: dict) -> None:
-        if (state["world"], state["rank"]) != (self.world, self.rank) or \
-                set(_partitioned_names(state)) != self.partitioned:
-            raise ValueError(f"EMA shard of rank {state['rank']}/{state['world']} does not fit rank "
-                             f"{self.rank}/{self.world} (or its parameters are partitioned differently)")
+        if (state["world"], state["rank"]) != (self.world, self.rank) or set(
+            _partitioned_names(state)
+        ) != self.partitioned:
+            raise ValueError(
+                f"EMA shard of rank {state['rank']}/{state['world']} does not fit rank "
+                f"{self.rank}/{self.world} (or its parameters are partitioned differently)"
+            )
         for n, t in state["shadow"].items():
             self.shadow[n].copy_(t)
 

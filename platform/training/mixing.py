@@ -50,8 +50,10 @@ class SourceConfig:
         if bad or not self.tasks:
             raise ValueError(f"source {self.name!r}: unknown or no tasks {sorted(bad)}")
         if set(self.tasks) & IMAGE_TASKS and set(self.tasks) & VIDEO_TASKS:
-            raise ValueError(f"source {self.name!r} mixes image and video tasks; use one source per family "
-                             "(they take different batch sizes)")
+            raise ValueError(
+                f"source {self.name!r} mixes image and video tasks; use one source per family "
+                "(they take different batch sizes)"
+            )
         if self.weight <= 0:
             raise ValueError(f"source {self.name!r}: weight must be > 0")
 
@@ -96,8 +98,18 @@ class BucketStream:
     except at most a buffer's worth after a resume).
     """
 
-    def __init__(self, name: str, index: list[dict], open_rows: RowOpener, batch_size: int, seed: int,
-                 rank: int = 0, shuffle_buffer: int = 64, max_pending: int = 64, position: tuple[int, int] = (0, 0)):
+    def __init__(
+        self,
+        name: str,
+        index: list[dict],
+        open_rows: RowOpener,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        shuffle_buffer: int = 64,
+        max_pending: int = 64,
+        position: tuple[int, int] = (0, 0),
+    ):
         if not index:
             raise ValueError(f"data source {name!r} has no rows on rank {rank}")
         self.name, self.index, self.open_rows = name, index, open_rows
@@ -118,14 +130,15 @@ class BucketStream:
         """The epoch's batches as row indices: the shuffle and bucket grouping, run on the index."""
         rng = random.Random(seed_of("shuffle", self.seed, self.name, self.rank, epoch))
         light = ({**r, "_i": i} for i, r in enumerate(self.index))
-        batches = bucket_batches(shuffled(light, self.shuffle_buffer, rng), self.batch_size,
-                                 max_pending=self.max_pending)
+        batches = bucket_batches(
+            shuffled(light, self.shuffle_buffer, rng), self.batch_size, max_pending=self.max_pending
+        )
         return [[r["_i"] for r in b] for b in batches]
 
     def _next_epoch_if_done(self) -> None:
         if self._plan is None:
             self._plan = self.plan(self.epoch)
-            self._needed = {i for b in self._plan[self.taken:] for i in b}
+            self._needed = {i for b in self._plan[self.taken :] for i in b}
         if self.taken >= len(self._plan):  # the epoch is served: the next one
             self.epoch, self.taken = self.epoch + 1, 0
             self._plan = self.plan(self.epoch)
@@ -141,8 +154,10 @@ class BucketStream:
                 self.rows_read += 1
                 return row
             self._stream = None  # this pass is exhausted: the next opens where we are
-        raise RuntimeError(f"data source {self.name!r} on rank {self.rank}: the stream has no rows for epoch "
-                           f"{self.epoch} from index {min(self._needed)}")
+        raise RuntimeError(
+            f"data source {self.name!r} on rank {self.rank}: the stream has no rows for epoch "
+            f"{self.epoch} from index {min(self._needed)}"
+        )
 
     def __iter__(self) -> BucketStream:
         return self
