@@ -47,6 +47,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from sama import storage
+from sama.records import DatasetError
 from sama.schemas import TableSchema
 
 log = logging.getLogger(__name__)
@@ -366,7 +367,7 @@ def dry_run_stage(stage: Stage) -> list[str]:
     """What :func:`run_stage` would do (reads the input's listing, writes nothing)."""
     try:
         plan = _resolve(stage)
-    except (OSError, ValueError) as e:  # e.g. the input is not written yet
+    except (OSError, ValueError, DatasetError) as e:  # e.g. the input is not written yet
         lines = [f"{stage.name}: parts not planned yet ({e})"]
     else:
         lines = [
