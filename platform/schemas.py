@@ -301,6 +301,15 @@ def read_table(uri: str, expected: TableSchema):
     return validate(storage.read_parquet(uri), expected, where=uri)
 
 
+def held_out(sample_id: str, fraction: float) -> bool:
+    """Whether a sample is in the held-out ``fraction`` (0..1): decided by its id alone, so the
+    split is the same on every run and machine (evaluation scores it, precompute skips it)."""
+    if fraction <= 0:
+        return False
+    digest = hashlib.sha256(b"sama-holdout\0" + sample_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
+
+
 def sample_id(dataset: str, *keys: str | None) -> str:
     """A stable id from the dataset name and the fields that identify a sample."""
     h = hashlib.sha1(dataset.encode())
@@ -312,7 +321,7 @@ def sample_id(dataset: str, *keys: str | None) -> str:
 EVAL_RESULTS = register(
     TableSchema(
         "eval_results",
-        1,
+        2,
         pa.schema(
             [
                 pa.field("key", pa.string(), nullable=False),  # <item id>-<edit digest>: names the edit and its files
@@ -322,8 +331,9 @@ EVAL_RESULTS = register(
                 pa.field("instruction", pa.string(), nullable=False),
                 pa.field("source_uri", pa.string(), nullable=False),
                 pa.field("mask_uri", pa.string()),
-                pa.field("edit_uri", pa.string()),  # the edited mp4 (null when the edit failed)
-                pa.field("model", pa.string(), nullable=False),  # the checkpoint's label
+                pa.field("target_uri", pa.string()),  # the ground truth, when the benchmark has one
+                pa.field("edit_uri", pa.string()),  # the edit scored (null when it failed or is missing)
+                pa.field("model", pa.string(), nullable=False),  # the system: a checkpoint's label, or whose edits
                 pa.field("edit_digest", pa.string(), nullable=False),  # model + sampling settings that made the edit
                 pa.field("score_digest", pa.string(), nullable=False),  # metric + judge settings that scored it
                 pa.field("status", pa.string(), nullable=False),  # "ok" or "error" (redone on the next run)
@@ -333,6 +343,7 @@ EVAL_RESULTS = register(
                 pa.field("height", pa.int32()),
                 pa.field("width", pa.int32()),
                 pa.field("edit_seconds", pa.float32()),
+                pa.field("alignment", pa.string()),  # how edit (and target) met the source's grid
                 # automatic metrics (null where not measurable)
                 pa.field("edited_fraction", pa.float32()),
                 pa.field("temporal_consistency", pa.float32()),  # 1 - flow-compensated frame-to-frame error
@@ -344,6 +355,15 @@ EVAL_RESULTS = register(
                 pa.field("fidelity_ssim", pa.float32()),
                 pa.field("semantic_score", pa.float32()),  # text-image cosine similarity
                 pa.field("semantic_model", pa.string()),  # the encoder, or "none" (not measured)
+                # against the ground truth (null without a target)
+                pa.field("gt_psnr", pa.float32()),  # dB, 100 = identical
+                pa.field("gt_ssim", pa.float32()),
+                pa.field("gt_psnr_edited", pa.float32()),  # with a mask: inside it
+                pa.field("gt_psnr_unedited", pa.float32()),  # and outside it
+                pa.field("gt_ssim_edited", pa.float32()),
+                pa.field("gt_ssim_unedited", pa.float32()),
+                pa.field("gt_perceptual", pa.float32()),  # learned perceptual distance (lower is closer)
+                pa.field("perceptual_model", pa.string()),  # its encoder, or "none" (off)
                 # the judge
                 pa.field("judge_model", pa.string(), nullable=False),  # "<backend>:<model>" or "none:off"
                 pa.field("rubrics", pa.list_(pa.string())),  # rubric versions asked

@@ -148,18 +148,23 @@ def test_compare_two_checkpoints_metrics_only(ray_cluster, bench, tmp_path):
     assert (ra.status == "ok").sum() == 4 and ra.at["gone", "error_kind"] == "source_error"
     assert "missing.mp4 does not exist" in ra.at["gone", "error"] and pd.isna(ra.at["gone", "edit_uri"])
 
-    s = launcher.run(job_yaml("eval_compare"), [f"output={cmp}", f"compare.a={a}", f"compare.b={b}"])
-    assert s["labels"] == ["tiny", "ckpt-seed1"] and s["paired_items"] == 4  # the missing one has no edits
-    long = pd.read_parquet(os.path.join(cmp, "compare.parquet"))
-    row = long[(long.category == "overall") & (long.metric == "temporal_consistency")].iloc[0]
-    assert row.delta == pytest.approx(row.b - row.a)
+    runs = f"compare.runs=[{a},{b}]"
+    s = launcher.run(job_yaml("eval_compare"), [f"output={cmp}", runs])
+    assert s["systems"] == ["tiny", "ckpt-seed1"] and s["items"] == {"tiny": 5, "ckpt-seed1": 5}
+    assert s["errors"] == {"tiny": 1, "ckpt-seed1": 1}  # the missing source, in both
+    board = pd.read_parquet(os.path.join(cmp, "leaderboard.parquet"))
     ta = pd.read_parquet(os.path.join(a, "by_category.parquet")).set_index("category")
-    assert row.a == pytest.approx(ta.at["overall", "temporal_consistency"]) and ta.at["color", "errors"] == 1
-    assert set(long.category) == {"color", "add", "remove", "overall"}
+    row = board[(board.system == "tiny") & (board.category == "overall") & (board.metric == "temporal_consistency")]
+    assert row["mean"].iloc[0] == pytest.approx(ta.at["overall", "temporal_consistency"]) and row.n.iloc[0] == 4
+    assert set(board.category) == {"color", "add", "remove", "overall"} and ta.at["color", "errors"] == 1
+    wins = pd.read_parquet(os.path.join(cmp, "win_rates.parquet"))
+    pair = wins[(wins.metric == "temporal_consistency")].set_index("system")
+    assert pair.at["tiny", "win_rate"] == pytest.approx(1 - pair.at["ckpt-seed1", "win_rate"])
+    assert (pair["items"] == 4).all()
     sheets = storage.list_files(os.path.join(cmp, "report", "sheets"), ".jpg")
-    assert len(sheets) == 4 and "ckpt-seed1" in open(s["report"]).read()
+    assert len(sheets) == 4 and "ckpt-seed1" in open(s["report"]).read()  # the missing one has no edits
     before = mtimes(cmp, "report/sheets")
-    launcher.run(job_yaml("eval_compare"), [f"output={cmp}", f"compare.a={a}", f"compare.b={b}"])
+    launcher.run(job_yaml("eval_compare"), [f"output={cmp}", runs])
     assert mtimes(cmp, "report/sheets") == before  # reused, not redrawn
 
 

@@ -102,7 +102,10 @@ def test_submit_runs_to_completion_following_logs(ray_head, lookalikes, tmp_path
     assert res.returncode == 0, res.stderr[-3000:]
     assert "nhr_edit" in res.stdout and "total" in res.stdout  # the job's own summary, followed live
     assert "ok-1: SUCCEEDED" in res.stderr
-    assert json.loads((out / "summary.json").read_text())["nhr_edit"]["kept"] == lookalikes.expected["nhr_edit"].kept
+    assert (
+        json.loads((out / "summary.json").read_text())["datasets"]["nhr_edit"]["kept"]
+        == lookalikes.expected["nhr_edit"].kept
+    )
 
     listed = sama("jobs", "list", "--address", address, env=env)
     assert "ok-1" in listed.stdout and "SUCCEEDED" in listed.stdout and "ingest" in listed.stdout

@@ -3,14 +3,18 @@
 Formats:
 
 - ``user``: a CSV or JSONL file with ``source, instruction, category`` and optional ``id``,
-  ``mask``, ``target_caption``; relative paths are relative to the file.
+  ``mask``, ``target_caption``, ``edit`` (a system's edited video: scored, not made) and
+  ``target`` (the ground truth); relative paths are relative to the file.
+- ``manifest``: a ``MANIFEST`` table of ours (the ingest or filter output, a file or a
+  folder): its edit samples, with their targets as ground truth (``split`` picks a
+  held-out fraction by sample id).
 - ``vie`` / ``openve`` / ``reco``: the released benchmark layouts. Their field names are
   not confirmed (DATASETS.md), so each reader accepts the plausible variants below: a
   JSON (list, or mapping of id -> record), JSONL or CSV file, or a folder holding such
   files (one per category, or one for all; a category missing from a record is taken
   from the file name or its folder, e.g. ReCo's ``replace/replace_data_configs.json``).
   Bare file names are looked up next to the metadata and in the usual video folders.
-- ``auto``: the first format whose fields a file's records carry.
+- ``auto``: ``manifest`` for Parquet, else the first format whose fields a file's records carry.
 
 Any problem stops the job with a :class:`ManifestError` naming the file, the record and
 the field names tried.
@@ -27,8 +31,9 @@ from dataclasses import dataclass
 
 from sama import storage
 from sama.media import IMAGE_EXTS, VIDEO_EXTS
+from sama.schemas import MANIFEST, held_out, read_table
 
-FORMATS = ("auto", "user", "vie", "openve", "reco")
+FORMATS = ("auto", "user", "vie", "openve", "reco", "manifest")
 
 
 class ManifestError(ValueError):
@@ -44,6 +49,8 @@ class FormatSpec:
     id: tuple[str, ...] = ("id", "item_id", "sample_id", "uid", "video_id", "name")
     mask: tuple[str, ...] = ("mask", "mask_path", "mask_video", "video_mask", "mask_uri")
     caption: tuple[str, ...] = ("target_caption", "edited_caption", "tgt_caption", "output_caption")
+    edit: tuple[str, ...] = ()  # a system's edit of the source, made elsewhere
+    target: tuple[str, ...] = ()  # the ground-truth edit
     video_dirs: tuple[str, ...] = ("videos", "source", "sources", "src_videos", "source_videos", "original_videos")
     mask_dirs: tuple[str, ...] = ("video_masks", "masks")
     category_required: bool = True  # else: from the file / folder name
@@ -59,6 +66,8 @@ SPECS: dict[str, FormatSpec] = {
         id=("id",),
         mask=("mask",),
         caption=("target_caption",),
+        edit=("edit",),
+        target=("target",),
         video_dirs=(),
         mask_dirs=(),
     ),
@@ -101,6 +110,8 @@ class Item:
     source_uri: str
     mask_uri: str | None = None
     target_caption: str | None = None
+    edit_uri: str | None = None  # brought by the user: scored, not made
+    target_uri: str | None = None  # ground truth
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -206,7 +217,7 @@ def read_file(uri: str, fmt: str, root: str, benchmark: str | None = None) -> li
         ext = posixpath.splitext(src_uri.lower())[1]
         if ext and ext not in VIDEO_EXTS + IMAGE_EXTS:
             raise ManifestError(f"{where}: source {src!r} is not a video or image file")
-        mask = _pick(rec, spec.mask)
+        mask, edit, target = _pick(rec, spec.mask), _pick(rec, spec.edit), _pick(rec, spec.target)
         raw_id = _pick(rec, spec.id)
         # Without an id: stable over reruns and reorderings, from what defines the item.
         item_id = str(raw_id) if raw_id is not None else storage.content_digest(str(src), str(instr), n=12)
@@ -219,9 +230,32 @@ def read_file(uri: str, fmt: str, root: str, benchmark: str | None = None) -> li
                 src_uri,
                 _resolve(str(mask), base, spec.mask_dirs, str(cat)) if mask else None,
                 _pick(rec, spec.caption),
+                _resolve(str(edit), base, (), None) if edit else None,
+                _resolve(str(target), base, (), None) if target else None,
             )
         )
     return items
+
+
+def read_table_items(uri: str, benchmark: str | None = None) -> list[Item]:
+    """The edit samples of a ``MANIFEST`` table, their targets as ground truth (text-to-video
+    rows have no source to edit and are left out)."""
+    try:
+        table = read_table(uri, MANIFEST)
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"evaluate.manifest: {uri} is not a manifest table ({e})") from None
+    return [
+        Item(
+            row["sample_id"],
+            benchmark or "manifest",
+            row["category"] or row["task"],
+            row["instruction"],
+            row["source_uri"],
+            target_uri=row["target_uri"],
+        )
+        for row in table.to_pylist()
+        if row["task"] != "t2v" and row["source_uri"]
+    ]
 
 
 def read_manifest(
@@ -230,21 +264,30 @@ def read_manifest(
     benchmark: str | None = None,
     categories: list[str] | None = None,
     limit: int | None = None,
+    split: float | None = None,
 ) -> list[Item]:
-    """Every item of a manifest file or folder, ids unique, in a stable order."""
+    """Every item of a manifest file or folder, ids unique, in a stable order; with ``split``,
+    only the held-out fraction (``sama.schemas.held_out``: by id, the same on every run)."""
     if fmt not in FORMATS:
         raise ManifestError(f"evaluate.format={fmt!r}: one of {list(FORMATS)}")
     if not storage.exists(uri):
         raise ManifestError(f"evaluate.manifest: {uri} does not exist")
     fs, path = storage.filesystem(uri)
-    if fs.get_file_info(path).type.name == "File":
-        files = [uri]
+    is_file = fs.get_file_info(path).type.name == "File"
+    if fmt == "auto" and (
+        uri.endswith(".parquet")
+        or (not is_file and not storage.list_files(uri, METADATA_EXTS) and storage.list_files(uri, ".parquet"))
+    ):
+        fmt = "manifest"  # a table of ours (an ingest or filter output)
+    if fmt == "manifest":
+        files, items = [uri], read_table_items(uri, benchmark)
+    elif is_file:
+        files, items = [uri], []
     else:
-        files = sorted(f for f in storage.list_files(uri, METADATA_EXTS) if "/." not in f)
+        files, items = sorted(f for f in storage.list_files(uri, METADATA_EXTS) if "/." not in f), []
         if not files:
             raise ManifestError(f"evaluate.manifest: no {'/'.join(METADATA_EXTS)} metadata under {uri}")
-    items: list[Item] = []
-    for f in files:
+    for f in files if fmt != "manifest" else []:
         items += read_file(f, fmt, uri if len(files) > 1 else storage.parent(uri), benchmark)
     seen: dict[str, str] = {}
     for it in items:
@@ -256,5 +299,7 @@ def read_manifest(
         seen[it.item_id] = it.source_uri
     if categories:
         items = [it for it in items if it.category in categories]
+    if split is not None:
+        items = [it for it in items if held_out(it.item_id, split)]
     items.sort(key=lambda it: (it.category, it.item_id))
     return items[:limit] if limit else items

@@ -18,6 +18,12 @@ shape, downscaled to ``max_side`` for speed:
 - fidelity of unedited regions: ``fidelity_psnr`` (dB, capped at 100) and
   ``fidelity_ssim`` (grayscale, 7x7 window) over the unedited pixels only.
 
+Against a ground-truth target (same grid as the edit), :func:`ground_truth_metrics`:
+``gt_psnr`` and ``gt_ssim`` over the whole frame and, with a mask, over the edited and
+unedited regions separately; :class:`PerceptualScorer` adds ``gt_perceptual``, a learned
+perceptual distance (1 - cosine similarity of a vision encoder's image embeddings, any
+Hugging Face CLIP / SigLIP / DINO folder given by path; off when none is given).
+
 A metric that cannot be measured (a single frame, no unedited pixel) is None.
 """
 
@@ -43,6 +49,15 @@ class SemanticMetricConfig:
 
 
 @dataclass
+class PerceptualConfig:
+    """The learned perceptual distance to the ground truth; null model: off ("none")."""
+
+    model: str | None = None  # a Hugging Face vision (or CLIP / SigLIP) folder, local or s3://
+    frames: int = 4  # frame pairs compared, uniformly sampled
+    device: str = "auto"
+
+
+@dataclass
 class MetricsConfig:
     enabled: bool = True
     max_side: int = 256  # analysis resolution (long side)
@@ -53,6 +68,7 @@ class MetricsConfig:
     flow_tolerance: float = 1.0  # pixels (clip resolution): flows closer than this "agree"
     texture_min_std: float = 0.02  # blocks flatter than this carry no motion information
     semantic: SemanticMetricConfig = field(default_factory=SemanticMetricConfig)
+    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
 
     def validate(self) -> None:
         if self.block < 2 or self.search_radius < 1 or self.max_side < self.block * 2:
@@ -214,6 +230,87 @@ def edit_metrics(source: np.ndarray, edit: np.ndarray, cfg: MetricsConfig, mask:
     return out
 
 
+# --- against the ground truth --------------------------------------------------------------------
+
+
+def ground_truth_metrics(edit: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    """PSNR (dB, 100 = identical) and SSIM of an edit against its target, aligned (T, H, W, 3)
+    uint8 clips; with ``mask`` ((T, H, W), 0..1) also over the edited (> 0.5) and unedited
+    pixels separately."""
+    if edit.shape != target.shape:
+        raise ValueError(f"edit {edit.shape} and target {target.shape} are not aligned")
+    ed, tg = edit.astype(np.float32) / 255.0, target.astype(np.float32) / 255.0
+    ssim = ssim_map(gray(ed), gray(tg))
+    everywhere = np.ones(ed.shape[:3], bool)
+    out = {"gt_psnr": psnr(ed, tg, everywhere), "gt_ssim": float(ssim.mean())}
+    if mask is not None:
+        inside = mask > 0.5
+        for name, region in (("edited", inside), ("unedited", ~inside)):
+            out[f"gt_psnr_{name}"] = psnr(ed, tg, region)
+            out[f"gt_ssim_{name}"] = float(ssim[region].mean()) if region.any() else None
+    return out
+
+
+# --- learned encoders (optional, from a local path) --------------------------------------------
+
+
+def _device(name: str) -> torch.device:
+    return torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+class _ImageEncoder:
+    """A Hugging Face model's image embeddings, pixels prepared by its processor when it has one."""
+
+    def __init__(self, model: str, device: str):
+        from transformers import AutoModel
+
+        from sama import storage
+
+        path = storage.materialize(model)
+        self.device = _device(device)
+        self.model = AutoModel.from_pretrained(path).eval().to(self.device)
+        try:
+            from transformers import AutoImageProcessor
+
+            self.processor = AutoImageProcessor.from_pretrained(path)
+        except Exception:  # noqa: BLE001 - a folder without preprocessor_config.json: resize + normalise here
+            self.processor = None
+        vision = getattr(self.model.config, "vision_config", self.model.config)
+        self.size = int(getattr(vision, "image_size", 224))
+        self.path = path
+
+    def pixels(self, frames: np.ndarray) -> torch.Tensor:
+        if self.processor is not None:
+            return self.processor(images=list(frames), return_tensors="pt")["pixel_values"]
+        x = torch.from_numpy(np.ascontiguousarray(frames)).float().div(255).permute(0, 3, 1, 2)
+        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        return (x - 0.5) / 0.5
+
+    def images(self, frames: np.ndarray) -> torch.Tensor:
+        pixels = self.pixels(frames).to(self.device)
+        if hasattr(self.model, "get_image_features"):
+            out = self.model.get_image_features(pixel_values=pixels)
+        else:  # a vision-only model
+            out = self.model(pixel_values=pixels)
+        return getattr(out, "pooler_output", out).float()
+
+
+class PerceptualScorer:
+    """``gt_perceptual``: mean 1 - cosine similarity of edit and target frame embeddings
+    (0: the encoder sees the same image)."""
+
+    def __init__(self, cfg: PerceptualConfig):
+        self.cfg, self.encoder, self.label = cfg, _ImageEncoder(cfg.model, cfg.device), cfg.model
+
+    @torch.no_grad()
+    def distance(self, edit: np.ndarray, target: np.ndarray) -> float:
+        from sama.media import sample_indices
+
+        pick = sample_indices(len(edit), self.cfg.frames)
+        a, b = self.encoder.images(edit[pick]), self.encoder.images(target[pick])
+        return float((1.0 - F.cosine_similarity(a, b, dim=-1)).clamp(min=0).mean())
+
+
 # --- semantic agreement (optional encoder) -------------------------------------------------------
 
 
@@ -222,32 +319,12 @@ class SemanticScorer:
     CLIP / SigLIP checkpoint that has both towers (``get_text_features`` / ``get_image_features``)."""
 
     def __init__(self, cfg: SemanticMetricConfig):
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        from sama import storage
-
-        self.cfg = cfg
-        path = storage.materialize(cfg.model)
-        dev = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        self.device = torch.device(dev)
-        self.model = AutoModel.from_pretrained(path).eval().to(self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        try:
-            from transformers import AutoImageProcessor
-
-            self.processor = AutoImageProcessor.from_pretrained(path)
-        except Exception:  # noqa: BLE001 - a folder without preprocessor_config.json: resize + normalise here
-            self.processor = None
-        vision = getattr(self.model.config, "vision_config", None)
-        self.size = int(getattr(vision, "image_size", 224))
-        self.label = cfg.model
-
-    def _pixels(self, frames: np.ndarray) -> torch.Tensor:
-        if self.processor is not None:
-            return self.processor(images=list(frames), return_tensors="pt")["pixel_values"]
-        x = torch.from_numpy(np.ascontiguousarray(frames)).float().div(255).permute(0, 3, 1, 2)
-        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-        return (x - 0.5) / 0.5
+        self.cfg, self.label = cfg, cfg.model
+        self.encoder = _ImageEncoder(cfg.model, cfg.device)
+        self.model, self.device = self.encoder.model, self.encoder.device
+        self.tokenizer = AutoTokenizer.from_pretrained(self.encoder.path)
 
     @torch.no_grad()
     def score(self, text: str, frames: np.ndarray) -> float:
@@ -262,6 +339,6 @@ class SemanticScorer:
         ).to(self.device)
         kw = {k: v for k, v in tok.items() if k in ("input_ids", "attention_mask")}
         t = self.model.get_text_features(**kw)
-        i = self.model.get_image_features(pixel_values=self._pixels(frames).to(self.device))
-        t, i = (getattr(z, "pooler_output", z) for z in (t, i))
-        return float(F.cosine_similarity(i.float(), t.float().expand_as(i), dim=-1).mean())
+        t = getattr(t, "pooler_output", t).float()
+        i = self.encoder.images(frames)
+        return float(F.cosine_similarity(i, t.expand_as(i), dim=-1).mean())

@@ -1,8 +1,9 @@
-"""HTML reports: one evaluation (table + a contact sheet per item), and a two-checkpoint comparison."""
+"""HTML reports: one evaluation (table + a contact sheet per item), and N systems side by side."""
 
 from __future__ import annotations
 
 import html
+import json
 import posixpath
 
 import pandas as pd
@@ -37,10 +38,21 @@ def _item_line(r) -> str:
         parts.append(f"<br><span class='a'>{html.escape(str(r.error_kind))}: {html.escape(str(r.error))}</span>")
     vals = [
         f"{m}={_fmt(getattr(r, m))}"
-        for m in ("temporal_consistency", "motion_preservation", "fidelity_psnr", "fidelity_ssim", "semantic_score")
+        for m in (
+            "temporal_consistency",
+            "motion_preservation",
+            "fidelity_psnr",
+            "fidelity_ssim",
+            "semantic_score",
+            "gt_psnr",
+            "gt_ssim",
+            "gt_perceptual",
+        )
         if getattr(r, m) is not None and not pd.isna(getattr(r, m))
     ]
     vals += [f"{k}={v:.2f}" for k, v in (r.judge_scores or [])]
+    if isinstance(getattr(r, "alignment", None), str):
+        parts.append(f"<br><small>aligned: {html.escape(r.alignment)}</small>")
     if vals:
         parts.append("<br><small>" + html.escape(", ".join(vals)) + "</small>")
     return "".join(parts)
@@ -67,30 +79,78 @@ def write_report(output: str, results: pd.DataFrame, table: pd.DataFrame, summar
     return index
 
 
-def write_compare_report(output: str, long: pd.DataFrame, labels: tuple[str, str], items: list[dict]) -> str:
-    """``report/index.html`` of a comparison: per-category a / b / delta, then source | a | b per item."""
-    a, b = labels
-    out = storage.join(output, "report")
+def write_compare_report(
+    output: str, board: pd.DataFrame, wins: pd.DataFrame, metric: str | None, systems: list[str], items: list[dict]
+) -> str:
+    """``report/index.html`` of N systems: leaderboard (mean [95% interval] n), the win-rate matrix
+    of the headline metric, then every item's sheet, sortable by any metric of any system."""
+    overall = board[board.category == "overall"]
+    metrics = list(dict.fromkeys(overall.metric))
+    cells = {(r.system, r.metric): r for r in overall.itertuples(index=False)}
+
+    def cell(system: str, name: str) -> str:
+        r = cells.get((system, name))
+        if r is None:
+            return "<td>-</td>"
+        if pd.isna(r.ci_low):
+            return f"<td>{r.mean:g}</td>"
+        return f"<td>{r.mean:.3f} <small>[{r.ci_low:.3f}, {r.ci_high:.3f}] n={r.n}</small></td>"
+
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
+    board_rows = "".join(f"<tr><td>{html.escape(s)}</td>{''.join(cell(s, m) for m in metrics)}</tr>" for s in systems)
     parts = [
-        f"<html><head><meta charset='utf-8'><title>{html.escape(a)} vs {html.escape(b)}</title>{STYLE}</head>"
-        f"<body><h1>{html.escape(a)} (a) vs {html.escape(b)} (b)</h1><p>delta = b - a; green: b is better, "
-        "red: a is better.</p><table><tr><th>category</th><th>metric</th><th>a</th><th>b</th><th>delta</th></tr>"
+        f"<html><head><meta charset='utf-8'><title>{len(systems)} systems</title>{STYLE}</head><body>",
+        f"<h1>{' vs '.join(html.escape(s) for s in systems)}</h1>",
+        "<h2>Leaderboard (overall; per category in leaderboard.csv)</h2>",
+        f"<table id='leaderboard'><tr><th>system</th>{head}</tr>{board_rows}</table>",
     ]
-    for r in long.itertuples(index=False):
-        cls = f" class='{r.better}'" if r.better else ""
-        parts.append(
-            f"<tr><td>{html.escape(r.category)}</td><td>{html.escape(r.metric)}</td><td>{_fmt(r.a)}</td>"
-            f"<td>{_fmt(r.b)}</td><td{cls}>{_fmt(r.delta)}</td></tr>"
-        )
-    parts.append("</table><h2>Items</h2>")
+    if metric:
+        rates = wins[wins.metric == metric]
+        rate = {(r.system, r.opponent): r for r in rates.itertuples(index=False)}
+        heads = "".join(f"<th>{html.escape(s)}</th>" for s in systems)
+        rows = ""
+        for a in systems:
+            tds = "".join(
+                f"<td>{rate[(a, b)].win_rate:.2f} <small>({rate[(a, b)].items})</small></td>"
+                if (a, b) in rate and rate[(a, b)].win_rate is not None and not pd.isna(rate[(a, b)].win_rate)
+                else "<td>-</td>"
+                for b in systems
+            )
+            rows += f"<tr><td>{html.escape(a)}</td>{tds}</tr>"
+        parts.append(f"<h2>Win rate on {html.escape(metric)} (row beats column; ties half; shared items)</h2>")
+        parts.append(f"<table id='wins'><tr><th></th>{heads}</tr>{rows}</table>")
+    keys = sorted({k for it in items for k in it["values"]})
+    options = "".join(f"<option>{html.escape(k)}</option>" for k in keys)
+    parts.append(
+        "<h2>Items</h2><p>sort by <select id='sortkey'>" + options + "</select> "
+        "<select id='sortdir'><option value='-1'>high first</option><option value='1'>low first</option></select></p>"
+        "<div id='items'>"
+    )
     for it in items:
+        data = html.escape(json.dumps(it["values"]), quote=True)
         parts.append(
-            f"<div class='item'><b>{html.escape(it['item_id'])}</b> [{html.escape(it['category'])}] "
-            f"{html.escape(it['instruction'])}<br><small>{html.escape(it['scores'])}</small>"
-            + (f"<img src='sheets/{html.escape(it['sheet'])}'>" if it.get("sheet") else "")
-            + "</div>"
+            f"<div class='item' data-values=\"{data}\"><b>{html.escape(str(it['item_id']))}</b> "
+            f"[{html.escape(str(it['category']))}] {html.escape(str(it['instruction']))}"
+            f"<img src='sheets/{html.escape(it['sheet'])}'></div>"
         )
-    parts.append("</body></html>")
-    index = storage.join(out, "index.html")
+    parts.append("</div>" + SORT_SCRIPT + "</body></html>")
+    index = storage.join(output, "report", "index.html")
     storage.write_text(index, "\n".join(parts))
     return index
+
+
+SORT_SCRIPT = """<script>
+function sortItems() {
+  const key = document.getElementById('sortkey').value, dir = +document.getElementById('sortdir').value;
+  const box = document.getElementById('items');
+  const val = el => { const v = JSON.parse(el.dataset.values)[key]; return v === undefined ? null : v; };
+  [...box.children].sort((a, b) => {
+    const x = val(a), y = val(b);
+    if (x === null) return y === null ? 0 : 1;
+    if (y === null) return -1;
+    return dir * (x - y);
+  }).forEach(el => box.appendChild(el));
+}
+document.getElementById('sortkey').onchange = sortItems;
+document.getElementById('sortdir').onchange = sortItems;
+</script>"""

@@ -1,4 +1,4 @@
-"""Results -> the per-category table (and the two-checkpoint comparison of such tables).
+"""Results -> the per-category table of one run (``compare.py`` sets N runs side by side).
 
 A row per category plus ``overall`` (the mean over all items, as the benchmarks report
 it); columns: item and error counts, the automatic metrics' means and the judges'
@@ -19,20 +19,27 @@ METRICS = (
     "fidelity_ssim",
     "edited_fraction",
     "semantic_score",
+    "gt_psnr",
+    "gt_ssim",
+    "gt_psnr_edited",
+    "gt_psnr_unedited",
+    "gt_ssim_edited",
+    "gt_ssim_unedited",
+    "gt_perceptual",
 )
 # For comparisons: which direction is better (edited_fraction has none).
-LOWER_IS_BETTER = {"flicker", "flow_epe", "errors"}
+LOWER_IS_BETTER = {"flicker", "flow_epe", "errors", "gt_perceptual"}
 NEUTRAL = {"edited_fraction", "n"}
 
 
-def _judge_columns(results: pd.DataFrame) -> pd.DataFrame:
+def judge_columns(results: pd.DataFrame) -> pd.DataFrame:
     rows = [dict(v) if v is not None else {} for v in results["judge_scores"]]
     return pd.DataFrame(rows, index=results.index, dtype="float64")
 
 
 def by_category(results: pd.DataFrame) -> pd.DataFrame:
     """Per-category means (index: category, plus ``overall``)."""
-    judged = _judge_columns(results)
+    judged = judge_columns(results)
     wide = pd.concat([results[["category"]], results[list(METRICS)].astype("float64"), judged], axis=1)
     wide["errors"] = (results["status"] != "ok").astype(int)
     value_cols = [c for c in list(METRICS) + sorted(judged.columns) if wide[c].notna().any()]
@@ -51,35 +58,3 @@ def by_category(results: pd.DataFrame) -> pd.DataFrame:
 def format_table(table: pd.DataFrame, title: str) -> str:
     with pd.option_context("display.width", 200, "display.max_columns", 50, "display.float_format", "{:.3f}".format):
         return f"{title}\n{table.to_string()}"
-
-
-def compare_tables(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    """Long form: one row per (category, metric) present in both, with a, b and delta = b - a."""
-    rows = []
-    for cat in [c for c in a.index if c in b.index]:
-        for col in [c for c in a.columns if c in b.columns]:
-            va, vb = a.at[cat, col], b.at[cat, col]
-            if pd.isna(va) and pd.isna(vb):
-                continue
-            delta = float(vb - va) if not (pd.isna(va) or pd.isna(vb)) else None
-            better = None
-            if delta is not None and delta != 0 and col not in NEUTRAL:
-                better = "b" if (delta > 0) != (col in LOWER_IS_BETTER) else "a"
-            rows.append(
-                {
-                    "category": cat,
-                    "metric": col,
-                    "a": None if pd.isna(va) else float(va),
-                    "b": None if pd.isna(vb) else float(vb),
-                    "delta": delta,
-                    "better": better,
-                }
-            )
-    return pd.DataFrame(rows, columns=["category", "metric", "a", "b", "delta", "better"])
-
-
-def deltas_wide(long: pd.DataFrame) -> pd.DataFrame:
-    """category x metric table of deltas (b - a), for printing."""
-    if long.empty:
-        return pd.DataFrame()
-    return long.pivot(index="category", columns="metric", values="delta")

@@ -45,7 +45,7 @@ from sama.models.encoders import (
     video_to_tensor,
 )
 from sama.pretexts import IMAGE_EDIT_TAG, VIDEO_EDIT_TAG, PretextConfig, PretextSampler, compose_prompt
-from sama.schemas import MANIFEST, REJECTS, read_table
+from sama.schemas import MANIFEST, REJECTS, held_out, read_table
 
 from ..stage import Marker, Part, Stage, Table, dry_run_stage, run_stage
 
@@ -79,6 +79,7 @@ class PrecomputeConfig:
     stage: int = 0  # 0: text-to-video clips get a motion-alignment pretext on the source side
     tasks: list[str] = field(default_factory=lambda: ["t2v", "image_edit", "video_edit"])
     shard_size: int = 32  # rows per output shard
+    holdout: float = 0.0  # this fraction of samples, by id, is never encoded: evaluate.split scores it
     buckets: BucketConfig = field(default_factory=BucketConfig)
     pretexts: PretextConfig = field(default_factory=PretextConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
@@ -90,6 +91,8 @@ class PrecomputeConfig:
     def validate(self) -> None:
         if not self.manifest:
             raise ValueError("precompute.manifest is empty (the manifest folder to read)")
+        if not 0 <= self.holdout < 1:
+            raise ValueError(f"precompute.holdout={self.holdout}: a fraction in [0, 1)")
         if self.stage not in (0, 1):
             raise ValueError(f"precompute.stage={self.stage}: 0 (pre-training) or 1 (SFT)")
         bad = set(self.tasks) - {"t2v", "image_edit", "video_edit"}
@@ -395,7 +398,11 @@ class PrecomputeStage(Stage):
     def plan(self) -> list[Part]:
         manifest = read_table(self.cfg.manifest, MANIFEST)
         manifest = bucket_order(manifest.filter(pc.is_in(manifest["task"], pa.array(self.cfg.tasks))), self.cfg.buckets)
-        return [Part(row["sample_id"], row) for row in manifest.to_pylist()]
+        return [
+            Part(row["sample_id"], row)
+            for row in manifest.to_pylist()
+            if not held_out(row["sample_id"], self.cfg.holdout)
+        ]
 
     def execute(self, todo: list[Part]) -> list[Marker]:
         """decode (CPU tasks) -> encode (an actor pool, GPUs) -> write (CPU tasks), streaming."""
