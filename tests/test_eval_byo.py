@@ -74,7 +74,7 @@ def world(tmp_path_factory) -> dict:
 def _decode(uri: str) -> np.ndarray:
     from sama.media import read_frames
 
-    return read_frames(uri)
+    return read_frames(uri, indices=list(range(N)))
 
 
 def test_frames_are_matched_by_timestamp():
@@ -111,7 +111,8 @@ def test_ground_truth_metrics_are_maximal_for_the_target_and_drop_with_noise():
     half[:, :, : W // 2] = noisy(target[:, :, : W // 2], 32, 2)  # only the masked half differs
     regions = ground_truth_metrics(half, target, mask)
     assert regions["gt_psnr_unedited"] == 100.0 and regions["gt_psnr_edited"] < 30
-    assert regions["gt_ssim_unedited"] == pytest.approx(1.0) and regions["gt_ssim_edited"] < 0.9
+    # SSIM's 7x7 window reaches a few pixels across the mask's edge
+    assert regions["gt_ssim_unedited"] > 0.95 > 0.9 > regions["gt_ssim_edited"]
 
 
 def test_perceptual_distance_from_a_local_encoder(tmp_path):
