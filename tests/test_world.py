@@ -1,0 +1,63 @@
+"""The synthetic editing world: exact targets, held-out combinations, real dataset layouts."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from sama import storage
+from sama.jobs import launcher
+from sama.jobs.demo import job_yaml
+from sama.pipelines.evaluate.manifest import read_manifest
+from sama.testing.world import EDITS, HELD_OUT, random_example, render, shape_mask, visible_mask, write_world
+
+
+def changed(ex) -> np.ndarray:
+    return np.any(render(ex.source) != render(ex.target), axis=-1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_edits_are_exact(seed):
+    rng = random.Random(seed)
+    recolour = random_example(rng, kind="recolour")
+    assert np.array_equal(changed(recolour), visible_mask(recolour.source, recolour.shape))  # that shape, all of it
+    removed = random_example(rng, kind="remove")
+    assert changed(removed).any() and not (changed(removed) & ~visible_mask(removed.source, removed.shape)).any()
+    added = random_example(rng, kind="add")
+    t = added.target
+    where = np.stack([shape_mask(t.shapes[-1], i, t.height, t.width) for i in range(t.frames)])
+    assert changed(added).any() and not (changed(added) & ~where).any()  # only where the new shape is
+    style = random_example(rng, kind="style")
+    frames = render(style.target)
+    assert (frames[..., 0] == frames[..., 1]).all() and (frames[..., 1] == frames[..., 2]).all()
+    assert np.array_equal(render(style.source)[0].shape, frames[0].shape)
+
+
+def test_held_out_combinations_never_appear_in_training():
+    rng = random.Random(1)
+    for _ in range(300):
+        ex = random_example(rng)
+        for scene in (ex.source, ex.target):
+            assert not {(s.kind, s.colour) for s in scene.shapes} & HELD_OUT
+    held = random.Random(2)
+    for i in range(20):
+        ex = random_example(held, held_out=True, kind="recolour" if i % 2 else "add")
+        assert {(s.kind, s.colour) for s in ex.target.shapes} & HELD_OUT
+
+
+@pytest.mark.slow
+def test_the_world_goes_through_ingest_and_is_a_benchmark_with_targets(ray_cluster, tmp_path):
+    world = write_world(str(tmp_path / "world"), clips=4, pairs=len(EDITS), images=3, held_out=5)
+    out = str(tmp_path / "ingest")
+    summary = launcher.run(job_yaml("ingest"), [f"output={out}", "ingest.datasets=null", *world.ingest_overrides()])
+    kept = {name: d["kept"] for name, d in summary["datasets"].items()}
+    assert kept == {"motionbench": 4, "nhr_edit": 3, "openve3m": len(EDITS)}
+    assert all(not d["reasons"] for d in summary["datasets"].values())
+    items = read_manifest(world.benchmark)
+    assert [it.item_id for it in items] == sorted(world.items, key=lambda k: (world.items[k]["kind"], k))
+    assert all(it.target_uri and it.mask_uri and storage.exists(it.target_uri) for it in items)
+    meta = json.load(open(storage.join(str(tmp_path / "world"), "bench", "items.json")))
+    assert {m["kind"] for m in meta.values()} == set(EDITS)
