@@ -119,6 +119,16 @@ def exists(uri: str) -> bool:
     return member in tar_members(archive)
 
 
+def stamp(uri: str) -> str:
+    """``<size>-<mtime ns>`` of a file (a tar member: of its archive), or "missing": what changes
+    when the file is replaced, for names of outputs that must follow it."""
+    fs, path = filesystem(split_member(uri)[0])
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return "missing"
+    return f"{info.size}-{info.mtime_ns}"
+
+
 def size(uri: str) -> int:
     archive, member = split_member(uri)
     if member is not None:

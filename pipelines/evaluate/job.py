@@ -61,14 +61,6 @@ def edits_by_id(folder: str) -> dict[str, str]:
     return {posixpath.splitext(storage.basename(f))[0]: f for f in files}
 
 
-def file_stamp(uri: str | None) -> str:
-    if not uri or not storage.exists(uri):
-        return "missing"
-    fs, path = storage.filesystem(uri)
-    info = fs.get_file_info(path)
-    return f"{info.size}-{info.mtime_ns}"
-
-
 class EvalStage(Stage):
     """A part per benchmark item: edit it (once per edit digest) or take the brought edit, then score it."""
 
@@ -105,7 +97,11 @@ class EvalStage(Stage):
         parts = []
         for it in items:
             # A brought edit's key follows its file, so a replaced file is scored again.
-            per_item = storage.content_digest(digest, file_stamp(it.edit_uri), n=10) if self.brought else digest
+            per_item = (
+                storage.content_digest(digest, storage.stamp(it.edit_uri) if it.edit_uri else "missing", n=10)
+                if self.brought
+                else digest
+            )
             key = item_key(it.item_id, per_item)
             spec = {**it.to_json(), "key": key, "model": e.system, "edit_digest": digest, "brought": self.brought}
             if self.brought:

@@ -58,12 +58,6 @@ def sources(cfg: FetchConfig) -> list[KoalaSource | PicoSource]:
     return out
 
 
-def stamp(uri: str) -> str:
-    fs, path = storage.filesystem(uri)
-    info = fs.get_file_info(path)
-    return f"{uri}|{info.size}|{info.mtime_ns}"
-
-
 class TarStage(Stage):
     """A part per Open Images archive the user has: its member names -> tar:// URIs."""
 
@@ -78,7 +72,7 @@ class TarStage(Stage):
         archives = storage.list_files(self.folder, ".tar")
         if not archives:
             raise ValueError(f"fetch.pico.open_images_tars: no .tar files under {self.folder}")
-        return [Part(storage.content_digest(stamp(a)), a) for a in archives]
+        return [Part(storage.content_digest(a, storage.stamp(a)), a) for a in archives]
 
     def process(self, part: Part) -> dict:
         return {"index": tar_index_rows(part.spec)}
@@ -102,7 +96,13 @@ class ListStage(Stage):
             for unit in src.units():  # the name changes with the file and with what decides its items
                 stem = posixpath.basename(unit).split(".")[0][:40]
                 digest = storage.content_digest(
-                    stamp(unit), decisive, json.dumps(self.cfg.ytdlp.hosts), str(self.cfg.shard_size), *tars, n=10
+                    unit,
+                    storage.stamp(unit),
+                    decisive,
+                    json.dumps(self.cfg.ytdlp.hosts),
+                    str(self.cfg.shard_size),
+                    *tars,
+                    n=10,
                 )
                 parts.append(Part(f"{src.name}/{stem}-{digest}", (src, unit)))
         return parts

@@ -71,11 +71,9 @@ class IngestJobConfig(JobConfig):
 
 def unit_id(reader: Reader, unit: str, shard_size: int) -> str:
     """A metadata file's part name: its stem + a digest of its size, mtime and what reads it."""
-    fs, path = storage.filesystem(storage.split_member(unit)[0])
-    info = fs.get_file_info(path)
     cfg = json.dumps(dataclasses.asdict(reader.cfg), sort_keys=True)
     stem = posixpath.basename(unit).split(".")[0][:40]
-    return f"{stem}-{storage.content_digest(unit, str(info.size), str(info.mtime_ns), cfg, str(shard_size), n=10)}"
+    return f"{stem}-{storage.content_digest(unit, storage.stamp(unit), cfg, str(shard_size), n=10)}"
 
 
 class ListStage(Stage):
