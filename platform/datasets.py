@@ -283,7 +283,8 @@ class CsvPairReader(Reader):
                 )
                 first = False
             category = self.category_of(unit, row)
-            if not self.keep(category):
+            if not self.keep(category):  # counted, so a dataset never shrinks silently
+                self.skipped[f"category_not_configured:{category}"] += 1
                 continue
             src, tgt = pick(row, self.SRC), pick(row, self.TGT)
             if not src or not tgt:
@@ -471,7 +472,12 @@ class GPTImageEditReader(Reader):
     def read_unit(self, unit: str) -> Iterator[RawSample]:
         task_dir = storage.parent(storage.parent(unit))
         res = BaseResolver([task_dir, storage.parent(task_dir), self._base(), self.root])
-        for i, r in enumerate(json_records(unit)):
+        try:
+            records = json_records(unit)
+        except DatasetError as e:  # one of many per-sample files: its samples are rejected, not the job
+            yield self.bad(unit, "file", str(e))
+            return
+        for i, r in enumerate(records):
             if not isinstance(r, dict) or not r.get("input") or not r.get("output"):
                 yield self.bad(unit, f"record {i}", "missing 'input' or 'output'")
                 continue

@@ -103,7 +103,7 @@ def test_metadata_checks(tmp_path, moving):
         row(path, path, task="video_edit", src_frames=17, tgt_width=W, tgt_height=H // 2, tgt_duration=0.2),
         ChecksConfig(min_short_side=100, skip=["unchanged_target"]),
     )
-    assert res.failed == ["low_resolution", "too_short", "frame_count_mismatch", "size_mismatch"]
+    assert res.failed == ["low_resolution", "too_short", "duration_mismatch", "size_mismatch"]
     assert all(path in d for d in res.details)
 
 

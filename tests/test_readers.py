@@ -105,3 +105,23 @@ def test_x2edit_reads_tar_members_in_place(lookalikes):
     samples = [s for s in read_all(build("x2edit", lookalikes.roots["x2edit"])) if not s.reject_reason]
     assert samples and all("00000.tar::" in s.target_uri for s in samples)
     assert samples[0].instruction.startswith("Turn the sky purple") and samples[0].category == "color_change"
+
+
+def test_pairs_are_compared_by_duration_not_frame_count():
+    from sama.media import MediaInfo
+    from sama.pipelines.ingest.job import IngestConfig, mismatch
+
+    src = MediaInfo("video", 832, 480, 49, 30.0, 49 / 30, "h264")
+    same_time = MediaInfo("video", 832, 480, 40, 24.0, 40 / 24, "h264")  # 1.63 s vs 1.67 s: the same clip
+    assert mismatch("video_edit", src, same_time, IngestConfig()) is None
+    cut = MediaInfo("video", 832, 480, 20, 24.0, 20 / 24, "h264")
+    why = mismatch("video_edit", src, cut, IngestConfig())
+    assert why == "duration 1.63s (49 frames at 30 fps) vs 0.83s (20 frames at 24 fps)"
+
+
+def test_a_corrupt_per_sample_file_is_a_bad_record_and_skipped_categories_are_counted(lookalikes):
+    gpt = [s for s in read_all(build("gpt_image_edit", lookalikes.roots["gpt_image_edit"])) if s.reject_reason]
+    assert [s.reject_reason for s in gpt] == ["bad_record"] and "omniedit_broken.json:file" in gpt[0].reject_detail
+    openve = build("openve3m", lookalikes.roots["openve3m"])
+    read_all(openve)
+    assert openve.skipped == {"category_not_configured:local_remove": 1}

@@ -25,7 +25,7 @@ CHECK_REASONS = (
     "blank_frames",
     "scene_cut",
     "blurry",
-    "frame_count_mismatch",
+    "duration_mismatch",
     "size_mismatch",
     "unchanged_target",
 )
@@ -46,7 +46,7 @@ class ChecksConfig:
     cut_threshold: float = 0.6  # histogram L1 distance (0..2) between consecutive samples that counts as a cut
     max_scene_cuts: int = 0
     min_sharpness: float = 15.0  # median variance of the Laplacian of luma (0..255 scale)
-    max_frame_mismatch: float = 0.05  # edit pairs: |src - tgt| / max frame count
+    max_duration_mismatch: float = 0.05  # edit pairs: |src - tgt| / max duration (frame rates may differ)
     max_aspect_mismatch: float = 0.05  # edit pairs: relative aspect-ratio difference
     min_edit_diff: float = 0.01  # edit pairs: mean-abs difference source vs target (0..1) below this: unchanged
     skip: list[str] = field(default_factory=list)  # check names (CHECK_REASONS) not to apply
@@ -169,9 +169,11 @@ def run_checks(row: dict, frames: dict[str, np.ndarray], cfg: ChecksConfig) -> C
             fail("too_long", f"{tgt_uri}: {dur:.2f}s > {cfg.max_duration}s")
     if src_uri and row.get("src_width"):
         if row["task"] == "video_edit":
-            a, b = row.get("src_frames") or 0, row.get("tgt_frames") or 0
-            if max(a, b) and abs(a - b) / max(a, b) > cfg.max_frame_mismatch:
-                fail("frame_count_mismatch", f"{src_uri} vs {tgt_uri}: {a} vs {b} frames")
+            a, b = row.get("src_duration") or 0.0, row.get("tgt_duration") or 0.0
+            if max(a, b) and abs(a - b) / max(a, b) > cfg.max_duration_mismatch:
+                src_clip = f"{a:.2f}s ({row.get('src_frames')} frames at {row.get('src_fps') or 0:g} fps)"
+                tgt_clip = f"{b:.2f}s ({row.get('tgt_frames')} frames at {row.get('tgt_fps') or 0:g} fps)"
+                fail("duration_mismatch", f"{src_uri} vs {tgt_uri}: {src_clip} vs {tgt_clip}")
         ra = row["src_width"] / max(row["src_height"] or 1, 1)
         rb = row["tgt_width"] / max(row["tgt_height"] or 1, 1)
         if abs(ra - rb) / max(ra, rb) > cfg.max_aspect_mismatch:

@@ -49,7 +49,7 @@ class IngestConfig:
     shard_size: int = 512  # samples per listing row group / output part
     probe_threads: int = 8  # concurrent probes inside one task (I/O bound on S3)
     task_cpus: float = 1.0  # CPUs reserved per Ray task
-    max_frame_mismatch: float = 0.1  # |src - tgt| / max frames above this -> source_target_mismatch
+    max_duration_mismatch: float = 0.1  # |src - tgt| / max duration above this -> source_target_mismatch
     max_aspect_mismatch: float = 0.1  # relative aspect-ratio difference above this -> source_target_mismatch
 
     def validate(self) -> None:
@@ -164,8 +164,12 @@ def mismatch(task: str, src: MediaInfo, tgt: MediaInfo, cfg: IngestConfig) -> st
     if task == "video_edit":
         if src.kind != "video" or tgt.kind != "video":
             return f"video edit with a {src.kind} source and a {tgt.kind} target"
-        if abs(src.frames - tgt.frames) / max(src.frames, tgt.frames) > cfg.max_frame_mismatch:
-            return f"frame count {src.frames} vs {tgt.frames}"
+        # Durations, not frame counts: an edit delivered at another frame rate is still the same clip.
+        if abs(src.duration - tgt.duration) / max(src.duration, tgt.duration, 1e-6) > cfg.max_duration_mismatch:
+            return (
+                f"duration {src.duration:.2f}s ({src.frames} frames at {src.fps:g} fps) vs "
+                f"{tgt.duration:.2f}s ({tgt.frames} frames at {tgt.fps:g} fps)"
+            )
     return None
 
 
@@ -212,7 +216,7 @@ class ProbeStage(Stage):
         return chunk_parts(self.listed, ListStage.tables["listing"], self.output, self.cfg.shard_size)
 
     def digest(self) -> str:
-        decisive = [dataclasses.asdict(self.cfg.probe), self.cfg.max_frame_mismatch, self.cfg.max_aspect_mismatch]
+        decisive = [dataclasses.asdict(self.cfg.probe), self.cfg.max_duration_mismatch, self.cfg.max_aspect_mismatch]
         return storage.content_digest(json.dumps(decisive, sort_keys=True), n=12)
 
     def process(self, part: Part) -> dict:

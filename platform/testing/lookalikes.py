@@ -190,7 +190,8 @@ def openve(root: str, n: int, odd: bool) -> Expect:
             [["videos/o000_src.mp4", "videos/missing.mp4", "style it", "global_style"]],
         )
         e.reasons.update({"missing_file": 1})
-    # A category SAMA does not use: filtered out by the default config.
+    # A category SAMA does not use: filtered out by the default config, and counted.
+    e.not_listed.update({"category_not_configured:local_remove": 1})
     _csv(
         os.path.join(root, "local_remove.csv"),
         ["original_video", "video", "prompt", "edited_type"],
@@ -292,6 +293,10 @@ def gpt_image_edit(root: str, n: int, odd: bool) -> Expect:
     os.makedirs(os.path.join(task_dir, "metadata"), exist_ok=True)
     with open(os.path.join(task_dir, "metadata", "omniedit_addition.json"), "w") as f:
         json.dump(recs, f)
+    if odd:  # one corrupt per-sample metadata file among many: a bad_record, not a failed job
+        with open(os.path.join(task_dir, "metadata", "omniedit_broken.json"), "w") as f:
+            f.write("{not json")
+        e.reasons.update({"bad_record": 1})
     return e
 
 
