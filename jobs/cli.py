@@ -59,8 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--name", help="metadata.name (default: sama-<yaml stem>)")
     k.add_argument("--submission-id", help="spec.jobId (default: none, KubeRay picks one per run)")
 
-    j = sub.add_parser("jobs", help="list / status / logs / stop submitted jobs")
-    j.add_argument("action", choices=["list", "status", "logs", "stop"])
+    j = sub.add_parser("jobs", help="the jobs a YAML can name; list / status / logs / stop submitted ones")
+    j.add_argument("action", nargs="?", choices=["list", "status", "logs", "stop"], help="none: the job kinds")
     j.add_argument("submission_id", nargs="?")
     j.add_argument("--address")
     j.add_argument("--follow", action="store_true", help="logs: follow until the job ends")
@@ -112,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _jobs(args) -> int:
+    if args.action is None:  # what a YAML's `job:` can name; submissions: `sama jobs list`
+        from .registry import JOBS
+
+        print("\n".join(f"{s.name:<18} {s.summary}" for s in JOBS.values()))
+        print("\nsubmitted runs on a cluster: sama jobs list|status|logs|stop [ID] --address http://HEAD:8265")
+        return 0
     from . import submit
 
     c = submit.client(args.address)

@@ -107,3 +107,14 @@ def test_cli_takes_overrides_on_both_sides_of_an_option(capsys):
     with pytest.raises(SystemExit):  # an unknown option is still refused
         main(["run", job_yaml("ingest"), "--dry-run", "--bogus"])
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_sama_jobs_without_an_action_lists_the_job_kinds(capsys):
+    from sama.jobs.cli import main
+    from sama.jobs.registry import JOBS
+
+    assert main(["jobs"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in JOBS) and "sama jobs list" in out
+    assert main(["jobs", "status"]) == 2  # a submission's status still needs its id
+    assert "needs a submission id" in capsys.readouterr().err
