@@ -118,6 +118,8 @@ def _jobs(args) -> int:
         print("\n".join(f"{s.name:<18} {s.summary}" for s in JOBS.values()))
         print("\nsubmitted runs on a cluster: sama jobs list|status|logs|stop [ID] --address http://HEAD:8265")
         return 0
+    if args.action != "list" and not args.submission_id:
+        raise ConfigError(f"sama jobs {args.action} needs a submission id")
     from . import submit
 
     c = submit.client(args.address)
@@ -129,8 +131,6 @@ def _jobs(args) -> int:
                 f"{meta.get('sama_output', '')}"
             )
         return 0
-    if not args.submission_id:
-        raise ConfigError(f"sama jobs {args.action} needs a submission id")
     if args.action == "status":
         print(c.get_job_status(args.submission_id).value)
     elif args.action == "logs":
