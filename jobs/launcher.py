@@ -48,10 +48,24 @@ def job_name(path: str, overrides: Sequence[str] = ()) -> str:
     return name
 
 
-def resolve(path: str, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
+def resolve(path: str, overrides: Sequence[str] = (), entry=None) -> tuple[Any, Any]:
     """The job's typed config (defaults < YAML < overrides) and its entry point."""
-    entry = JOBS[job_name(path, overrides)].load()
+    entry = entry or JOBS[job_name(path, overrides)].load()
     return C.load(entry.config, path, overrides, data=read_job_yaml(path)), entry.run
+
+
+def write_config(cfg) -> None:
+    """The resolved config into the output; a first check that the output is writable (a missing
+    bucket, a read-only folder), naming it, before Ray starts."""
+    uri = storage.join(cfg.output, "config.yaml")
+    text = C.dump_yaml(cfg)
+    try:
+        if storage.exists(uri) and storage.read_text(uri) == text:
+            return  # a rerun with the same config writes nothing
+        storage.write_text(uri, text)
+    except Exception as e:  # noqa: BLE001 - whatever the storage raises, the user needs the path
+        cause = getattr(e, "response", {}).get("Error", {}).get("Code") or f"{type(e).__name__}: {e}"
+        raise C.ConfigError(f"output={cfg.output}: cannot write there ({cause})") from e
 
 
 def dry_run(path: str, overrides: Sequence[str] = (), cluster: str | None = None) -> str:
@@ -97,11 +111,14 @@ def connect(ray_cfg: C.RayConfig) -> bool:
 
 
 def run(path: str, overrides: Sequence[str] = ()) -> Any:
-    cfg, entry = resolve(path, overrides)
+    job = JOBS[job_name(path, overrides)].load()
+    cfg, entry = resolve(path, overrides, job)
     # Workers may run in another directory (an existing cluster's, Ray Train's): a relative
     # local output would land there, so it is made absolute here, against the caller's cwd.
     cfg = dataclasses.replace(cfg, output=storage.normalize(cfg.output))
-    storage.write_text(storage.join(cfg.output, "config.yaml"), C.dump_yaml(cfg))
+    if job.preflight is not None:
+        job.preflight(cfg)
+    write_config(cfg)
     started = connect(cfg.ray)
     t0 = time.time()
     try:

@@ -235,8 +235,10 @@ class JobConfig:
 @dataclasses.dataclass(frozen=True)
 class JobEntry:
     """What a job module declares (as ``JOB``) so the launcher can run it: its config class,
-    the entry point, and optionally a dry run (``dry_run(cfg[, cluster=...]) -> lines``)."""
+    the entry point, optionally a dry run (``dry_run(cfg[, cluster=...]) -> lines``) and a
+    preflight (inputs that must exist, checked before Ray starts, naming the config key)."""
 
     config: type
     run: Callable[..., Any]
     dry_run: Optional[Callable[..., list[str]]] = None
+    preflight: Optional[Callable[[Any], None]] = None  # cheap checks before Ray starts; raises ConfigError

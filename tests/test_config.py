@@ -118,3 +118,19 @@ def test_sama_jobs_without_an_action_lists_the_job_kinds(capsys):
     assert all(name in out for name in JOBS) and "sama jobs list" in out
     assert main(["jobs", "status"]) == 2  # a submission's status still needs its id
     assert "needs a submission id" in capsys.readouterr().err
+
+
+def test_preflight_names_a_missing_dataset_root_and_an_unwritable_output(tmp_path, capsys):
+    from sama.jobs.cli import main
+    from sama.jobs.demo import job_yaml
+
+    missing = str(tmp_path / "nowhere")
+    args = ["run", job_yaml("ingest"), f"output={tmp_path / 'out'}", "ingest.datasets=null"]
+    assert main([*args, f"ingest.datasets.reco.root={missing}"]) == 2
+    assert f"ingest.datasets.reco.root={missing}: does not exist" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the output folder should be")
+    assert (
+        main([*args[:2], f"output={blocker}/out", "ingest.datasets=null", f"ingest.datasets.reco.root={tmp_path}"]) == 2
+    )
+    assert f"output={blocker}/out: cannot write there" in capsys.readouterr().err

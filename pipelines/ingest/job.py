@@ -273,8 +273,25 @@ def run(cfg: IngestJobConfig) -> dict:
     return run_stage(ProbeStage(cfg.ingest, cfg.output, listed)).summary
 
 
+def preflight(cfg: IngestJobConfig) -> None:
+    """Every configured dataset folder exists, checked before Ray starts."""
+    from sama.config import ConfigError
+
+    for f in dataclasses.fields(cfg.ingest.datasets):
+        reader = getattr(cfg.ingest.datasets, f.name)
+        if reader is None:
+            continue
+        key = f"ingest.datasets.{f.name}.root={reader.root}"
+        try:
+            found = storage.exists(reader.root)
+        except Exception as e:  # noqa: BLE001 - e.g. a bucket that does not exist or denies access
+            raise ConfigError(f"{key}: cannot be read ({type(e).__name__}: {e})") from e
+        if not found:
+            raise ConfigError(f"{key}: does not exist")
+
+
 def dry_run(cfg: IngestJobConfig) -> list[str]:
     return dry_run_stage(ListStage(cfg.ingest, cfg.output))
 
 
-JOB = JobEntry(IngestJobConfig, run, dry_run)
+JOB = JobEntry(IngestJobConfig, run, dry_run, preflight)
