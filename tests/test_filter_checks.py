@@ -126,3 +126,15 @@ def test_read_frames_sampling_rotation_tar_and_errors(tmp_path):
     assert e.value.reason == "undecodable" and "bad.mp4" in e.value.detail
     with pytest.raises(MediaError, match="missing_file"):
         read_frames(os.path.join(tmp_path, "nope.mp4"), 4)
+
+
+def test_video_edits_keep_their_source_motion(tmp_path, moving):
+    src = clip(tmp_path, "msrc", moving)
+    frozen = clip(tmp_path, "frozen", 255 - np.repeat(moving[:1], N, axis=0))
+    slow = clip(tmp_path, "slow", 255 - frames_array(N, W, H, seed=4, speed=0.25))  # a quarter of the speed
+    kept = clip(tmp_path, "kept", 255 - moving)
+    for target, expected in ((frozen, ["motion_lost"]), (slow, ["motion_lost"]), (kept, [])):
+        res = check(row(target, src, task="video_edit"))
+        assert res.failed == expected, (target, res.details)
+    detail = check(row(frozen, src, task="video_edit")).details[0]
+    assert "frozen.mp4" in detail and "vs the source's" in detail and "kept" in detail

@@ -22,6 +22,7 @@ CHECK_REASONS = (
     "too_short",
     "too_long",
     "static",
+    "motion_lost",
     "blank_frames",
     "scene_cut",
     "blurry",
@@ -41,6 +42,7 @@ class ChecksConfig:
     min_duration: float = 0.5  # seconds, videos only
     max_duration: float | None = None  # seconds; null: no limit
     min_motion: float = 0.006  # median mean-abs difference of consecutive sampled frames (0..1)
+    min_motion_kept: float = 0.5  # video edits: the target keeps at least this share of the source's motion
     blank_std: float = 4.0  # a frame whose luma std (0..255) is below this is blank (black, white, flat)
     max_blank_fraction: float = 0.2  # of sampled frames
     cut_threshold: float = 0.6  # histogram L1 distance (0..2) between consecutive samples that counts as a cut
@@ -186,7 +188,18 @@ def run_checks(row: dict, frames: dict[str, np.ndarray], cfg: ChecksConfig) -> C
     # 2. from decoded frames
     m = frame_metrics(frames["target"], cfg)
     if is_video and len(frames["target"]) > 1:
-        if m["motion"] is not None and m["motion"] < cfg.min_motion:
+        source_motion = None
+        if row["task"] == "video_edit" and "source" in frames and len(frames["source"]) > 1:
+            source_motion = frame_metrics(frames["source"], cfg)["motion"]
+        if source_motion is not None and source_motion >= cfg.min_motion:
+            # An edit is judged against its own source: it must keep the motion, not reach a bar.
+            if m["motion"] is not None and m["motion"] < cfg.min_motion_kept * source_motion:
+                fail(
+                    "motion_lost",
+                    f"{tgt_uri}: motion {m['motion']:.4f} vs the source's {source_motion:.4f} "
+                    f"({m['motion'] / source_motion:.0%} kept, below {cfg.min_motion_kept:.0%})",
+                )
+        elif m["motion"] is not None and m["motion"] < cfg.min_motion:
             fail("static", f"{tgt_uri}: motion {m['motion']:.4f} < {cfg.min_motion}")
         if m["scene_cuts"] > cfg.max_scene_cuts:
             fail("scene_cut", f"{tgt_uri}: {m['scene_cuts']} scene cut(s) (at most {cfg.max_scene_cuts})")
