@@ -138,3 +138,24 @@ def test_video_edits_keep_their_source_motion(tmp_path, moving):
         assert res.failed == expected, (target, res.details)
     detail = check(row(frozen, src, task="video_edit")).details[0]
     assert "frozen.mp4" in detail and "vs the source's" in detail and "kept" in detail
+
+
+def test_a_small_local_edit_is_an_edit_and_a_reencode_is_not(tmp_path):
+    from sama.media import read_frames, write_mp4
+
+    w, h = 320, 176
+    src = write_video(str(tmp_path / "src.mp4"), data=frames_array(N, w, h, seed=7), fps=8)
+    decoded = read_frames(src, indices=list(range(N)))
+    reencoded = write_mp4(str(tmp_path / "re.mp4"), decoded, 8, crf=30)
+    hat = decoded.copy()
+    hat[:, 10:26, 20:36] = (220, 30, 30)  # 16x16 pixels: 0.45% of the frame
+    local = write_mp4(str(tmp_path / "hat.mp4"), hat, 8, crf=23)
+    cfg = ChecksConfig(min_short_side=32)  # analysed at 256 px, as by default
+
+    def rows(target):
+        return row(target, src, task="video_edit", tgt_width=w, tgt_height=h, src_width=w, src_height=h)
+
+    again = check(rows(reencoded), cfg)
+    assert again.failed == ["unchanged_target"] and "of blocks" in again.details[0]
+    edited = check(rows(local), cfg)
+    assert edited.failed == [] and edited.metrics["edit_diff"] < cfg.min_edit_diff  # the mean alone would miss it
