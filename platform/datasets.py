@@ -91,6 +91,8 @@ def rel(uri: str, root: str) -> str:
 class ReaderConfig:
     root: str = ""  # the dataset's folder, local or s3://
     limit: int | None = None  # at most this many samples per metadata file (debug runs)
+    # more accepted names per field, tried first: e.g. {src: [source_path], tgt: [target_path]}
+    fields: dict[str, list[str]] = field(default_factory=dict)
 
 
 class Reader(ABC):
@@ -98,10 +100,29 @@ class Reader(ABC):
     task: ClassVar[str]
     config_cls: ClassVar[type[ReaderConfig]]
 
+    FIELD_ATTRS: ClassVar[tuple[str, ...]] = ("SRC", "TGT", "PROMPT", "CATEGORY", "VIDEO", "CAPTION")
+
     def __init__(self, cfg: ReaderConfig):
         self.cfg = cfg
         self.root = storage.normalize(cfg.root)
         self.skipped: Counter[str] = Counter()  # rows passed over on purpose, by why (reported in the summary)
+        self._map_fields(cfg.fields)
+
+    def field_names(self) -> list[str]:
+        """The fields whose accepted names ``fields`` extends, for this reader."""
+        own = [a.lower() for a in self.FIELD_ATTRS if getattr(type(self), a, None)]
+        return own + list(getattr(type(self), "COLS", {}))
+
+    def _map_fields(self, extra: dict[str, list[str]]) -> None:
+        for key, names in extra.items():
+            if key not in self.field_names():
+                raise ValueError(
+                    f"{self.name}: fields.{key} is not a field of this reader (known: {self.field_names()})"
+                )
+            if key.upper() in self.FIELD_ATTRS and getattr(type(self), key.upper(), None):
+                setattr(self, key.upper(), tuple(names) + tuple(getattr(type(self), key.upper())))
+            else:
+                self.COLS = {**self.COLS, key: tuple(names) + tuple(type(self).COLS[key])}
 
     @abstractmethod
     def units(self) -> list[str]:

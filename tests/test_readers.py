@@ -125,3 +125,24 @@ def test_a_corrupt_per_sample_file_is_a_bad_record_and_skipped_categories_are_co
     openve = build("openve3m", lookalikes.roots["openve3m"])
     read_all(openve)
     assert openve.skipped == {"category_not_configured:local_remove": 1}
+
+
+def test_field_names_can_be_mapped_in_config(tmp_path):
+    from sama.testing.media import write_video
+
+    root = tmp_path / "openve"
+    for name in ("a_src", "a_tgt"):
+        write_video(str(root / "clips" / f"{name}.mp4"), frames=9)
+    (root / "local_change.csv").write_text(
+        "source_path,target_path,edit_prompt,kind\nclips/a_src.mp4,clips/a_tgt.mp4,make it red,local_change\n"
+    )
+    with pytest.raises(DatasetError, match="source_path"):  # not an accepted name by default
+        read_all(build("openve3m", str(root)))
+    mapped = build("openve3m", str(root), fields={"src": ["source_path"], "tgt": ["target_path"], "category": ["kind"]})
+    [sample] = read_all(mapped)
+    assert sample.source_uri.endswith("a_src.mp4") and sample.target_uri.endswith("a_tgt.mp4")
+    assert sample.instruction == "make it red" and sample.category == "local_change"
+    with pytest.raises(ValueError, match=r"fields.source is not a field .*known: \['src', 'tgt'"):
+        build("openve3m", str(root), fields={"source": ["x"]})
+    koala = build("koala36m", str(tmp_path), fields={"videoID": ["yt_id"]})
+    assert koala.COLS["videoID"][0] == "yt_id" and koala.COLS["timestamp"] == R.KoalaReader.COLS["timestamp"]

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from sama import storage
 from sama.config import JobConfig, JobEntry
-from sama.datasets import DatasetsConfig, Reader
+from sama.datasets import READERS, DatasetsConfig, Reader
 from sama.media import MediaError, MediaInfo, ProbeConfig, probe
 from sama.schemas import LISTING, MANIFEST, REJECTS
 
@@ -288,6 +288,10 @@ def preflight(cfg: IngestJobConfig) -> None:
             raise ConfigError(f"{key}: cannot be read ({type(e).__name__}: {e})") from e
         if not found:
             raise ConfigError(f"{key}: does not exist")
+        try:
+            READERS[f.name](reader)  # e.g. a field mapping naming a field the reader does not have
+        except ValueError as e:
+            raise ConfigError(f"ingest.datasets.{f.name}: {e}") from e
 
 
 def dry_run(cfg: IngestJobConfig) -> list[str]:
