@@ -116,7 +116,7 @@ def test_failing_job_is_reported_failed(ray_head, tmp_path):
     args = [f"output={tmp_path}/out", "ingest.datasets=null", f"ingest.datasets.reco.root={tmp_path}/nowhere"]
     res = sama("submit", job_yaml("ingest"), *args, "--address", address, "--wait", "--submission-id", "bad-1", env=env)
     assert res.returncode == 1
-    assert "missing task config" in res.stdout  # the job's own error reached the submitter
+    assert "ingest.datasets.reco.root=" in res.stdout and "does not exist" in res.stdout  # the job's own error
     assert "bad-1: FAILED" in res.stderr
     assert sama("jobs", "status", "bad-1", "--address", address, env=env).stdout.strip() == "FAILED"
 
