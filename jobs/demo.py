@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from sama.testing.lookalikes import MAKERS, make_lookalikes
+from sama.testing.lookalikes import KOALA_COLUMNS, MAKERS, make_lookalikes
 
 from . import launcher
 
@@ -25,18 +25,6 @@ def sample_data(workdir: str, n: int = 3) -> dict[str, str]:
         make_lookalikes(data, n=n, odd=True)
         open(marker, "w").close()
     return {name: os.path.join(data, folder) for name, (folder, _) in MAKERS.items()}
-
-
-KOALA_COLUMNS = [
-    "videoID",
-    "url",
-    "timestamp",
-    "caption",
-    "clarity_score",
-    "aesthetic_score",
-    "motion_score",
-    "video_training_suitability_score",
-]
 
 
 def fetch_step(workdir: str, outputs: str, n: int = 3) -> dict[str, str]:

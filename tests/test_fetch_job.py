@@ -23,6 +23,7 @@ from sama.jobs import launcher
 from sama.media import probe
 from sama.pipelines.fetch.testserver import MediaServer
 from sama.schemas import FETCH, MANIFEST, read_table
+from sama.testing.lookalikes import KOALA_COLUMNS
 from sama.testing.media import image_bytes, write_image, write_video
 
 JOB = os.path.join(REPO, "jobs", "fetch.yaml")
@@ -58,18 +59,7 @@ def koala_data(root: str, server: MediaServer, tmp: str) -> None:
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, "Koala_36M_1.csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(
-            [
-                "videoID",
-                "url",
-                "timestamp",
-                "caption",
-                "clarity_score",
-                "aesthetic_score",
-                "motion_score",
-                "video_training_suitability_score",
-            ]
-        )
+        w.writerow(KOALA_COLUMNS)
         for vid, ts in rows:
             w.writerow([vid, f"https://www.youtube.com/watch?v={vid}", ts, f"a square moving in {vid}", 0.9, 5, 3, 0.8])
 

@@ -36,6 +36,19 @@ class Lookalikes:
         return {name: {"root": root} for name, root in self.roots.items()}
 
 
+# Koala-36M's CSV header (DATASETS.md), shared by the look-alike, the demo's fetch step and tests
+KOALA_COLUMNS = [
+    "videoID",
+    "url",
+    "timestamp",
+    "caption",
+    "clarity_score",
+    "aesthetic_score",
+    "motion_score",
+    "video_training_suitability_score",
+]
+
+
 def _csv(path: str, header: list[str], rows: list[list]) -> None:
     import csv
 
@@ -93,20 +106,7 @@ def koala(root: str, n: int, odd: bool) -> Expect:
         truncate(write_video(os.path.join(root, "clips", "trunc01_0-4000.mp4"), frames=60, seed=99), 0.4)
         e.reasons.update({"bad_record": 1, "truncated": 1})
         e.not_listed.update({"clip_not_fetched": 1})
-    _csv(
-        os.path.join(root, "Koala_36M_1.csv"),
-        [
-            "videoID",
-            "url",
-            "timestamp",
-            "caption",
-            "clarity_score",
-            "aesthetic_score",
-            "motion_score",
-            "video_training_suitability_score",
-        ],
-        rows,
-    )
+    _csv(os.path.join(root, "Koala_36M_1.csv"), KOALA_COLUMNS, rows)
     return e
 
 
