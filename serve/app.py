@@ -87,7 +87,7 @@ def build_app(args: ServeConfig | Mapping[str, Any] | None = None) -> Applicatio
         graceful_shutdown_timeout_s=ed.graceful_shutdown_timeout_s,
     ).bind(cfg.model, ed.max_running)
     ingress = Ingress.options(
-        num_replicas=1,  # it owns the job table (serve/state.py)
+        num_replicas=cfg.ingress.num_replicas,  # records live on the results storage (serve/jobstore.py)
         ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
         max_ongoing_requests=cfg.ingress.max_ongoing_requests,
     )

@@ -15,7 +15,7 @@ from sama.buckets import BucketConfig
 from sama.config import JobConfig
 from sama.models.pipeline import EditModelConfig
 
-from .settings import AuthConfig, Geometry, IngressConfig, IngressSettings, LimitsConfig, QueueConfig
+from .settings import AuthConfig, Geometry, IngressConfig, IngressSettings, LimitsConfig, QueueConfig, RecordsConfig
 
 
 @dataclass
@@ -76,13 +76,23 @@ class EditorConfig:
 class ServeConfig:
     name: str = "sama-edit"  # the Serve application
     route_prefix: str = "/"
-    results: str = ""  # where result mp4s go (local folder or s3://); empty: a temp folder on the ingress node
+    results: str = ""  # result mp4s and job records (local folder or s3://); "": a temp folder on the ingress node
     model: ModelConfig = field(default_factory=ModelConfig)
     editor: EditorConfig = field(default_factory=EditorConfig)
     ingress: IngressConfig = field(default_factory=IngressConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    records: RecordsConfig = field(default_factory=RecordsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+
+    def validate(self) -> None:
+        if self.ingress.num_replicas < 1:
+            raise ValueError(f"ingress.num_replicas must be >= 1, got {self.ingress.num_replicas}")
+        if self.ingress.num_replicas > 1 and not self.results:
+            raise ValueError(
+                "ingress.num_replicas > 1 needs `results` on storage every replica reads (e.g. s3://...): "
+                "the job records live there"
+            )
 
     @property
     def buckets(self) -> BucketConfig:
@@ -91,7 +101,13 @@ class ServeConfig:
     def ingress_settings(self) -> IngressSettings:
         b = self.buckets
         return IngressSettings(
-            self.name, self.results, self.ingress, self.queue, self.limits, Geometry(b.multiple, b.area, b.max_frames)
+            self.name,
+            self.results,
+            self.ingress,
+            self.queue,
+            self.limits,
+            Geometry(b.multiple, b.area, b.max_frames),
+            self.records,
         )
 
 

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
+import ray
 from ray import serve
 
 from sama.media import MediaError, encode_mp4, read_clip
@@ -97,8 +98,9 @@ class Editor:
         """Decode -> edit -> encode, in a worker thread."""
         t0 = time.time()
         n = min(req.num_frames or self.pipe.config.buckets.max_frames, self.pipe.config.buckets.max_frames)
-        if req.source_bytes is not None:
-            with local_file(req.source_bytes, req.source_suffix) as path:
+        data = ray.get(req.source_ref) if req.source_ref is not None else req.source_bytes
+        if data is not None:
+            with local_file(data, req.source_suffix) as path:
                 frames = read_clip(path, n, self.max_side)
         else:
             frames = read_clip(req.source_uri, n, self.max_side)

@@ -34,6 +34,7 @@ class EditRequest:
     instruction: str
     source_uri: Optional[str] = None
     source_bytes: Optional[bytes] = None
+    source_ref: Any = None  # the uploaded bytes in Ray's object store (the ingress keeps only this ref)
     source_suffix: str = ".mp4"
     fps: float = 16.0  # of the source; the result keeps it
     seed: int = 0
@@ -46,7 +47,7 @@ class EditRequest:
 
     def describe(self) -> dict[str, Any]:
         """For logs and job records: everything but the bytes."""
-        return {k: v for k, v in self.__dict__.items() if k != "source_bytes"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("source_bytes", "source_ref")}
 
 
 def _number(form: Mapping[str, Any], name: str, kind: type, lo: float, hi: float):

@@ -54,7 +54,8 @@ def dry_run(cfg: ServeJobConfig) -> list[str]:
         f"url: {url(cfg)}",
         f"editor: {a.min_replicas}..{a.max_replicas} replicas x ({ed.num_gpus:g} GPU, {ed.num_cpus:g} CPU), "
         f"{ed.max_ongoing_requests} edit(s) each, target {a.target_ongoing_requests:g} in flight per replica",
-        f"ingress: 1 replica x {sv.ingress.num_cpus:g} CPU; at most {sv.queue.max_pending} edits queued+running",
+        f"ingress: {sv.ingress.num_replicas} replica(s) x {sv.ingress.num_cpus:g} CPU; at most {sv.queue.max_pending} "
+        f"edits queued+running each; records under {sv.results or 'a temp folder'}, kept {sv.records.retention_s:g}s",
         f"model: {sv.model.checkpoint or sv.model.transformer.pretrained or 'tiny random model'}, "
         f"{len(buckets)} buckets of ~{sv.buckets.area} px, <= {sv.buckets.max_frames} frames",
         f"limits: {sv.limits.max_upload_mb:g} MB, {sv.limits.max_duration_s:g}s, {sv.limits.max_source_frames} "

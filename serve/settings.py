@@ -11,9 +11,13 @@ from typing import Optional
 
 @dataclass
 class IngressConfig:
-    """The CPU deployment that speaks HTTP and owns the job table (one replica: see serve/state.py)."""
+    """The deployment that speaks HTTP. Its job records live on the results storage (serve/jobstore.py),
+    so it may run as several replicas (then ``results`` must be storage they share, e.g. s3://)."""
 
-    num_cpus: float = 0.5
+    num_replicas: int = 1
+    # 0, like Serve's own HTTP proxies: a replacement ingress is always placeable, even when
+    # editor replicas hold every CPU (it relays bytes; the editors do the work).
+    num_cpus: float = 0.0
     max_ongoing_requests: int = 256  # polls and downloads are cheap; edits are bounded by queue.max_pending
 
 
@@ -23,12 +27,21 @@ class QueueConfig:
     queue_timeout_s: float = 600.0  # waiting for a replica longer than this fails the job
     run_timeout_s: float = 600.0  # one edit running longer than this is cancelled and failed
     retry_after_s: int = 30  # the Retry-After header of a 503
-    keep_finished: int = 256  # finished jobs remembered (and results kept); the oldest go first
+    keep_finished: int = 256  # finished jobs also kept in memory (all are on storage until their retention)
+
+
+@dataclass
+class RecordsConfig:
+    """Job records: one JSON file per edit under ``<results>/jobs/``, beside its result mp4."""
+
+    retention_s: float = 7 * 24 * 3600.0  # a finished job's record and result are deleted this long after
+    lease_s: float = 30.0  # an ingress replica silent this long is gone: its unfinished jobs read as failed
 
 
 @dataclass
 class LimitsConfig:
     max_upload_mb: float = 64.0
+    max_concurrent_uploads: int = 4  # request bodies being received at once per ingress; more: 503
     max_duration_s: float = 30.0
     max_source_frames: int = 1000  # frames in the source file
     max_side: int = 1920  # of the source, pixels
@@ -67,3 +80,4 @@ class IngressSettings:
     queue: QueueConfig
     limits: LimitsConfig
     geometry: Geometry
+    records: RecordsConfig = field(default_factory=RecordsConfig)

@@ -1,11 +1,12 @@
-"""The edit tasks: every accepted edit request, its state and progress, kept by the ingress.
+"""The edit tasks: every accepted edit request, its state and progress.
 
 (The HTTP API calls a task a "job", as in ``X-Job-Id``; in the code a job is a YAML run.)
-Task state lives here, outside the editor replicas, so a replica that dies takes no
-record with it: the ingress sees the broken stream and marks the task failed. The
-table is in the memory of the ingress, which therefore runs as one replica (it only
-parses requests and relays bytes; the editors do the work). The table bounds the
-work in flight (``max_pending``: queued + running), which is what turns overload
+Task state lives outside the editor replicas, so a replica that dies takes no record
+with it: the ingress sees the broken stream and retries or fails the task. The ingress
+replica driving a task holds it here, in memory (live progress, the asyncio task); every
+state change is also written to the results storage (serve/jobstore.py), so records
+outlive the ingress and any ingress replica can answer for any job. The table bounds
+the work in flight (``max_pending``: queued + running), which is what turns overload
 into a clear 503 instead of an ever-growing queue.
 """
 
@@ -38,6 +39,9 @@ class EditTask:
     replica: Optional[str] = None
     result: Optional[str] = None  # storage URI of the mp4
     video: dict[str, Any] = field(default_factory=dict)  # frames, height, width, fps of the result
+    owner: Optional[str] = None  # the ingress replica driving it
+    params: dict[str, Any] = field(default_factory=dict)  # the request, without its bytes
+    attempts: int = 0  # times handed to the editor (a queued edit whose replica died is handed again)
     task: Any = field(default=None, repr=False)  # the asyncio task driving it
 
     @property
@@ -54,6 +58,19 @@ class EditTask:
         if self.state == SUCCEEDED:
             out["video"] = self.video
         return out
+
+    RECORD = (
+        "id", "instruction", "mode", "state", "progress", "error", "error_kind", "created", "started",
+        "finished", "replica", "result", "video", "owner", "params", "attempts",
+    )  # fmt: skip
+
+    def record(self) -> dict[str, Any]:
+        """What is kept on storage (everything but the live asyncio task)."""
+        return {k: getattr(self, k) for k in self.RECORD}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> EditTask:
+        return cls(**{k: data[k] for k in cls.RECORD if k in data})
 
 
 class EditTasks:
@@ -79,27 +96,25 @@ class EditTasks:
         self._jobs[job.id] = job
         return job
 
-    def get(self, job_id: str) -> EditTask:
-        job = self._jobs.get(job_id)
-        if job is None:
-            raise RequestError(404, f"no edit job {job_id!r} (unknown, or finished long ago and forgotten)")
-        return job
+    def get(self, job_id: str) -> Optional[EditTask]:
+        """The job if this replica holds it in memory (the storage has all of them)."""
+        return self._jobs.get(job_id)
 
-    def finish(self, job: EditTask, state: str, error: str | None = None, kind: str | None = None) -> list[EditTask]:
-        """Mark ``job`` terminal; returns the oldest finished jobs evicted beyond ``keep_finished``."""
+    def finish(self, job: EditTask, state: str, error: str | None = None, kind: str | None = None) -> bool:
+        """Mark ``job`` terminal (False if it already was); the oldest finished jobs beyond
+        ``keep_finished`` leave memory (their records stay on storage)."""
         if job.done:
-            return []
+            return False
         job.state, job.error, job.error_kind, job.finished = state, error, kind, time.time()
         if state == SUCCEEDED:
             job.progress = 1.0
         self._finished[job.id] = None
-        evicted = []
         while len(self._finished) > self.keep_finished:
             old, _ = self._finished.popitem(last=False)
-            evicted.append(self._jobs.pop(old))
-        return evicted
+            self._jobs.pop(old)
+        return True
 
-    def forget(self, job: EditTask) -> None:
-        """Drop a job that was never started (its request failed before running)."""
+    def drop(self, job: EditTask) -> None:
+        """Forget a job that was never handed to the editor (its record could not be written)."""
         self._jobs.pop(job.id, None)
         self._finished.pop(job.id, None)

@@ -41,6 +41,7 @@ def app_config(name: str, root: str, bucket: str, **sections) -> dict:
         },
         "ingress": {"num_cpus": 0.1},
         "queue": {"max_pending": 3, "queue_timeout_s": 120, "run_timeout_s": 120, "retry_after_s": 7},
+        "records": {"lease_s": 3.0},
         "limits": {
             "max_upload_mb": 0.25,
             "max_duration_s": 3.0,
@@ -93,6 +94,9 @@ def service(ray_cluster, tmp_path_factory, s3_server):
                 }
             },
             queue={"max_pending": 8},
+            # Two ingress replicas: every poll may land on either (records are on the results folder).
+            ingress={"num_replicas": 2, "num_cpus": 0},
+            limits={"max_upload_mb": 80, "max_concurrent_uploads": 2},
         ),
         "strict": app_config("strict", root, s3_bucket, queue={"run_timeout_s": 2.0}),
     }
@@ -148,8 +152,17 @@ def decode(data: bytes) -> tuple[int, int, int, str]:
 
 
 def test_edit_round_trip_upload_poll_download(service, client, clip):
-    job = submit(client, service, source=clip, fields={"seed": "3"})
+    r = client.post(
+        url(service, "edit", "v1/edits"),
+        data={"instruction": "make it red", "seed": "3"},
+        files={"video": ("src.mp4", open(clip, "rb"), "video/mp4")},
+    )
+    assert r.status_code == 202, r.text
+    job = r.json()
     assert job["state"] == "queued" and job["id"]
+    assert r.headers["location"] == url(service, "edit", f"v1/edits/{job['id']}")  # absolute, prefix included
+    # The record is on the results storage from the moment it is accepted.
+    assert os.path.exists(os.path.join(service["root"], "results", "edit", "jobs", f"{job['id']}.json"))
     seen = []
     deadline = time.time() + 120
     while job["state"] not in ("succeeded", "failed", "cancelled") and time.time() < deadline:
@@ -307,6 +320,14 @@ def test_malformed_bodies(service, client):
         headers={"Content-Type": "multipart/form-data; boundary=xx"},
     )
     assert r.status_code == 400, r.text
+    # A body cut short mid-upload (no closing boundary) says so, not "give exactly one source".
+    r = client.post(
+        url(service, "edit", "v1/edits"),
+        content=b'--xx\r\nContent-Disposition: form-data; name="instruction"\r\n\r\nx\r\n'
+        b'--xx\r\nContent-Disposition: form-data; name="video"; filename="a.mp4"\r\n\r\n' + b"\0" * 5000,
+        headers={"Content-Type": "multipart/form-data; boundary=xx"},
+    )
+    assert r.status_code == 400 and "cut short" in r.json()["error"], r.text
     assert client.get(url(service, "edit", "v1/edits/not-a-job")).status_code == 404
 
 
@@ -398,20 +419,92 @@ def test_run_timeout_fails_the_job(service, client, clip):
     assert job["state"] == "failed" and "timed out running" in job["error"]
 
 
-def test_crashed_replica_fails_its_job_and_is_replaced(service, client, clip):
+def test_crashed_replica_fails_its_running_job_and_hands_on_its_queued_one(service, client, clip):
     import ray
 
     job = submit(client, service, source=clip, fields=LONG)
     running = wait_state(client, service, job["id"], ("running",), min_progress=0.06)
+    queued = submit(client, service, source=clip)  # waits at the same (only) replica
+    time.sleep(1.0)  # let the router hand it to the replica
+    assert client.get(url(service, "edit", f"v1/edits/{queued['id']}")).json()["state"] == "queued"
     # Kill the replica's process mid-edit, as a segfault or the OOM killer would.
     ray.kill(ray.get_actor(f"SERVE_REPLICA::edit#Editor#{running['replica']}", namespace="serve"), no_restart=True)
     failed = wait_state(client, service, job["id"], ("failed", "succeeded", "cancelled"), timeout=60)
     assert failed["state"] == "failed" and "died" in failed["error"], failed
-    # Serve replaces the replica; the next edit runs on the new one.
-    job = submit(client, service, source=clip)
-    job = wait_state(client, service, job["id"], ("succeeded", "failed"), timeout=180)
-    assert job["state"] == "succeeded", job
-    assert job["replica"] != running["replica"]
+    # The queued edit never started there: it runs on the replica Serve starts in its place.
+    done = wait_state(client, service, queued["id"], ("succeeded", "failed", "cancelled"), timeout=180)
+    assert done["state"] == "succeeded", done
+    assert done["replica"] != running["replica"]
+
+
+def _ingress_actor(app: str, replica: str):
+    import ray
+
+    return ray.get_actor(f"SERVE_REPLICA::{app}#Ingress#{replica}", namespace="serve")
+
+
+def test_killed_ingress_keeps_job_records(service, client, clip):
+    """kill -9 of the ingress: earlier jobs still answer (with their results); the one it was
+    driving reads as failed once its lease runs out; a new ingress is up within seconds."""
+    import ray
+
+    done = submit(client, service, source=clip)
+    done = wait_state(client, service, done["id"], ("succeeded",), timeout=120)
+    inflight = submit(client, service, source=clip, fields={"steps": "60"})
+    wait_state(client, service, inflight["id"], ("running",))
+    old = client.get(url(service, "edit", "healthz")).json()["replica"]
+    ray.kill(_ingress_actor("edit", old), no_restart=True)
+    t0, first_ok = time.time(), None
+    while time.time() - t0 < 60:
+        try:
+            r = client.get(url(service, "edit", "healthz"), timeout=5)
+            if r.status_code == 200 and r.json()["replica"] != old:
+                first_ok = time.time() - t0
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    assert first_ok is not None and first_ok < 30, first_ok
+    again = client.get(url(service, "edit", f"v1/edits/{done['id']}")).json()
+    assert again["state"] == "succeeded" and again["video"] == done["video"]
+    r = client.get(url(service, "edit", f"v1/edits/{done['id']}/result"))
+    assert r.status_code == 200 and decode(r.content)[0] == 9
+    lost = wait_state(client, service, inflight["id"], ("failed", "succeeded"), timeout=30)
+    assert lost["state"] == "failed" and "ingress" in lost["error"], lost
+    # The editor is still free to work for the new ingress.
+    job = wait_state(client, service, submit(client, service, source=clip)["id"], ("succeeded",), timeout=120)
+    assert job["progress"] == 1.0
+
+
+def test_parallel_large_uploads_stream_to_disk(service, client):
+    """8 parallel 60 MB uploads: at most max_concurrent_uploads (2) are received at once, the rest
+    get a 503; none is ever whole in an ingress's memory."""
+    import concurrent.futures
+
+    import psutil
+
+    # Ray titles each actor's process after its class: ray::ServeReplica:<app>:<deployment>.
+    procs = [p for p in psutil.process_iter() if "ServeReplica:scale:Ingress" in " ".join(p.cmdline())]
+    assert len(procs) == 2
+    base = [p.memory_full_info().uss for p in procs]
+    blob = os.urandom(60 * 1024 * 1024)
+
+    def post(_):
+        with httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120) as c:
+            r = c.post(url(service, "scale", "v1/edits"), data={"instruction": "x"}, files={"video": ("big.mp4", blob)})
+            return r.status_code, r.json()["error"]
+
+    peak = list(base)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(post, i) for i in range(8)]
+        while not all(f.done() for f in futures):
+            peak = [max(m, p.memory_full_info().uss) for m, p in zip(peak, procs)]
+            time.sleep(0.05)
+    answers = [f.result() for f in futures]
+    assert {s for s, _ in answers} <= {422, 503}, answers
+    assert any(s == 422 and "not a readable" in e for s, e in answers), answers  # received, probed, refused
+    grew = max(p - b for p, b in zip(peak, base)) / 2**20
+    assert grew < 60, f"an ingress grew by {grew:.0f} MB receiving 60 MB uploads"
 
 
 # ---------------------------------------------------------------------- autoscaling
@@ -488,6 +581,15 @@ def test_web_page_in_headless_chromium(service, clip, tmp_path):
             page.fill("#instruction", "make the square red")
             page.click("#submit")
             page.wait_for_function("document.querySelector('#status').textContent.includes('401')", timeout=30000)
+            assert not page.is_disabled("#submit")
+            # The network fails mid-upload: the page says so and the Edit button works again.
+            page.route("**/v1/edits", lambda route: route.abort("connectionreset"))
+            page.click("#submit")
+            page.wait_for_function(
+                "document.querySelector('#status').textContent.includes('network error')", timeout=30000
+            )
+            assert "upload failed" in page.text_content("#status") and not page.is_disabled("#submit")
+            page.unroute("**/v1/edits")
             # Record every status line the page shows, to see progress happen.
             page.evaluate("""() => { window.seen = [];
                 new MutationObserver(() => window.seen.push(document.querySelector('#status').textContent))
@@ -515,6 +617,21 @@ def test_web_page_in_headless_chromium(service, clip, tmp_path):
             assert any(s.startswith(("queued", "running")) for s in seen), seen
             assert "done: 9 frames, 64×64" in page.text_content("#status")
             assert page.evaluate("document.querySelector('#progress').value") == 1
+            # The edit can be downloaded, as an mp4 named after its job.
+            link = page.evaluate(
+                "[!document.querySelector('#download').hidden, document.querySelector('#download').download]"
+            )
+            assert link[0] and link[1].startswith("edit-") and link[1].endswith(".mp4")
+            with page.expect_download() as dl:
+                page.click("#download")
+            assert decode(open(dl.value.path(), "rb").read())[0] == 9
+            # A refused submit leaves nothing of the earlier edit on screen.
+            page.fill("#token", "wrong")
+            page.click("#submit")
+            page.wait_for_function("document.querySelector('#status').textContent.includes('401')", timeout=30000)
+            assert page.evaluate("document.querySelector('#result').getAttribute('src')") is None
+            assert page.evaluate("document.querySelector('#download').hidden")
+            page.fill("#token", TOKEN)
             shot = str(tmp_path / "page.png")
             page.screenshot(path=shot, full_page=True)
             if os.environ.get("SAMA_SCREENSHOT_DIR"):  # to look at it: SAMA_SCREENSHOT_DIR=/tmp pytest ...

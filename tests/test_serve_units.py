@@ -144,19 +144,74 @@ def test_media_limits():
         assert e.value.status == 422
 
 
-def test_job_table_bounds_pending_and_forgets_the_oldest():
+def test_job_table_bounds_pending_and_keeps_only_the_newest_finished_in_memory():
     t = EditTasks(max_pending=2, keep_finished=1)
     a, b = t.admit("a", "async", 5), t.admit("b", "async", 5)
     with pytest.raises(RequestError) as e:
         t.admit("c", "async", 5)
     assert e.value.status == 503 and e.value.headers == {"Retry-After": "5"}
-    assert t.finish(a, SUCCEEDED) == [] and t.get(a.id).progress == 1.0
+    assert t.finish(a, SUCCEEDED) and t.get(a.id).progress == 1.0
+    assert not t.finish(a, CANCELLED)  # terminal stays terminal
     c = t.admit("c", "async", 5)  # room again
-    assert t.finish(b, CANCELLED, "cancelled", "cancelled") == [a]  # a is forgotten
-    with pytest.raises(RequestError) as e:
-        t.get(a.id)
-    assert e.value.status == 404
+    assert t.finish(b, CANCELLED, "cancelled", "cancelled")
+    assert t.get(a.id) is None  # out of memory (its record is on storage: JobStore)
     assert t.pending == 1 and t.get(c.id).public()["state"] == "queued"
+
+
+@pytest.fixture(params=["local", "s3"])
+def results_root(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "results")
+    return request.getfixturevalue("s3_bucket") + "/results"
+
+
+def test_job_records_outlive_their_ingress_and_go_with_their_results(results_root):
+    from sama import storage
+    from sama.serve.jobstore import JobStore
+
+    first = JobStore(results_root, "ingress-a", lease_s=5.0)
+    first.heartbeat()
+    t = EditTasks(max_pending=4, keep_finished=4)
+    done, running = t.admit("make it red", "async", 5), t.admit("make it blue", "async", 5)
+    for job in (done, running):
+        job.owner, job.params = "ingress-a", {"seed": 3, "source_uri": None}
+    done.result = storage.join(results_root, f"{done.id}.mp4")
+    storage.write_bytes(done.result, b"mp4")
+    t.finish(done, SUCCEEDED)
+    running.state = "running"
+    first.save(done)
+    first.save(running)
+
+    # Another replica (or the restarted one) reads both; the owner is alive, so "running" stays.
+    other = JobStore(results_root, "ingress-b", lease_s=5.0)
+    got = other.load(done.id)
+    assert got.record() == done.record() and got.public()["video"] == {}
+    assert other.load(running.id).state == "running"
+    assert other.load("0" * 32) is None and other.load("../../etc/passwd") is None
+
+    # The owner stops renewing its lease: its unfinished job reads as failed, and stays so.
+    late = JobStore(results_root, "ingress-b", lease_s=0.0)
+    lost = late.load(running.id)
+    assert lost.state == "failed" and lost.error_kind == "ingress_lost" and "resubmit" in lost.error
+    assert other.load(running.id).state == "failed"
+
+    # Retention: only finished jobs older than it go, each with its result.
+    assert other.sweep(retention_s=3600) == 0 and storage.exists(done.result)
+    assert other.sweep(retention_s=3600, now=done.finished + 3601) == 2
+    assert other.load(done.id) is None and not storage.exists(done.result)
+
+
+def test_storage_errors_on_a_uri_source_are_a_502_naming_it(monkeypatch):
+    from conftest import free_port
+    from sama.serve.ingress import Ingress
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    ingress = object.__new__(Ingress.func_or_class)
+    ingress.cfg = SETTINGS
+    with pytest.raises(RequestError) as e:
+        ingress._probe_uri("s3://media/missing.mp4")
+    assert e.value.status == 502 and "s3://media/missing.mp4" in e.value.message, e.value.message
 
 
 def test_build_args_nested_dotted_and_from_a_file(tmp_path):
