@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -100,9 +101,12 @@ class ServeConfig:
 
     def ingress_settings(self) -> IngressSettings:
         b = self.buckets
+        results = self.results
+        if results and "://" not in results:  # a local folder: the same one whatever a replica's cwd
+            results = os.path.abspath(results)
         return IngressSettings(
             self.name,
-            self.results,
+            results,
             self.ingress,
             self.queue,
             self.limits,
