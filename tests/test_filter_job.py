@@ -59,7 +59,9 @@ def test_cheap_checks_only_rerun_resume(ingested, tmp_path):
     assert s["datasets"]["reco"] == {"keep": 0, "drop": 8, "error": 0, "reasons": {"too_short": 8}}
     assert v.sharpness.notna().all() and v.edit_diff[v.task != "t2v"].gt(0.01).all()
     report = open(os.path.join(out, "report", "index.html")).read()
-    assert "koala36m" in report and "hist-koala36m-motion.png" in report and "sheet-reco-dropped.jpg" in report
+    assert "koala36m" in report and "hist-koala36m-motion.png" in report
+    assert "drop: too_short <span class=n>(8)</span>" in report and "all 8 samples" in report
+    assert "ingest rejected: " in report  # the ingest job's rejects, found beside its manifest
     assert os.path.getsize(os.path.join(out, "report", "hist-koala36m-motion.png")) > 100
 
     before = mtimes(out)

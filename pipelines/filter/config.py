@@ -16,7 +16,9 @@ from .checks import ChecksConfig
 @dataclass
 class ReportConfig:
     enabled: bool = True
-    examples: int = 4  # samples per contact sheet (best, worst, borderline)
+    examples: int = 4  # samples drawn as frame strips per reason (every one is listed in a folding table)
+    max_rows: int = 1000  # rows listed per reason (the verdicts table has them all)
+    ingest_rejects: str = ""  # the ingest rejects table to show too; "": the `rejects` beside filter.input
 
 
 @dataclass

@@ -134,7 +134,9 @@ class FilterStage(Stage):
         if self.cfg.report.enabled:
             from .report import write_report
 
-            summary["report"] = write_report(self.output, self.cfg.report, self.cfg.judge.keep)
+            summary["report"] = write_report(
+                self.output, self.cfg.report, self.cfg.judge.keep, self.cfg.checks, self.cfg.input
+            )
 
     def report(self, summary: dict) -> None:
         super().report(summary)
