@@ -134,3 +134,19 @@ def test_preflight_names_a_missing_dataset_root_and_an_unwritable_output(tmp_pat
         main([*args[:2], f"output={blocker}/out", "ingest.datasets=null", f"ingest.datasets.reco.root={tmp_path}"]) == 2
     )
     assert f"output={blocker}/out: cannot write there" in capsys.readouterr().err
+
+
+def test_preflight_names_a_missing_bucket(s3_server, s3_bucket, tmp_path, capsys):
+    """A dataset root or an output in a bucket that does not exist: one line naming it, exit 2,
+    before Ray starts (a real S3 endpoint answers NoSuchBucket)."""
+    from sama.jobs.cli import main
+    from sama.jobs.demo import job_yaml
+
+    args = ["run", job_yaml("ingest"), "ingest.datasets=null"]
+    assert main([*args, f"output={tmp_path}/o", "ingest.datasets.reco.root=s3://no-such-bucket-x1/reco"]) == 2
+    err = capsys.readouterr().err
+    assert "ingest.datasets.reco.root=s3://no-such-bucket-x1/reco" in err and "Traceback" not in err
+    assert main([*args, "output=s3://no-such-bucket-x2/out", f"ingest.datasets.reco.root={s3_bucket}"]) == 2
+    err = capsys.readouterr().err
+    assert "output=s3://no-such-bucket-x2/out: cannot write there (NoSuchBucket)" in err, err
+    assert len(err.strip().splitlines()) == 1

@@ -504,6 +504,7 @@ def test_parallel_large_uploads_stream_to_disk(service, client):
     assert {s for s, _ in answers} <= {422, 503}, answers
     assert any(s == 422 and "not a readable" in e for s, e in answers), answers  # received, probed, refused
     grew = max(p - b for p, b in zip(peak, base)) / 2**20
+    print(f"ingress memory growth: {grew:.1f} MB; answers: {sorted(s for s, _ in answers)}")
     assert grew < 60, f"an ingress grew by {grew:.0f} MB receiving 60 MB uploads"
 
 
