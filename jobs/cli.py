@@ -105,6 +105,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("dst")
     c.add_argument("overrides", nargs="*", help="key=value (YAML values)")
 
+    g = sub.add_parser(
+        "lineage",
+        help="the chain of jobs and inputs behind an output folder or checkpoint, down to the raw data",
+        description="PATH: any job output (or a table folder inside one), a training run or an exported / "
+        "converted model folder, local or s3://.",
+    )
+    g.add_argument("path")
+    g.add_argument("--json", action="store_true", help="print the tree as JSON")
+
     d = sub.add_parser("demo", help="run every job end to end on generated sample data")
     d.add_argument("--dir", default="sama-demo", help="work folder for data and outputs (default: sama-demo)")
     d.add_argument("-n", type=int, default=3, help="good samples per dataset")
@@ -200,6 +209,21 @@ def _edit(args) -> int:
     return 0
 
 
+def _lineage(args) -> int:
+    import json
+
+    from sama.lineage import format_tree, walk
+
+    tree = walk(args.path)
+    if tree.get("raw"):
+        print(f"sama lineage: {args.path}: no job output here (no summary.json or model_card.json with provenance)")
+        return 1
+    print(
+        json.dumps(tree, indent=2, default=str) if args.json else format_tree(tree), end="" if not args.json else "\n"
+    )
+    return 0
+
+
 def _convert(args) -> int:
     import time
 
@@ -285,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             return _edit(args)
         elif args.cmd == "convert":
             return _convert(args)
+        elif args.cmd == "lineage":
+            return _lineage(args)
         elif args.cmd == "demo":
             from .demo import run_demo
 

@@ -254,8 +254,10 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
     print("\n[demo] 7/8 serve: start the edit service (tiny model), send one edit over HTTP, save the result")
     results["edited video"] = serve_step(workdir, outputs)
 
-    print("\n[demo] 8/8 evaluate: the tiny model edits a few clips -> metrics (judge off) + report")
-    results.update(run_eval_demo(workdir))
+    print("\n[demo] 8/8 evaluate: the trained model edits a few clips -> metrics (judge off) + report + model card")
+    export = f"{outputs}/train_stage1/export"
+    results.update(run_eval_demo(workdir, extra=[f"evaluate.model.transformer.pretrained={export}"]))
+    results["model card"] = f"{export}/README.md"  # data, licenses, filter, evaluation; `sama lineage` on it
 
     print(f"\n[demo] done in {time.time() - t0:.0f}s. Outputs:")
     width = max(map(len, results))

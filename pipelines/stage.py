@@ -47,6 +47,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from sama import storage
+from sama.provenance import record
 from sama.records import DatasetError
 from sama.schemas import TableSchema
 
@@ -192,6 +193,19 @@ class Stage(ABC):
     def digest(self) -> str:
         """What decides a part's outputs; a committed part with another digest is redone."""
         return ""
+
+    def inputs(self) -> list[str | tuple[str, str]]:
+        """The URIs this stage reads, or (URI, digest) pairs: the summary's provenance records
+        a digest of each (by default of every file under the URI)."""
+        return []
+
+    def config_digest(self) -> str:
+        """The settings behind the outputs, for the summary's provenance (default: ``digest()``)."""
+        return self.digest()
+
+    def provenance(self) -> dict[str, Any]:
+        """More facts for the summary's provenance block (e.g. the judge and rubric versions)."""
+        return {}
 
     def process(self, part: Part) -> dict[str, Any]:
         """One part -> {table: rows (dicts) or an Arrow table}, plus optionally ``"stats"``
@@ -357,6 +371,7 @@ def run_stage(stage: Stage, write_summary: bool = True) -> Outcome:
     summary = summarize(markers.values(), new, stage.tables.values())
     summary.update(parts=len(plan.parts), parts_run=len(plan.todo))
     stage.summarize(summary, markers)
+    summary["provenance"] = record(stage.name, stage.config_digest(), stage.inputs(), **stage.provenance())
     if write_summary:
         storage.write_text(storage.join(stage.output, "summary.json"), json.dumps(summary, indent=2, default=str))
         stage.report(summary)

@@ -43,6 +43,8 @@ class RawSample:
     extra: dict[str, Any] = field(default_factory=dict)
     reject_reason: str | None = None
     reject_detail: str | None = None
+    record: str | None = None  # the original record: "<metadata file>:<line>" / "#<record>" / "::<member>"
+    origin_url: str | None = None  # where fetched media came from (Koala: YouTube, Pico-Banana: Flickr)
 
     def row(self) -> dict:
         return {
@@ -56,6 +58,8 @@ class RawSample:
             "extra": json.dumps(self.extra, sort_keys=True, default=str) if self.extra else None,
             "reject_reason": self.reject_reason,
             "reject_detail": self.reject_detail,
+            "record": self.record,
+            "origin_url": self.origin_url,
         }
 
 
@@ -93,6 +97,7 @@ class ReaderConfig:
     limit: int | None = None  # at most this many samples per metadata file (debug runs)
     # more accepted names per field, tried first: e.g. {src: [source_path], tgt: [target_path]}
     fields: dict[str, list[str]] = field(default_factory=dict)
+    version: str = ""  # the dataset's version / hub revision, recorded on every sample ("": unknown)
 
 
 class Reader(ABC):
@@ -136,6 +141,7 @@ class Reader(ABC):
         for i, s in enumerate(self.read_unit(unit)):
             if self.cfg.limit is not None and i >= self.cfg.limit:
                 return
+            s.record = s.record or unit
             yield s
 
     def bad(self, unit: str, line: int | str, detail: str, key: str | None = None) -> RawSample:
@@ -147,6 +153,7 @@ class Reader(ABC):
             "",
             reject_reason="bad_record",
             reject_detail=f"{unit}:{line}: {detail}",
+            record=f"{unit}:{line}",
         )
 
     def _require_units(self, units: list[str], what: str) -> list[str]:
@@ -230,7 +237,17 @@ class KoalaReader(Reader):
                 continue
             extra = {k: float(row[k]) for k in self.SCORES if row.get(k) not in (None, "")}
             extra.update(video_id=vid, start=start, end=end)
-            yield RawSample(self.name, self.task, name, caption or "", storage.join(self.clips, name), extra=extra)
+            url = row.get("url") or f"https://www.youtube.com/watch?v={vid}"
+            yield RawSample(
+                self.name,
+                self.task,
+                name,
+                caption or "",
+                storage.join(self.clips, name),
+                extra=extra,
+                record=f"{unit}:{line}",
+                origin_url=url,
+            )
 
 
 # MotionBench ------------------------------------------------------------------------------
@@ -268,7 +285,8 @@ class MotionBenchReader(Reader):
                 path = f"{path}.mp4"
             n_ok += 1
             uri = resolve_path(str(path))
-            yield RawSample(self.name, self.task, rel(uri, self.root), pick(rec, self.CAPTION) or "", uri)
+            caption = pick(rec, self.CAPTION) or ""
+            yield RawSample(self.name, self.task, rel(uri, self.root), caption, uri, record=f"{unit}:{line}")
         if n and not n_ok:
             raise DatasetError(f"{unit}: no record has a video field; looked for {list(self.VIDEO)}")
 
@@ -313,9 +331,8 @@ class CsvPairReader(Reader):
                 continue
             s, t = src_res(src), tgt_res(tgt)
             instr = pick(row, self.PROMPT) or ""
-            yield RawSample(
-                self.name, self.task, f"{rel(s, self.root)}|{rel(t, self.root)}|{instr}", instr, t, s, category
-            )
+            key = f"{rel(s, self.root)}|{rel(t, self.root)}|{instr}"
+            yield RawSample(self.name, self.task, key, instr, t, s, category, record=f"{unit}:{line}")
 
 
 @dataclass
@@ -404,9 +421,8 @@ class RecoReader(Reader):
                 continue
             s, t = src_res(str(src)), tgt_res(str(tgt))
             instr = str(pick(r, self.PROMPT) or "")
-            yield RawSample(
-                self.name, self.task, f"{rel(s, self.root)}|{rel(t, self.root)}|{instr}", instr, t, s, category
-            )
+            key = f"{rel(s, self.root)}|{rel(t, self.root)}|{instr}"
+            yield RawSample(self.name, self.task, key, instr, t, s, category, record=f"{unit}#record {i}")
 
 
 # NHR-Edit ---------------------------------------------------------------------------------
@@ -456,6 +472,7 @@ class NHREditReader(Reader):
                 s,
                 pick(rec, self.CATEGORY),
                 extra,
+                record=f"{unit}:{line}",
             )
         if n and not n_ok:
             raise DatasetError(
@@ -514,6 +531,7 @@ class GPTImageEditReader(Reader):
                 s,
                 r.get("task") or posixpath.basename(task_dir),
                 extra,
+                record=f"{unit}#record {i}",
             )
 
 
@@ -565,7 +583,10 @@ class X2EditReader(Reader):
                 instr = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
             extra = {k: meta[k] for k in ("score", "task", "edit_type") if isinstance(meta, dict) and k in meta}
             category = extra.get("task") or extra.get("edit_type") or rel(unit, self.root).split("/")[0]
-            yield RawSample(self.name, self.task, skey, instr, f"{unit}::{tgt}", f"{unit}::{src}", str(category), extra)
+            tgt_uri, src_uri = f"{unit}::{tgt}", f"{unit}::{src}"
+            yield RawSample(
+                self.name, self.task, skey, instr, tgt_uri, src_uri, str(category), extra, record=f"{unit}::{key}"
+            )
 
 
 # Pico-Banana-400K ---------------------------------------------------------------------------
@@ -609,7 +630,16 @@ class PicoBananaReader(Reader):
                 **({"summarized_text": rec["summarized_text"]} if rec.get("summarized_text") else {}),
             }
             yield RawSample(
-                self.name, self.task, f"{src}|{rel(t, self.root)}|{instr}", instr, t, s, rec.get("edit_type"), extra
+                self.name,
+                self.task,
+                f"{src}|{rel(t, self.root)}|{instr}",
+                instr,
+                t,
+                s,
+                rec.get("edit_type"),
+                extra,
+                record=f"{unit}:{line}",
+                origin_url=str(src) if str(src).startswith(("http://", "https://")) else None,
             )
 
 

@@ -25,6 +25,7 @@ REJECT_REASONS = (
     "source_target_mismatch",
     "duplicate",
     "bad_record",
+    "license_excluded",  # the dataset's license is outside ingest.licenses (allow / deny)
 )
 
 
@@ -64,9 +65,17 @@ def _media_fields(prefix: str) -> list[pa.Field]:
     ]
 
 
+# Where a sample came from and under which terms (sama.provenance): set by ingest, carried on.
+PROVENANCE_FIELDS = [
+    pa.field("license", pa.string()),  # the dataset's license id (sama.provenance.LICENSES or config)
+    pa.field("record", pa.string()),  # the original record: metadata file and line / record / member
+    pa.field("origin_url", pa.string()),  # where fetched media came from (YouTube, Flickr), if fetched
+    pa.field("dataset_version", pa.string()),  # ingest.datasets.<name>.version (a hub revision), if given
+]
+
 MANIFEST = TableSchema(
     "manifest",
-    1,
+    2,
     pa.schema(
         [
             pa.field("sample_id", pa.string(), nullable=False),
@@ -79,6 +88,7 @@ MANIFEST = TableSchema(
             *_media_fields("src"),
             *_media_fields("tgt"),
             pa.field("extra", pa.string()),  # JSON: dataset-specific metadata (scores, style, ...)
+            *PROVENANCE_FIELDS,
         ]
     ),
 )
@@ -206,7 +216,7 @@ FETCH = register(
 LISTING = register(
     TableSchema(
         "listing",  # ingest: a metadata file's samples as its reader saw them, one row group per part
-        1,
+        2,
         pa.schema(
             [
                 ("sample_id", pa.string()),
@@ -219,6 +229,7 @@ LISTING = register(
                 ("extra", pa.string()),
                 ("reject_reason", pa.string()),
                 ("reject_detail", pa.string()),
+                *PROVENANCE_FIELDS,
             ]
         ),
     )

@@ -112,7 +112,31 @@ class ServeConfig:
             self.limits,
             Geometry(b.multiple, b.area, b.max_frames),
             self.records,
+            model_facts(self.model.checkpoint or self.model.transformer.pretrained),
         )
+
+
+CARD_FACTS = ("title", "base_model", "init_from", "stage", "steps", "code_version", "conversion")
+
+
+def model_facts(checkpoint: Optional[str]) -> dict[str, Any]:
+    """The key facts of the served checkpoint's model card (``sama.lineage``), for GET /v1/model."""
+    from sama.lineage import read_card
+
+    if not checkpoint:
+        return {"checkpoint": None, "card": None, "note": "tiny random models (no checkpoint configured)"}
+    card = read_card(checkpoint)
+    if card is None:
+        return {"checkpoint": checkpoint, "card": None, "note": "the checkpoint has no model_card.json"}
+    facts = {k: card[k] for k in CARD_FACTS if card.get(k) is not None}
+    if isinstance(facts.get("conversion"), dict):
+        facts["conversion"] = {k: v for k, v in facts["conversion"].items() if k != "config"}
+    facts["data"] = [{k: d.get(k) for k in ("source", "dataset", "samples", "license")} for d in card.get("data", [])]
+    facts["licenses"] = sorted({d["license"] for d in facts["data"] if d.get("license")})
+    facts["evaluations"] = [
+        {k: e.get(k) for k in ("benchmark", "items", "judge_model", "metrics")} for e in card.get("evaluations", [])
+    ]
+    return {"checkpoint": checkpoint, "card": facts}
 
 
 @dataclass

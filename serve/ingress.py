@@ -4,6 +4,7 @@ Endpoints (all under the application's route prefix; ``/v1/*`` need the bearer t
 
     GET    /                      the web page
     GET    /healthz               liveness + queue depth (no auth: for probes)
+    GET    /v1/model              the served checkpoint and its model card (data, licenses, evaluations)
     POST   /v1/edits              multipart: video (file) or uri, instruction, options -> 202 {id, ...}
     GET    /v1/edits/{id}         state, progress, error
     GET    /v1/edits/{id}/result  the edited mp4 (409 until it succeeded)
@@ -427,6 +428,12 @@ class Ingress:
             "max_pending": self.table.max_pending,
             "uploads": self._receiving,
         }
+
+    @api.get("/v1/model")
+    async def model(self, request: Request) -> dict[str, Any]:
+        """The served checkpoint and its model card's key facts (data, licenses, evaluations)."""
+        self._auth(request)
+        return self.cfg.model
 
     @api.post("/v1/edits", status_code=202)
     async def submit(self, request: Request) -> JSONResponse:

@@ -81,3 +81,4 @@ class IngressSettings:
     limits: LimitsConfig
     geometry: Geometry
     records: RecordsConfig = field(default_factory=RecordsConfig)
+    model: dict = field(default_factory=dict)  # what GET /v1/model says: the checkpoint and its card's key facts

@@ -81,6 +81,14 @@ def test_release_converts_and_round_trips(release, tmp_path):
     assert (cfg["semantic_rope"], cfg["semantic_prediction"], cfg["semantic_norm_eps"]) == ("zero_qk", "velocity", 1e-6)
     assert cfg["semantic_slot_embed"] is False and cfg["source_attention_mask"] is False
     assert result.tensors == len(sd) == 80
+    # A model card says where the weights came from and what the conversion set.
+    from sama.lineage import read_card, walk
+
+    card = read_card(dst)
+    assert card["conversion"]["from"] == "release" and card["conversion"]["config"]["semantic_rope"] == "zero_qk"
+    assert "sama convert --from release" in open(os.path.join(dst, "README.md")).read()
+    tree = walk(dst)
+    assert tree["job"] == "convert" and tree["inputs"][0]["raw"] and tree["inputs"][0]["uri"] == card["base_model"]
     model = SamaTransformer3DModel.from_pretrained(dst)
     assert model.semantic_pos_embed is None
     ours = model.state_dict()

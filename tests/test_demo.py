@@ -32,3 +32,28 @@ def test_demo_runs_end_to_end(ray_cluster, tmp_path):
     assert summary["judge_model"] == "none:cheap-checks-only" and summary["judge_requests"] == 0
     assert sum(d["keep"] for d in summary["datasets"].values()) > 0
     assert os.path.exists(tmp_path / "demo" / "outputs" / "filter" / "report" / "index.html")
+    # The exported model knows its data: every dataset with counts and licenses, the filter, the evaluation.
+    export = tmp_path / "demo" / "outputs" / "train_stage1" / "export"
+    card = json.loads(open(export / "model_card.json").read())
+    trained = {d["dataset"]: d for d in card["data"]}
+    latents = os.path.join(tmp_path, "demo", "outputs", "precompute", "latents")
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(latents, columns=["dataset", "task"]).to_pylist()
+    wanted = {r["dataset"] for r in table if r["task"] in ("video_edit", "image_edit")}
+    assert set(trained) == wanted and all(d["samples"] > 0 and d["license"] != "unknown" for d in trained.values())
+    from sama.provenance import LICENSES
+
+    assert all(d["license"] == LICENSES[n].id and d["license_from"] == "manifest" for n, d in trained.items())
+    assert all(d["filter"]["judge_model"] == "none:cheap-checks-only" for d in trained.values())
+    assert card["evaluations"] and "CC-BY-NC-SA-4.0" in open(export / "README.md").read()
+    # `sama lineage` on it walks train -> precompute -> filter -> ingest -> the generated raw data.
+    res = subprocess.run(
+        [sys.executable, "-m", "sama.jobs.cli", "lineage", str(export)], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    jobs = [line.strip().split(":")[0] for line in res.stdout.splitlines()]
+    for job in ("train", "precompute", "filter", "probe"):
+        assert job in jobs, res.stdout
+    raw = [line.split("raw data: ")[1].split()[0] for line in res.stdout.splitlines() if "raw data: " in line]
+    assert raw and all(r.startswith(str(tmp_path / "demo" / "data")) for r in raw), raw

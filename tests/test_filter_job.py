@@ -75,7 +75,12 @@ def test_cheap_checks_only_rerun_resume(ingested, tmp_path):
     outcome(out, ingested)
 
     # new settings redo everything; a new part size leaves no stale part behind
+    first = s["provenance"]
     s = run_filter(ingested, out, "filter.shard_size=3")
+    # The threshold changed (min_frames 12 -> 9): the recorded config digest changes, the input's does not.
+    assert s["provenance"]["config_digest"] != first["config_digest"]
+    assert s["provenance"]["inputs"] == first["inputs"] == [{"uri": ingested, "digest": first["inputs"][0]["digest"]}]
+    assert s["provenance"]["judge_model"] == "none:cheap-checks-only" and s["provenance"]["rubric_versions"]
     assert s["parts_run"] == s["parts"] and sum(d["keep"] for d in s["datasets"].values()) == len(v)
     outcome(out, ingested)
 

@@ -110,3 +110,30 @@ def test_changed_metadata_replaces_old_parts(ray_cluster, tmp_path):
     launcher.run(job_yaml("ingest"), args)
     assert read_table(storage.join(out, "manifest"), MANIFEST).num_rows == 1
     assert json.loads(storage.read_text(storage.join(out, "summary.json")))["datasets"]["nhr_edit"]["kept"] == 1
+
+
+def test_samples_carry_their_license_and_record_and_a_deny_rule_is_counted(ray_cluster, lookalikes, tmp_path):
+    out = str(tmp_path / "out")
+    roots = {k: lookalikes.roots[k] for k in ("motionbench", "pico_banana", "nhr_edit")}
+    extra = ('ingest.licenses.deny=["*-ND*"]', "ingest.datasets.nhr_edit.version=rev-abc123")
+    args = [f"output={out}", "ingest.datasets=null", *[f"ingest.datasets.{k}.root={v}" for k, v in roots.items()]]
+    summary = launcher.run(job_yaml("ingest"), [*args, *extra])
+    m = read_table(storage.join(out, "manifest"), MANIFEST).to_pandas()
+    assert set(m.dataset) == {"motionbench", "nhr_edit"}  # no-derivatives data kept out
+    assert set(m[m.dataset == "nhr_edit"].license) == {"Apache-2.0"}
+    assert set(m[m.dataset == "motionbench"].license) == {"CC-BY-NC-SA-4.0"}
+    assert set(m[m.dataset == "nhr_edit"].dataset_version) == {"rev-abc123"}
+    # Each sample points at its original record: the metadata file and line.
+    for rec in m.record:
+        path, _, line = rec.rpartition(":")
+        assert os.path.exists(path) and line.isdigit(), rec
+    rejects = validate(storage.read_parquet(storage.join(out, "rejects")), REJECTS).to_pandas()
+    banned = rejects[rejects.reason == "license_excluded"]
+    exp = lookalikes.expected["pico_banana"]  # every row the reader lists, but those already malformed
+    assert set(banned.dataset) == {"pico_banana"}
+    assert len(banned) == exp.kept + sum(exp.reasons.values()) - exp.reasons.get("bad_record", 0) > 0
+    assert all("CC-BY-NC-ND-4.0 matches ingest.licenses.deny '*-ND*'" in d for d in banned.detail)
+    assert summary["license_excluded"] == {"pico_banana": len(banned)}
+    assert summary["datasets"]["pico_banana"]["license"]["id"] == "CC-BY-NC-ND-4.0"
+    prov = summary["provenance"]
+    assert prov["job"] == "probe" and prov["code_version"] and {i["uri"] for i in prov["inputs"]} == set(roots.values())

@@ -161,6 +161,8 @@ def test_edit_round_trip_upload_poll_download(service, client, clip):
     job = r.json()
     assert job["state"] == "queued" and job["id"]
     assert r.headers["location"] == url(service, "edit", f"v1/edits/{job['id']}")  # absolute, prefix included
+    model = client.get(url(service, "edit", "v1/model")).json()  # what is served (no checkpoint: tiny models)
+    assert model["checkpoint"] is None and "tiny random" in model["note"]
     # The record is on the results storage from the moment it is accepted.
     assert os.path.exists(os.path.join(service["root"], "results", "edit", "jobs", f"{job['id']}.json"))
     seen = []
@@ -233,6 +235,7 @@ def test_auth_is_required(service, clip):
             ).status_code
             == 401
         )
+        assert anon.get(url(service, "edit", "v1/model")).status_code == 401
         # The page and the health check are open (they hold no data).
         assert anon.get(url(service, "edit", "healthz")).json()["status"] == "ok"
         assert "<video" in anon.get(url(service, "edit")).text

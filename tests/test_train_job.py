@@ -3,6 +3,7 @@ stage 0 then stage 1 from stage 0's checkpoint, the export loaded back, an inter
 run resumed from S3 with a worker killed on the way, matching the uninterrupted losses."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -82,9 +83,20 @@ def test_stage0_then_stage1_and_the_export_loads(stage0, latents, tmp_path):
 
     # stage 1 (ZeRO-3, activation checkpointing) from stage 0's newest checkpoint
     out1 = str(tmp_path / "stage1")
-    train(1, latents, out1, "train.steps=4", "train.checkpoint.every=2", f"train.init_from={out0}/stage0")
+    mlruns = f"file:{tmp_path}/mlruns"  # MLflow's local file store: works offline
+    extra = ("train.steps=4", "train.checkpoint.every=2", f"train.init_from={out0}/stage0")
+    train(1, latents, out1, *extra, f"train.tracking.mlflow_uri={mlruns}")
     m1 = losses(out1, "stage1")
     assert sorted(m1) == [1, 2, 3, 4] and all(v["loss"] == v["loss"] for v in m1.values())
+    from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # as start_mlflow does for a file: URI
+    client = MlflowClient(mlruns)
+    (run,) = client.search_runs([client.get_experiment_by_name("sama").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "loss_fm")
+    assert [h.step for h in history] == [1, 2, 3, 4] and history[-1].value == pytest.approx(m1[4]["loss_fm"])
+    assert run.data.params["stage"] == "1" and run.data.params["optim.lr"] == "0.0005"
+    assert run.info.run_name == "stage1"
     # stage 1 started from stage 0's weights: its EMA (decay 0.9998) is still next to stage 0's
     ema0, ema1 = checkpoints.ema_weights(ckpt), checkpoints.ema_weights(checkpoints.resolve(f"{out1}/stage1"))
     assert max((ema0[k] - ema1[k]).abs().max().item() for k in ema0) < 1e-3

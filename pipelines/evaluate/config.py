@@ -11,6 +11,7 @@ from sama import storage
 from sama.config import JobConfig, to_dict
 from sama.judging import EVAL_RUBRICS, JudgeConfig
 from sama.models.pipeline import EditModelConfig
+from sama.training.metrics import TrackingConfig
 
 from .align import AlignConfig
 from .manifest import FORMATS
@@ -77,6 +78,7 @@ class EvalConfig:
     rubrics: list[str] = field(default_factory=lambda: ["openve", "reco", "vie"])
     score: ScoreConfig = field(default_factory=ScoreConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # MLflow: params + mean metrics of a run
     retry_errors: bool = True  # a rerun redoes items whose result is an error
 
     def validate(self) -> None:

@@ -34,7 +34,7 @@ import posixpath
 import time
 
 from sama import storage
-from sama.config import JobEntry
+from sama.config import JobEntry, to_dict
 from sama.judging import Secret, api_key
 from sama.media import IMAGE_EXTS, VIDEO_EXTS
 from sama.schemas import EVAL_RESULTS, read_table
@@ -59,6 +59,12 @@ def edits_by_id(folder: str) -> dict[str, str]:
     if not files:
         raise FileNotFoundError(f"evaluate.edits: no video or image files under {folder}")
     return {posixpath.splitext(storage.basename(f))[0]: f for f in files}
+
+
+def mean_metrics(results) -> dict[str, float]:
+    """The mean of every numeric column over the items that were scored."""
+    numeric = results[results.status == "ok"].select_dtypes("number")
+    return {c: round(float(numeric[c].mean()), 4) for c in numeric.columns if numeric[c].notna().any()}
 
 
 class EvalStage(Stage):
@@ -111,6 +117,15 @@ class EvalStage(Stage):
 
     def digest(self) -> str:
         return score_digest(self.cfg)
+
+    def inputs(self) -> list[str]:
+        e = self.cfg
+        if e.edits:
+            return [e.manifest, e.edits]
+        return [e.manifest, e.model.checkpoint or e.model.transformer.pretrained or ""]
+
+    def provenance(self) -> dict:
+        return {"system": self.cfg.system, "judge_model": judge_label(self.cfg)}
 
     def execute(self, todo: list[Part]) -> list[Marker]:
         import ray
@@ -174,6 +189,45 @@ class EvalStage(Stage):
             from .report import write_report
 
             summary["report"] = write_report(self.output, results, table, summary)
+        metrics = mean_metrics(results)
+        self.add_to_model_card(metrics, summary)
+        self.track(metrics, summary)
+
+    def track(self, metrics: dict[str, float], summary: dict) -> None:
+        """Params and mean metrics to MLflow when ``evaluate.tracking.mlflow_uri`` is set."""
+        from sama.training.metrics import start_mlflow
+
+        mlflow = start_mlflow(self.cfg.tracking, f"eval-{self.cfg.system}", to_dict(self.cfg))
+        if mlflow is None:
+            return
+        try:
+            mlflow.log_metrics(metrics)
+            mlflow.set_tags({"benchmark": summary["benchmark"], "output": self.output, "system": self.cfg.system})
+            summary["mlflow_run"] = mlflow.active_run().info.run_id
+        finally:
+            mlflow.end_run()
+
+    def add_to_model_card(self, metrics: dict[str, float], summary: dict) -> None:
+        """An evaluated checkpoint with a model card gets the evaluation in it."""
+        from sama.lineage import add_evaluation
+
+        m = self.cfg.model
+        checkpoint = None if self.brought else (m.checkpoint or m.transformer.pretrained)
+        if not checkpoint:
+            return
+        added = add_evaluation(
+            checkpoint,
+            {
+                "benchmark": summary["benchmark"],
+                "output": self.output,
+                "items": summary["items"],
+                "errors": summary["errors"],
+                "judge_model": summary["judge_model"],
+                "metrics": metrics,
+            },
+        )
+        if added:
+            summary["model_card"] = storage.join(checkpoint, "README.md")
 
     def report(self, summary: dict) -> None:
         from .tables import format_table

@@ -155,6 +155,11 @@ class FetchStage(Stage):
         self.cfg, self.listed, self.task_cpus = cfg, listed, cfg.task_cpus
         self.gate: Any = None
 
+    def inputs(self) -> list[tuple[str, str]]:
+        """The metadata roots, digested by what was listed there (names carry the files' stamps)."""
+        roots = [c.root for c in (self.cfg.koala, self.cfg.pico) if c is not None]
+        return [(r, storage.content_digest(*sorted(self.listed), n=16)) for r in roots]
+
     def plan(self) -> list[Part]:
         listing = ListStage.tables["items"]
         return [

@@ -88,6 +88,17 @@ class FilterStage(Stage):
     def digest(self) -> str:
         return config_digest(self.cfg)
 
+    def inputs(self) -> list[str]:
+        return [self.cfg.input]
+
+    def provenance(self) -> dict:
+        from sama.judging import RUBRICS
+
+        return {
+            "judge_model": self.cfg.judge.model_label,
+            "rubric_versions": sorted(r.version for r in RUBRICS.values()),
+        }
+
     def execute(self, todo: list[Part]) -> list[Marker]:
         if self.cfg.judge.backend == "openai":  # workers get the key in memory, never on disk or in logs
             self.key = api_key(self.cfg.judge)

@@ -37,7 +37,8 @@ from sama import storage
 from sama.config import JobConfig, JobEntry
 from sama.datasets import READERS, DatasetsConfig, Reader
 from sama.media import MediaError, MediaInfo, ProbeConfig, probe
-from sama.schemas import LISTING, MANIFEST, REJECTS
+from sama.provenance import LicenseConfig
+from sama.schemas import LISTING, MANIFEST, PROVENANCE_FIELDS, REJECTS
 
 from ..stage import Marker, Part, Stage, Table, count_table, dry_run_stage, run_stage
 
@@ -45,6 +46,7 @@ from ..stage import Marker, Part, Stage, Table, count_table, dry_run_stage, run_
 @dataclass
 class IngestConfig:
     datasets: DatasetsConfig = field(default_factory=DatasetsConfig)
+    licenses: LicenseConfig = field(default_factory=LicenseConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     shard_size: int = 512  # samples per listing row group / output part
     probe_threads: int = 8  # concurrent probes inside one task (I/O bound on S3)
@@ -76,6 +78,11 @@ def unit_id(reader: Reader, unit: str, shard_size: int) -> str:
     return f"{stem}-{storage.content_digest(unit, storage.stamp(unit), cfg, str(shard_size), n=10)}"
 
 
+def licenses_digest(licenses: LicenseConfig) -> str:
+    """The license policy decides listing rows (license, license_excluded): a change relists."""
+    return storage.content_digest(json.dumps(dataclasses.asdict(licenses), sort_keys=True), n=12)
+
+
 class ListStage(Stage):
     """A part per metadata file: its samples as the reader sees them, bad rows included."""
 
@@ -97,9 +104,19 @@ class ListStage(Stage):
             for unit in r.units()
         ]
 
+    def digest(self) -> str:
+        return licenses_digest(self.cfg.licenses)
+
     def process(self, part: Part) -> dict:
         reader, unit = part.spec
-        rows = [sample.row() for sample in reader.samples(unit)]
+        lic = self.cfg.licenses.license_of(reader.name)
+        excluded = self.cfg.licenses.excluded(lic.id)
+        rows = []
+        for sample in reader.samples(unit):
+            row = {**sample.row(), "license": lic.id, "dataset_version": reader.cfg.version or None}
+            if excluded and not row["reject_reason"]:  # rejected, so the count shows in the summary
+                row["reject_reason"], row["reject_detail"] = "license_excluded", f"{row['record']}: {excluded}"
+            rows.append(row)
         return {
             "listing": rows,
             "meta": {"dataset": reader.name, "unit": unit, "rows": len(rows), "not_listed": dict(reader.skipped)},
@@ -189,10 +206,8 @@ def check_sample(row: dict, cfg: IngestConfig) -> tuple[dict | None, tuple[str, 
         why = mismatch(row["task"], src, tgt, cfg)
         if why:
             return None, ("source_target_mismatch", f"{row['source_uri']} vs {row['target_uri']}: {why}")
-    out = {
-        k: row[k]
-        for k in ("sample_id", "dataset", "category", "task", "instruction", "source_uri", "target_uri", "extra")
-    }
+    keys = ("sample_id", "dataset", "category", "task", "instruction", "source_uri", "target_uri", "extra")
+    out = {k: row[k] for k in keys + tuple(f.name for f in PROVENANCE_FIELDS)}
     out.update(tgt.as_columns("tgt"))
     if src is not None:
         out.update(src.as_columns("src"))
@@ -218,6 +233,17 @@ class ProbeStage(Stage):
     def digest(self) -> str:
         decisive = [dataclasses.asdict(self.cfg.probe), self.cfg.max_duration_mismatch, self.cfg.max_aspect_mismatch]
         return storage.content_digest(json.dumps(decisive, sort_keys=True), n=12)
+
+    def inputs(self) -> list[tuple[str, str]]:
+        """Each dataset root, digested by what was listed there (its metadata files' names,
+        sizes and mtimes are in the listing parts' names), not by walking millions of media files."""
+        parts: dict[str, list[str]] = defaultdict(list)
+        for name in self.listed:
+            parts[name.split("/")[0]].append(name)
+        return [(r.root, storage.content_digest(*sorted(parts[r.name]), n=16)) for r in self.cfg.datasets.readers()]
+
+    def provenance(self) -> dict:
+        return {"licenses_digest": licenses_digest(self.cfg.licenses)}
 
     def process(self, part: Part) -> dict:
         chunk: Chunk = part.spec
@@ -256,6 +282,12 @@ class ProbeStage(Stage):
             for reason, n in marker.meta["not_listed"].items():
                 not_listed[reason] = not_listed.get(reason, 0) + n
         summary["datasets"] = dict(sorted(datasets.items()))
+        for name, entry in summary["datasets"].items():
+            lic = self.cfg.licenses.license_of(name)
+            entry["license"] = {"id": lic.id, "source": lic.source}
+        summary["license_excluded"] = {
+            name: n for name, e in summary["datasets"].items() if (n := e["reasons"].get("license_excluded", 0))
+        }
 
     def report(self, summary: dict) -> None:
         print(
@@ -265,6 +297,8 @@ class ProbeStage(Stage):
                 note=lambda s: "".join(f"  ({v} {k})" for k, v in s.get("not_listed", {}).items()),
             )
         )
+        if summary["license_excluded"]:
+            print(f"license excluded (ingest.licenses): {summary['license_excluded']}")
         print(f"manifest: {storage.join(self.output, 'manifest')}\nrejects:  {storage.join(self.output, 'rejects')}")
 
 

@@ -20,6 +20,7 @@ Output under ``output``: ``latents/*.parquet`` (schema ``sama.latents.LATENTS``)
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter, defaultdict
@@ -33,7 +34,7 @@ import torch
 
 from sama import media, storage
 from sama.buckets import Bucket, BucketConfig, fit_to_bucket, make_buckets, nearest_bucket
-from sama.config import JobConfig, JobEntry
+from sama.config import JobConfig, JobEntry, to_dict
 from sama.latents import LATENTS, TENSORS, pack, params_json
 from sama.models.encoders import (
     SemanticConfig,
@@ -403,6 +404,21 @@ class PrecomputeStage(Stage):
             for row in manifest.to_pylist()
             if not held_out(row["sample_id"], self.cfg.holdout)
         ]
+
+    def inputs(self) -> list[str]:
+        return [self.cfg.manifest]
+
+    def config_digest(self) -> str:
+        return storage.content_digest(json.dumps(to_dict(self.cfg), sort_keys=True, default=str), n=12)
+
+    def provenance(self) -> dict:
+        p = self.cfg
+        return {
+            "encoders": {
+                n: c.pretrained or "tiny random"
+                for n, c in (("vae", p.vae), ("semantic", p.semantic), ("text", p.text))
+            }
+        }
 
     def execute(self, todo: list[Part]) -> list[Marker]:
         """decode (CPU tasks) -> encode (an actor pool, GPUs) -> write (CPU tasks), streaming."""

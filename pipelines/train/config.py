@@ -11,6 +11,7 @@ from sama.buckets import BucketConfig
 from sama.config import JobConfig
 from sama.models.losses import LossConfig
 from sama.models.transformer import SamaModelConfig
+from sama.training.metrics import TrackingConfig
 from sama.training.mixing import SourceConfig
 from sama.training.schedule import ScheduleConfig
 
@@ -170,6 +171,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def validate(self) -> None:

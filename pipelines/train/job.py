@@ -17,7 +17,9 @@ import logging
 import os
 
 from sama import storage
-from sama.config import JobEntry
+from sama.config import JobEntry, to_dict
+from sama.lineage import data_mix, write_card
+from sama.provenance import record
 
 from . import data
 from .config import TrainJobConfig, absolute_paths
@@ -71,6 +73,36 @@ def build_trainer(cfg: TrainJobConfig):
     )
 
 
+def provenance(cfg: TrainJobConfig) -> dict:
+    t = cfg.train
+    digest = storage.content_digest(json.dumps(to_dict(t), sort_keys=True, default=str), n=12)
+    inputs = [s.uri for s in t.data.sources] + [t.init_from or "", t.model.pretrained or ""]
+    return record("train", digest, inputs, stage=t.stage, steps=t.steps)
+
+
+def model_card(cfg: TrainJobConfig, ckpt: str, summary: dict) -> dict:
+    """What went into the exported weights (``sama.lineage`` renders it as README.md)."""
+    t = cfg.train
+    base = t.model.pretrained or "tiny random SAMA transformer (sama.models.tiny)"
+    return {
+        "title": f"SAMA stage {t.stage} ({t.name})",
+        "summary": f"SAMA stage {t.stage} ({'factorized pre-training' if t.stage == 0 else 'SFT'}), "
+        f"{t.steps} steps from {t.init_from or base}.",
+        "base_model": base,
+        "init_from": t.init_from,
+        "stage": t.stage,
+        "steps": t.steps,
+        "seed": t.seed,
+        "checkpoint": ckpt,
+        "code_version": summary["provenance"]["code_version"],
+        "loss": {"semantic_weight": t.loss.semantic_weight, "timestep_shift": t.loss.timestep_shift},
+        "data": data_mix(t.data.sources),
+        "final_metrics": {k: v for k, v in (summary.get("metrics") or {}).items() if isinstance(v, (int, float))},
+        "provenance": summary["provenance"],
+        "evaluations": [],
+    }
+
+
 def run(cfg: TrainJobConfig) -> dict:
     cfg = absolute_paths(cfg)
     t = cfg.train
@@ -82,10 +114,12 @@ def run(cfg: TrainJobConfig) -> dict:
         "metrics": result.metrics,
         "metrics_dir": storage.join(cfg.output, t.name, "metrics"),
     }
+    summary["provenance"] = provenance(cfg)
     if t.export.enabled:
         summary["export"] = export_as_task(
             ckpt, t.export.output or storage.join(cfg.output, "export"), "ema", t.export.dtype, t.export.memory_gb
         )
+        write_card(summary["export"], model_card(cfg, ckpt, summary))
     storage.write_text(storage.join(cfg.output, "summary.json"), json.dumps(summary, indent=2, default=str))
     print(f"[train] stage {t.stage}: checkpoint {ckpt}" + (f", export {summary['export']}" if t.export.enabled else ""))
     return summary

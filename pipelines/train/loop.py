@@ -25,12 +25,13 @@ import torch
 import torch.distributed as dist
 
 from sama import storage
+from sama.config import to_dict
 from sama.latents import collate
 from sama.models.losses import sama_loss
 from sama.models.sequence_parallel import SequenceParallel
 from sama.models.transformer import num_tokens
 from sama.training.ema import ShardedEMA
-from sama.training.metrics import MetricsLogger
+from sama.training.metrics import MetricsLogger, start_mlflow
 from sama.training.mixing import BucketStream, pick_source, seed_of
 from sama.training.schedule import LRLambda
 
@@ -310,8 +311,15 @@ def train_loop_per_worker(config: dict) -> None:
     logger = remote = None
     if rank == 0:
         local, remote = metrics_dir(output, t.name)
+        tracking = start_mlflow(t.tracking, t.name, to_dict(t))
         logger = MetricsLogger(
-            local, t.steps, state.step, t.metrics.tensorboard, t.metrics.progress_bar, prefix=f"stage{t.stage}"
+            local,
+            t.steps,
+            state.step,
+            t.metrics.tensorboard,
+            t.metrics.progress_bar,
+            prefix=f"stage{t.stage}",
+            mlflow=tracking,
         )
     patch = tuple(engine.module.config.patch_size)
     accum = t.engine.grad_accum

@@ -380,7 +380,30 @@ def _from_original(src: str, dst: str, fmt: str, overrides: dict, opts: dict) ->
     finally:
         reader.close()
     model.save_config(dst)
+    _write_card(src, dst, fmt, dict(model.config), len(items), overrides)
     return ConversionResult(dst, "diffusers", dict(model.config), len(items), names)
+
+
+def _write_card(src: str, dst: str, fmt: str, config: dict[str, Any], tensors: int, overrides: dict) -> None:
+    """A model card for a converted checkpoint: where it came from and what the conversion set."""
+    from sama.lineage import write_card
+    from sama.provenance import record
+
+    numerics = {k: v for k, v in config.items() if not k.startswith("_")}
+    digest = storage.content_digest(json.dumps(overrides, sort_keys=True, default=str), n=12)
+    write_card(
+        dst,
+        {
+            "title": f"SAMA transformer converted from the {fmt} format",
+            "summary": f"`sama convert --from {fmt}` of `{src}` ({tensors} tensors). Training data: as published "
+            "with the source weights (this conversion adds none).",
+            "base_model": src,
+            "conversion": {"from": fmt, "source": src, "tensors": tensors, "overrides": overrides, "config": numerics},
+            "provenance": record("convert", digest, [src]),
+            "data": [],
+            "evaluations": [],
+        },
+    )
 
 
 def _read_diffusers_config(src: str) -> dict[str, Any]:
