@@ -50,6 +50,7 @@ from sama import storage
 from sama.provenance import record
 from sama.records import DatasetError
 from sama.schemas import TableSchema
+from sama.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +436,15 @@ def map_parts(parts: Sequence[Any], fn, cpus: float, label: str, **ray_args) -> 
     ray.data.DataContext.get_current().enable_fallback_to_arrow_object_ext_type = True  # objects, quietly
     ds = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=len(parts))
     log.info("%s: %d task(s)", label, len(parts))
+    ray_args.setdefault("ray_remote_args_fn", storage_retry)
     return [r["out"] for r in ds.map(lambda row: {"out": fn(row["part"])}, num_cpus=cpus, **ray_args).take_all()]
+
+
+# A task that ran out of storage retries (sama.storage) is run again by Ray: a slow stretch of
+# the storage must not end a job of hours. Other errors are the part's own and fail it at once.
+def storage_retry() -> dict[str, Any]:
+    """Ray remote args for a Ray Data operator's tasks (its ``ray_remote_args_fn``)."""
+    return {"max_retries": 3, "retry_exceptions": [StorageError]}
 
 
 def count_table(

@@ -13,17 +13,29 @@ A member of an uncompressed tar archive is addressed as ``ARCHIVE.tar::MEMBER``
 Writes are atomic: a local file is written beside its target and renamed into
 place; an S3 object only becomes visible when its upload completes. A reader
 therefore never sees half a shard.
+
+Transient is not permanent: throttling, 5xx, resets, timeouts and short responses are
+retried with exponential backoff and jitter (honouring ``Retry-After``) up to
+``SAMA_STORAGE_RETRIES`` attempts (else ``AWS_MAX_ATTEMPTS``, default 10), each request
+bounded by ``SAMA_STORAGE_TIMEOUT`` seconds (default 60); when the budget runs out a
+:class:`StorageError` names the URI, the cause and the attempts. S3 objects are read
+through a buffer in block-aligned ranged GETs (``SAMA_STORAGE_BLOCK``, default 256 KiB),
+each checked against the object's size from a validated HEAD, so a probe costs a few
+requests and a response cut short is an error to retry, never a short file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
 import os
 import posixpath
+import random
 import tarfile
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import IO
@@ -40,6 +52,76 @@ class StorageError(RuntimeError):
     """A storage operation failed; the message names the URI."""
 
 
+# --- retries ---------------------------------------------------------------------------------------
+
+TRANSIENT_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed", "InternalError",
+    "ServiceUnavailable", "500", "502", "503", "504",
+}  # fmt: skip
+
+
+def retry_budget() -> tuple[int, float]:
+    """(attempts, seconds per request) from the environment."""
+    attempts = int(os.environ.get("SAMA_STORAGE_RETRIES") or os.environ.get("AWS_MAX_ATTEMPTS") or 10)
+    return max(1, attempts), float(os.environ.get("SAMA_STORAGE_TIMEOUT") or 60)
+
+
+def _code(e: BaseException) -> str | None:
+    response = getattr(e, "response", None)
+    if isinstance(response, dict):
+        err = response.get("Error", {})
+        return str(err.get("Code") or response.get("ResponseMetadata", {}).get("HTTPStatusCode") or "")
+    return None
+
+
+def transient(e: BaseException) -> bool:
+    """Worth another attempt: the network or the server, not the request or the object."""
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    code = _code(e)
+    if code is not None:
+        return code in TRANSIENT_CODES
+    name = type(e).__name__
+    if name in ("EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
+                "IncompleteReadError", "ResponseStreamingError", "ProtocolError", "ShortRead"):  # fmt: skip
+        return True
+    return isinstance(e, (OSError, TimeoutError, ConnectionError))
+
+
+def _retry_after(e: BaseException) -> float | None:
+    response = getattr(e, "response", None)
+    if isinstance(response, dict):
+        value = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("retry-after")
+        try:
+            return min(30.0, float(value)) if value is not None else None
+        except ValueError:
+            return None
+    return None
+
+
+def with_retries(fn, what: str):
+    """``fn()`` with exponential backoff and jitter on transient errors; a StorageError naming
+    ``what``, the cause and the attempts when they run out."""
+    attempts, _ = retry_budget()
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as e:
+            if not transient(e):
+                raise
+            if attempt == attempts:
+                cause = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+                raise StorageError(
+                    f"{what}: {cause} (gave up after {attempts} attempts; raise SAMA_STORAGE_RETRIES or check "
+                    "the storage endpoint)"
+                ) from e
+            delay = _retry_after(e)
+            if delay is None:
+                delay = min(10.0, 0.1 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
@@ -49,7 +131,7 @@ def endpoint_url() -> str | None:
 
 
 @functools.lru_cache(maxsize=8)
-def _s3_filesystem(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
+def _s3_filesystem(endpoint: str | None, region: str | None, attempts: int, timeout: float) -> pafs.S3FileSystem:
     kwargs: dict = {"region": region or "us-east-1"}
     if endpoint:
         parsed = urlparse(endpoint)
@@ -57,21 +139,37 @@ def _s3_filesystem(endpoint: str | None, region: str | None) -> pafs.S3FileSyste
         kwargs["scheme"] = parsed.scheme or "https"
         # Self-hosted S3 servers rarely support virtual-host addressing.
         kwargs["force_virtual_addressing"] = False
+    kwargs.update(
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts),
+        connect_timeout=min(timeout, 10.0),
+        request_timeout=timeout,
+    )
     return pafs.S3FileSystem(**kwargs)
 
 
-@functools.lru_cache(maxsize=8)
 def _s3_client(endpoint: str | None):
-    import boto3
+    return _s3_client_with(endpoint, *retry_budget())
 
-    return boto3.client("s3", endpoint_url=endpoint)
+
+@functools.lru_cache(maxsize=8)
+def _s3_client_with(endpoint: str | None, attempts: int, timeout: float):
+    import boto3
+    from botocore.config import Config
+
+    config = Config(  # one attempt per call: with_retries is the one retry policy (and honours Retry-After)
+        retries={"max_attempts": 1, "mode": "standard"},
+        connect_timeout=min(timeout, 10.0),
+        read_timeout=timeout,
+        max_pool_connections=32,
+    )
+    return boto3.client("s3", endpoint_url=endpoint, config=config)
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem for ``uri`` and the path inside it."""
     if is_s3(uri):
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        return _s3_filesystem(endpoint_url(), region), uri[len("s3://") :].rstrip("/")
+        return _s3_filesystem(endpoint_url(), region, *retry_budget()), uri[len("s3://") :].rstrip("/")
     if "://" in uri:
         raise StorageError(f"unsupported URI scheme in {uri!r} (use a local path or s3://)")
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
@@ -108,10 +206,14 @@ def split_member(uri: str) -> tuple[str, str | None]:
     return uri, None
 
 
+def _info(uri: str) -> pafs.FileInfo:
+    fs, path = filesystem(uri)
+    return with_retries(lambda: fs.get_file_info(path), f"cannot look up {uri}")
+
+
 def exists(uri: str) -> bool:
     archive, member = split_member(uri)
-    fs, path = filesystem(archive)
-    info = fs.get_file_info(path)
+    info = _info(archive)
     if info.type == pafs.FileType.NotFound:
         return False
     if member is None:
@@ -122,10 +224,14 @@ def exists(uri: str) -> bool:
 def stamp(uri: str) -> str:
     """``<size>-<mtime ns>`` of a file (a tar member: of its archive), or "missing": what changes
     when the file is replaced, for names of outputs that must follow it."""
-    fs, path = filesystem(split_member(uri)[0])
-    info = fs.get_file_info(path)
+    target = split_member(uri)[0]
+    info = _info(target)
     if info.type == pafs.FileType.NotFound:
         return "missing"
+    if is_s3(target) and info.type == pafs.FileType.File:
+        # The size from a validated HEAD: a listing answer cut short must not rename outputs.
+        with contextlib.suppress(FileNotFoundError):
+            return f"{_s3_head(target)}-{info.mtime_ns}"
     return f"{info.size}-{info.mtime_ns}"
 
 
@@ -133,24 +239,100 @@ def size(uri: str) -> int:
     archive, member = split_member(uri)
     if member is not None:
         return tar_members(archive)[member][1]
-    fs, path = filesystem(uri)
-    info = fs.get_file_info(path)
+    if is_s3(uri):
+        return _s3_head(uri)
+    info = _info(uri)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(uri)
     return int(info.size or 0)
 
 
+def _bucket_key(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    return bucket, key
+
+
+def _s3_head(uri: str) -> int:
+    """The object's size from a HEAD botocore validates (a response cut inside its headers is
+    an error, retried, never a size of 0); FileNotFoundError for a missing object."""
+    bucket, key = _bucket_key(uri)
+
+    def head() -> int:
+        try:
+            resp = _s3_client(endpoint_url()).head_object(Bucket=bucket, Key=key)
+            headers = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            if "content-length" not in headers:  # headers cut short: the connection's fault, not a size
+                raise ConnectionError(f"HEAD {uri}: answer without Content-Length")
+            return int(resp["ContentLength"])
+        except Exception as e:
+            if _code(e) in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(uri) from None
+            raise
+
+    return with_retries(head, f"cannot read the size of {uri}")
+
+
+def _s3_range(uri: str, start: int, length: int) -> bytes:
+    """``length`` bytes at ``start``: one ranged GET, retried until it returns them all."""
+    bucket, key = _bucket_key(uri)
+
+    def get() -> bytes:
+        resp = _s3_client(endpoint_url()).get_object(
+            Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
+        )
+        data = resp["Body"].read()
+        if len(data) != length:  # a body cut short: the connection's fault, not the object's
+            raise ConnectionError(f"short read: {len(data)} of {length} bytes at {start}")
+        return data
+
+    return with_retries(get, f"cannot read {uri} (bytes {start}-{start + length - 1})")
+
+
+class S3Reader(io.RawIOBase):
+    """A seekable S3 object read in block-aligned ranged GETs (wrap it in a BufferedReader)."""
+
+    def __init__(self, uri: str, size: int):
+        self.uri, self.size, self.pos = uri, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, b) -> int:
+        n = min(len(b), self.size - self.pos)
+        if n <= 0:
+            return 0
+        data = _s3_range(self.uri, self.pos, n)
+        b[:n] = data
+        self.pos += n
+        return n
+
+
+def read_block() -> int:
+    return int(os.environ.get("SAMA_STORAGE_BLOCK") or 256 * 1024)
+
+
 def list_files(uri: str, suffix: str | tuple[str, ...] = "", recursive: bool = True) -> list[str]:
     """Files under ``uri`` (sorted URIs), optionally only those ending in ``suffix``."""
     fs, path = filesystem(uri)
-    info = fs.get_file_info(path)
+    info = _info(uri)
     if info.type == pafs.FileType.NotFound:
         return []
     selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=True)
     prefix = "s3://" if is_s3(uri) else ""
     out = [
         prefix + i.path
-        for i in fs.get_file_info(selector)
+        for i in with_retries(lambda: fs.get_file_info(selector), f"cannot list {uri}")
         if i.type == pafs.FileType.File and i.path.endswith(suffix) and not _is_temp(i.path)
     ]
     return sorted(out)
@@ -163,6 +345,11 @@ def _is_temp(path: str) -> bool:
 def open_input(uri: str) -> IO[bytes]:
     """A seekable binary file for ``uri`` (tar members included)."""
     archive, member = split_member(uri)
+    if member is not None and is_s3(archive):  # one ranged GET at the member's offset (headers read once)
+        offset, n = tar_members(archive).get(member, (None, 0))
+        if offset is None:
+            raise FileNotFoundError(uri)
+        return io.BytesIO(_s3_range(archive, offset, n) if n else b"")
     if member is not None:
         tf = _open_tar(archive)
         try:
@@ -172,6 +359,8 @@ def open_input(uri: str) -> IO[bytes]:
         if f is None:
             raise StorageError(f"{uri}: tar member is not a regular file")
         return f
+    if is_s3(uri):
+        return io.BufferedReader(S3Reader(uri, _s3_head(uri)), buffer_size=read_block())
     fs, path = filesystem(uri)
     try:
         return fs.open_input_file(path)
@@ -184,6 +373,9 @@ def open_input(uri: str) -> IO[bytes]:
 
 
 def read_bytes(uri: str) -> bytes:
+    if is_s3(uri) and TAR_SEP not in uri:
+        n = _s3_head(uri)
+        return _s3_range(uri, 0, n) if n else b""
     with open_input(uri) as f:
         return f.read()
 
@@ -204,7 +396,8 @@ def write_bytes(uri: str, data: bytes) -> None:
         # boto3 sends one PUT (or a multipart upload above 8 MiB): the object appears only
         # when complete. (pyarrow's S3 output stream misreads some servers' completion replies.)
         bucket, key = path.split("/", 1)
-        _s3_client(endpoint_url()).upload_fileobj(io.BytesIO(data), bucket, key)
+        client = _s3_client(endpoint_url())
+        with_retries(lambda: client.upload_fileobj(io.BytesIO(data), bucket, key), f"cannot write {uri}")
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
@@ -233,7 +426,8 @@ def upload_file(local_path: str, uri: str) -> None:
         os.replace(tmp, dest)
         return
     bucket, key = filesystem(uri)[1].split("/", 1)
-    _s3_client(endpoint_url()).upload_file(local_path, bucket, key)  # multipart: visible when complete
+    client = _s3_client(endpoint_url())  # multipart: visible when complete
+    with_retries(lambda: client.upload_file(local_path, bucket, key), f"cannot upload {local_path} to {uri}")
 
 
 def download_file(uri: str, local_path: str) -> None:
@@ -245,7 +439,8 @@ def download_file(uri: str, local_path: str) -> None:
     try:
         if is_s3(uri):
             bucket, key = filesystem(uri)[1].split("/", 1)
-            _s3_client(endpoint_url()).download_file(bucket, key, tmp)
+            client = _s3_client(endpoint_url())
+            with_retries(lambda: client.download_file(bucket, key, tmp), f"cannot download {uri}")
         else:
             import shutil
 
@@ -284,27 +479,33 @@ def write_parquet(uri: str, table: pa.Table | Sequence[pa.Table], **kwargs) -> N
 
 def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
     """One Parquet file, or every ``*.parquet`` under a folder, as one table."""
-    fs, path = filesystem(uri)
-    info = fs.get_file_info(path)
+    info = _info(uri)
     if info.type == pafs.FileType.File:
-        return pq.read_table(path, filesystem=fs, columns=columns)
+        return _read_parquet_file(uri, columns)
     files = list_files(uri, ".parquet")
     if not files:
         raise FileNotFoundError(f"no Parquet files under {uri}")
-    tables = [pq.read_table(filesystem(f)[1], filesystem=fs, columns=columns) for f in files]
+    tables = [_read_parquet_file(f, columns) for f in files]
     return pa.concat_tables(tables, promote_options="default")
+
+
+def _read_parquet_file(uri: str, columns: list[str] | None) -> pa.Table:
+    if is_s3(uri):  # validated ranged reads, retried one by one
+        with open_input(uri) as f:
+            return pq.read_table(f, columns=columns)
+    fs, path = filesystem(uri)
+    return pq.read_table(path, filesystem=fs, columns=columns)
 
 
 def read_row_group(uri: str, index: int, columns: list[str] | None = None) -> pa.Table:
     """Row group ``index`` of one Parquet file (reads only that group's byte ranges)."""
-    fs, path = filesystem(uri)
-    with fs.open_input_file(path) as f:
+    with open_input(uri) as f:
         return pq.ParquetFile(f).read_row_group(index, columns=columns)
 
 
 def delete(uri: str) -> None:
     fs, path = filesystem(uri)
-    info = fs.get_file_info(path)
+    info = _info(uri)
     if info.type == pafs.FileType.Directory:
         fs.delete_dir(path)
     elif info.type == pafs.FileType.File:
@@ -329,8 +530,7 @@ def _open_tar(archive: str) -> tarfile.TarFile:
             f"{archive}: compressed tar archives have no random access; extract them first "
             "or repack as plain .tar shards"
         )
-    fs, path = filesystem(archive)
-    return tarfile.open(fileobj=fs.open_input_file(path), mode="r:")
+    return tarfile.open(fileobj=open_input(archive), mode="r:")
 
 
 @functools.lru_cache(maxsize=64)

@@ -165,8 +165,17 @@ def test_precompute_to_s3_and_resume_after_kill(ray_cluster, manifest, s3_bucket
     proc.wait()
     before = {r["sample_id"] for r in rows_of(out)}
     assert 4 <= len(before) < expected_total(lookalikes), "the kill should land midway"
+    done = storage.join(out, "_work", "done", "precompute")
+    shards = {  # committed (marker written) before the kill; a shard without its marker was in flight
+        f: storage.stamp(f)
+        for f in storage.list_files(storage.join(out, "latents"))
+        if storage.exists(storage.join(done, storage.basename(f).removesuffix(".parquet") + ".json"))
+    }
+    assert shards
 
     launcher.run(job_yaml("precompute"), args)
+    # Only the shards not finished before the kill were written by the rerun.
+    assert {f: storage.stamp(f) for f in shards} == shards
     rows = rows_of(out)
     ids = [r["sample_id"] for r in rows]
     assert len(ids) == len(set(ids)) == expected_total(lookalikes)  # finished, nothing twice

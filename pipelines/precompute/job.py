@@ -48,7 +48,7 @@ from sama.models.encoders import (
 from sama.pretexts import IMAGE_EDIT_TAG, VIDEO_EDIT_TAG, PretextConfig, PretextSampler, compose_prompt
 from sama.schemas import MANIFEST, REJECTS, held_out, read_table
 
-from ..stage import Marker, Part, Stage, Table, dry_run_stage, run_stage
+from ..stage import Marker, Part, Stage, Table, dry_run_stage, run_stage, storage_retry
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,8 @@ class DecodeStage:
             except media.MediaError as e:
                 out.append({**base, "error_reason": e.reason, "error_detail": e.detail})
                 continue
+            except storage.StorageError:  # the storage's fault, not the sample's: the task is retried
+                raise
             except Exception as e:  # a bug or an odd file must not kill the job: record it
                 out.append({**base, "error_reason": "decode_error", "error_detail": f"{row['target_uri']}: {e!r}"})
                 continue
@@ -433,6 +435,7 @@ class PrecomputeStage(Stage):
             batch_size=p.decode.batch_size,
             batch_format="pyarrow",
             num_cpus=p.decode.num_cpus,
+            ray_remote_args_fn=storage_retry,
         )
         ds = ds.map_batches(
             EncodeStage,
@@ -444,7 +447,14 @@ class PrecomputeStage(Stage):
             compute=pool,
         )
         ds = ds.map_batches(
-            write_shard, fn_kwargs={"owner": self}, batch_size=p.shard_size, batch_format="pyarrow", num_cpus=0.5
+            write_shard,
+            fn_kwargs={"owner": self},
+            batch_size=p.shard_size,
+            batch_format="pyarrow",
+            # I/O only: with a CPU of its own, a write waits until decoding frees one, and on a
+            # busy cluster every shard would land at the very end (nothing kept if interrupted).
+            num_cpus=0,
+            ray_remote_args_fn=storage_retry,
         )
         markers = [row["marker"] for row in ds.take_all()]
         seconds = time.time() - t0

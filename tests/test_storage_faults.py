@@ -1,0 +1,141 @@
+"""Storage under faults: a real S3 server behind a fault-injecting proxy on 127.0.0.1
+(503 SlowDown, connections reset mid-body, responses cut inside their headers, delays)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import boto3
+import pytest
+
+from sama import media, storage
+from sama.testing.faultproxy import FaultProxy
+from sama.testing.media import write_video
+
+
+@pytest.fixture
+def bucket(s3_bucket, s3_server) -> str:
+    return s3_bucket
+
+
+@pytest.fixture
+def proxy(s3_server, monkeypatch):
+    """The proxy in front of moto, as the endpoint every storage call in this process uses."""
+    with FaultProxy(s3_server, seed=7) as p:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", p.url)
+        monkeypatch.setenv("SAMA_STORAGE_RETRIES", "12")
+        yield p
+
+
+def put(bucket: str, key: str, data: bytes, endpoint: str) -> str:
+    boto3.client("s3", endpoint_url=endpoint).put_object(Bucket=bucket.removeprefix("s3://"), Key=key, Body=data)
+    return f"{bucket}/{key}"
+
+
+def test_tiny_reads_are_buffered_and_survive_faults(bucket, proxy, s3_server):
+    data = os.urandom(300_000)
+    uri = put(bucket, "blob.bin", data, s3_server)
+    proxy.rate = 0.2
+    with storage.open_input(uri) as f:  # 3-byte reads, as a container parser makes them
+        got = b"".join(iter(lambda: f.read(3), b""))
+    assert got == data
+    gets = proxy.requests["GET"]
+    assert gets <= 10, proxy.requests  # 100,000 reads -> 2 blocks of 256 KiB (+ retries of faulted ones)
+    assert sum(proxy.faults.values()) > 0  # it did meet faults
+    assert storage.read_bytes(uri) == data
+
+
+def test_a_cut_head_is_never_a_zero_size(bucket, proxy, s3_server, tmp_path):
+    clip = write_video(str(tmp_path / "c.mp4"), frames=9, width=64, height=48)
+    uri = put(bucket, "c.mp4", open(clip, "rb").read(), s3_server)
+    proxy.kinds, proxy.rate = ("cut_headers",), 0.4
+    for _ in range(6):
+        assert storage.size(uri) == os.path.getsize(clip)
+    info = media.probe(uri)
+    assert (info.width, info.height, info.frames) == (64, 48, 9)
+    assert proxy.faults["cut_headers"] > 0
+
+
+def test_probes_and_decodes_at_20_percent_faults_match_a_clean_read(bucket, proxy, s3_server, tmp_path):
+    clip = write_video(str(tmp_path / "v.mp4"), frames=17, width=64, height=64)
+    uri = put(bucket, "v.mp4", open(clip, "rb").read(), s3_server)
+    clean_info, clean = media.probe(uri), media.read_frames(uri, 4, 64)
+    proxy.reset_counts()
+    proxy.rate, proxy.kinds = 0.2, ("slowdown", "reset", "cut_headers")
+    for _ in range(3):
+        assert media.probe(uri) == clean_info
+        assert (media.read_frames(uri, 4, 64) == clean).all()
+    assert proxy.faults["slowdown"] and proxy.faults["reset"]
+
+
+def test_when_the_budget_runs_out_one_error_names_uri_cause_and_attempts(bucket, proxy, s3_server, monkeypatch):
+    uri = put(bucket, "x.bin", b"abc" * 1000, s3_server)
+    monkeypatch.setenv("SAMA_STORAGE_RETRIES", "2")
+    proxy.rate, proxy.kinds = 1.0, ("slowdown",)
+    with pytest.raises(storage.StorageError) as e:
+        storage.read_bytes(uri)
+    msg = str(e.value)
+    assert uri in msg and "gave up after 2 attempts" in msg and ("SlowDown" in msg or "503" in msg), msg
+    # Not a media verdict: a probe raises the storage error instead of calling the file undecodable.
+    with pytest.raises(storage.StorageError):
+        media.probe(uri)
+
+
+FAULTY_INGEST = """
+import json, os, sys
+from sama.testing.faultproxy import FaultProxy
+with FaultProxy(os.environ["UPSTREAM"], rate=0.2, kinds=("slowdown", "reset", "cut_headers"), seed=3) as proxy:
+    os.environ["AWS_ENDPOINT_URL"] = proxy.url  # before Ray starts: its workers inherit it
+    from sama.jobs import launcher
+    from sama.jobs.demo import job_yaml
+    launcher.run(job_yaml("ingest"), json.loads(sys.argv[1]))
+    print(json.dumps({"faults": dict(proxy.faults), "requests": dict(proxy.requests)}))
+"""
+PLACE = ("source_uri", "target_uri", "record")  # where the files are: local in one run, s3:// in the other
+
+
+@pytest.mark.slow
+def test_ingest_on_s3_at_20_percent_faults_matches_a_clean_run(ray_cluster, lookalikes, s3_bucket, s3_server, tmp_path):
+    """The same data ingested from local disk without faults, and from S3 through the proxy at 20%
+    faults (its own process and Ray, so every worker speaks through the proxy): same tables."""
+    import json
+
+    from sama.jobs import launcher
+    from sama.jobs.demo import job_yaml
+    from sama.schemas import MANIFEST, REJECTS, read_table
+    from sama.testing.lookalikes import upload_tree
+
+    names = ("motionbench", "x2edit")  # JSONL + videos, tar shards of images
+    base = ["ingest.datasets=null", "ingest.shard_size=4"]
+    local = [f"ingest.datasets.{k}.root={lookalikes.roots[k]}" for k in names]
+    launcher.run(job_yaml("ingest"), [f"output={tmp_path}/clean", *base, *local])
+    remote = []
+    for name in names:
+        uri = storage.join(s3_bucket, "data", os.path.basename(lookalikes.roots[name]))
+        upload_tree(lookalikes.roots[name], uri)
+        remote.append(f"ingest.datasets.{name}.root={uri}")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(UPSTREAM=s3_server, SAMA_STORAGE_RETRIES="12")
+    args = [f"output={s3_bucket}/faulty", *base, *remote]
+    res = subprocess.run(
+        [sys.executable, "-c", FAULTY_INGEST, json.dumps(args)],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    met = json.loads(res.stdout.strip().splitlines()[-1])["faults"]
+    assert sum(met.values()) >= 10 and len(met) == 3, met
+
+    def rows(out: str, schema, key: str) -> list[dict]:
+        table = read_table(f"{out}/{key}", schema).to_pylist()
+        return sorted(({k: v for k, v in r.items() if k not in PLACE} for r in table), key=lambda r: r["sample_id"])
+
+    clean, faulty = f"{tmp_path}/clean", f"{s3_bucket}/faulty"
+    assert rows(faulty, MANIFEST, "manifest") == rows(clean, MANIFEST, "manifest")  # same ids, same probed values
+    reasons = lambda out: [(r["sample_id"], r["reason"]) for r in rows(out, REJECTS, "rejects")]  # noqa: E731
+    assert reasons(faulty) == reasons(clean)  # no spurious reject
