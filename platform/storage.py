@@ -85,7 +85,19 @@ def transient(e: BaseException) -> bool:
     if name in ("EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
                 "IncompleteReadError", "ResponseStreamingError", "ProtocolError", "ShortRead"):  # fmt: skip
         return True
-    return isinstance(e, (OSError, TimeoutError, ConnectionError))
+    if isinstance(e, (TimeoutError, ConnectionError)):
+        return True
+    # pyarrow's S3 client raises plain OSErrors: retry the network's and the server's, not e.g. a
+    # missing bucket or a full local disk.
+    text = str(e).upper()
+    return isinstance(e, OSError) and any(m in text for m in TRANSIENT_MARKERS)
+
+
+TRANSIENT_MARKERS = (
+    "NETWORK_CONNECTION", "SLOW_DOWN", "SLOWDOWN", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "REQUEST_TIMEOUT",
+    "THROTTLING", "CURL", "CONNECTION RESET", "TIMED OUT", "BROKEN PIPE", "FAILED TO FLUSH",
+    "HTTP RESPONSE CODE: 5", "UNEXPECTED EOF",
+)  # fmt: skip
 
 
 def _retry_after(e: BaseException) -> float | None:
@@ -208,6 +220,8 @@ def split_member(uri: str) -> tuple[str, str | None]:
 
 def _info(uri: str) -> pafs.FileInfo:
     fs, path = filesystem(uri)
+    if not is_s3(uri):
+        return fs.get_file_info(path)
     return with_retries(lambda: fs.get_file_info(path), f"cannot look up {uri}")
 
 

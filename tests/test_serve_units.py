@@ -207,6 +207,7 @@ def test_storage_errors_on_a_uri_source_are_a_502_naming_it(monkeypatch):
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("SAMA_STORAGE_RETRIES", "2")  # the default budget backs off for ~30 s first
     ingress = object.__new__(Ingress.func_or_class)
     ingress.cfg = SETTINGS
     with pytest.raises(RequestError) as e:
