@@ -1,4 +1,4 @@
-"""The HTTP front (a CPU deployment): auth, input checks, the job table, the web page.
+"""The HTTP front (no GPU, 0 CPUs reserved): auth, input checks, job records, the web page.
 
 Endpoints (all under the application's route prefix; ``/v1/*`` need the bearer token)::
 
