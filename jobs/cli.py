@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from sama.config import ConfigError
@@ -318,7 +319,31 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"sama: config error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from sama.storage import storage_cause
+
+        cause = storage_cause(e)
+        if cause is None or os.environ.get("SAMA_TRACEBACK"):
+            raise
+        print(
+            f"sama: storage error: {cause}; rerunning resumes where it stopped ({keep_traceback(e)})", file=sys.stderr
+        )
+        return 3
     return 0
+
+
+def keep_traceback(e: BaseException) -> str:
+    """Write ``e``'s traceback to a local log (storage may be what failed); say where."""
+    import tempfile
+    import time
+    import traceback
+
+    folder = os.path.join(tempfile.gettempdir(), "sama-logs")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+    with open(path, "w") as f:
+        traceback.print_exception(e, file=f)
+    return f"traceback in {path}; SAMA_TRACEBACK=1 shows it here"
 
 
 if __name__ == "__main__":

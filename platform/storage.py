@@ -52,6 +52,25 @@ class StorageError(RuntimeError):
     """A storage operation failed; the message names the URI."""
 
 
+def storage_cause(e: BaseException) -> StorageError | None:
+    """The StorageError behind ``e``, however Ray wrapped it (a task's ``RayTaskError`` keeps the
+    original as ``.cause``; Ray Data chains its own exception to that), or None."""
+    seen: set[int] = set()
+    stack, found = [e], None
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if type(x) is StorageError:
+            return x  # the original, not Ray's dual-class copy whose text is a traceback
+        if isinstance(x, StorageError) and found is None:
+            found = x
+        stack += [getattr(x, "cause", None), x.__cause__, x.__context__]
+        stack = [y for y in stack if y is None or isinstance(y, BaseException)]
+    return found
+
+
 # --- retries ---------------------------------------------------------------------------------------
 
 TRANSIENT_CODES = {

@@ -90,20 +90,33 @@ with FaultProxy(os.environ["UPSTREAM"], rate=0.2, kinds=("slowdown", "reset", "c
     os.environ["AWS_ENDPOINT_URL"] = proxy.url  # before Ray starts: its workers inherit it
     from sama.jobs import launcher
     from sama.jobs.demo import job_yaml
+    out = json.loads(sys.argv[1])[0].split("=", 1)[1]
     launcher.run(job_yaml("ingest"), json.loads(sys.argv[1]))
+    launcher.run(job_yaml("precompute"), [f"precompute.manifest={out}/manifest", f"output={out}/pc", *PRECOMPUTE])
     print(json.dumps({"faults": dict(proxy.faults), "requests": dict(proxy.requests)}))
+    # then the endpoint only throttles: the CLI's whole answer is one line
+    proxy.rate, proxy.kinds = 1.0, ("slowdown",)
+    from sama.jobs.cli import main
+    print("--- dead endpoint ---", file=sys.stderr, flush=True)
+    print(json.dumps({"rc": main(["run", job_yaml("ingest"), *json.loads(sys.argv[2])])}))
 """
+PRECOMPUTE = ["precompute.shard_size=4"]
+FAULTY_INGEST = f"PRECOMPUTE = {PRECOMPUTE!r}\n" + FAULTY_INGEST
 PLACE = ("source_uri", "target_uri", "record")  # where the files are: local in one run, s3:// in the other
 
 
 @pytest.mark.slow
-def test_ingest_on_s3_at_20_percent_faults_matches_a_clean_run(ray_cluster, lookalikes, s3_bucket, s3_server, tmp_path):
-    """The same data ingested from local disk without faults, and from S3 through the proxy at 20%
-    faults (its own process and Ray, so every worker speaks through the proxy): same tables."""
+def test_ingest_and_precompute_on_s3_at_20_percent_faults_match_a_clean_run(
+    ray_cluster, lookalikes, s3_bucket, s3_server, tmp_path
+):
+    """The same data ingested and precomputed from local disk without faults, and from and to S3
+    through the proxy at 20% faults (its own process and Ray, so every worker speaks through the
+    proxy): same tables, value for value."""
     import json
 
     from sama.jobs import launcher
     from sama.jobs.demo import job_yaml
+    from sama.latents import LATENTS
     from sama.schemas import MANIFEST, REJECTS, read_table
     from sama.testing.lookalikes import upload_tree
 
@@ -111,6 +124,10 @@ def test_ingest_on_s3_at_20_percent_faults_matches_a_clean_run(ray_cluster, look
     base = ["ingest.datasets=null", "ingest.shard_size=4"]
     local = [f"ingest.datasets.{k}.root={lookalikes.roots[k]}" for k in names]
     launcher.run(job_yaml("ingest"), [f"output={tmp_path}/clean", *base, *local])
+    launcher.run(
+        job_yaml("precompute"),
+        [f"precompute.manifest={tmp_path}/clean/manifest", f"output={tmp_path}/clean/pc", *PRECOMPUTE],
+    )
     remote = []
     for name in names:
         uri = storage.join(s3_bucket, "data", os.path.basename(lookalikes.roots[name]))
@@ -119,8 +136,9 @@ def test_ingest_on_s3_at_20_percent_faults_matches_a_clean_run(ray_cluster, look
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(UPSTREAM=s3_server, SAMA_STORAGE_RETRIES="12")
     args = [f"output={s3_bucket}/faulty", *base, *remote]
+    dead = [f"output={s3_bucket}/dead", *base, *remote]
     res = subprocess.run(
-        [sys.executable, "-c", FAULTY_INGEST, json.dumps(args)],
+        [sys.executable, "-c", FAULTY_INGEST, json.dumps(args), json.dumps(dead)],
         cwd=str(tmp_path),
         env=env,
         capture_output=True,
@@ -128,7 +146,7 @@ def test_ingest_on_s3_at_20_percent_faults_matches_a_clean_run(ray_cluster, look
         timeout=400,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    met = json.loads(res.stdout.strip().splitlines()[-1])["faults"]
+    met = json.loads(res.stdout.strip().splitlines()[-2])["faults"]
     assert sum(met.values()) >= 10 and len(met) == 3, met
 
     def rows(out: str, schema, key: str) -> list[dict]:
@@ -139,3 +157,18 @@ def test_ingest_on_s3_at_20_percent_faults_matches_a_clean_run(ray_cluster, look
     assert rows(faulty, MANIFEST, "manifest") == rows(clean, MANIFEST, "manifest")  # same ids, same probed values
     reasons = lambda out: [(r["sample_id"], r["reason"]) for r in rows(out, REJECTS, "rejects")]  # noqa: E731
     assert reasons(faulty) == reasons(clean)  # no spurious reject
+    latents = rows(f"{faulty}/pc", LATENTS, "latents")
+    assert latents == rows(f"{clean}/pc", LATENTS, "latents") and len(latents) >= 6  # every sample, same bytes
+    pc_rejects = [[] if not storage.list_files(f"{o}/pc/rejects") else reasons(f"{o}/pc") for o in (clean, faulty)]
+    assert pc_rejects[0] == pc_rejects[1]
+
+    # A job that fails on storage says so in one line: the URI, the cause, the attempts, what to
+    # change; no Ray traceback on the terminal (it is kept in a log the line names).
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == {"rc": 3}
+    after = res.stderr.split("--- dead endpoint ---", 1)[1]
+    line = after.strip().splitlines()[-1]
+    assert line.startswith("sama: storage error: ") and s3_bucket in line, line
+    assert "gave up after 12 attempts" in line and "SlowDown" in line and "SAMA_STORAGE_RETRIES" in line, line
+    assert "Traceback" not in after, after[-3000:]
+    log = line.split("traceback in ")[1].split(";")[0]
+    assert "StorageError" in open(log).read()

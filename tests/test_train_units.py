@@ -260,7 +260,8 @@ def test_data_plan_gives_every_rank_its_own_files(tmp_path):
         plan_files(srcs, world=4, steps=10, batch_per_rank={"img": 2, "vid": 1})
     split = plan_files([srcs[1]], world=3, steps=10, batch_per_rank={"vid": 1})["vid"]
     assert [r.rows for r in split] == [1, 1, 1] and all(r.offsets == [0, 1] for r in split)
-    from sama.pipelines.train.data import rank_index, read_row_groups
+    from sama.pipelines.train.data import rank_index
+    from sama.pipelines.train.reading import read_row_groups
 
     got = []
     for r in split:
@@ -391,7 +392,8 @@ def test_ema_shard_files_rebuild_any_parameter_and_any_rank_slice(tmp_path):
 def test_rank_index_reads_light_columns_and_locates_row_groups(tmp_path):
     """A rank's epoch in stream order: matching rows only, their row groups, and the row-split
     fallback's share; what row_opener reads from any stream index."""
-    from sama.pipelines.train.data import RankData, rank_index, read_row_groups
+    from sama.pipelines.train.data import RankData, rank_index
+    from sama.pipelines.train.reading import read_row_groups
 
     def shard(name, tasks):
         table = pa.table(
@@ -421,3 +423,27 @@ def test_rank_index_reads_light_columns_and_locates_row_groups(tmp_path):
     # row-split fallback: rank 1 of 2 keeps every other matching row
     records, groups = rank_index(RankData([a, b], rows=2, passes=1, offsets=[0, 3], world=2, rank=1), ["image_edit"])
     assert groups == [(a, 1, [0], 0), (b, 0, [0], 1)]  # matching rows #1 (a2) and #3 (b0)
+
+
+def test_what_ray_unpickles_outside_the_workers_does_not_import_torch():
+    """Ray Train's controller unpickles the worker function and its config, and Ray Data's read
+    tasks run the row reader in fresh processes: importing torch, DeepSpeed and diffusers there
+    cost every run ~10 s of start-up on 2 cores."""
+    import subprocess
+    import sys
+
+    from ray import cloudpickle
+
+    from sama.pipelines.train.entry import pack, train_fn
+    from sama.pipelines.train.reading import read_row_groups
+
+    packed = pack({"train": TrainConfig(), "output": "/tmp/x", "plan": {}})
+    blob = cloudpickle.dumps((train_fn, packed, read_row_groups))
+    code = (
+        "import sys; from ray import cloudpickle; cloudpickle.loads(sys.stdin.buffer.read()); "
+        "print(sorted(m for m in ('torch', 'deepspeed', 'diffusers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, timeout=120, check=True)
+    assert out.stdout.decode().strip() == "[]"
+    # ... and the worker gets the config back whole
+    assert cloudpickle.loads(packed["packed"])["train"] == TrainConfig()

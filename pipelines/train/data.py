@@ -110,19 +110,6 @@ def rank_index(data: RankData, tasks: list[str]) -> tuple[list[dict], list[tuple
     return records, groups
 
 
-def read_row_groups(batch: pa.Table) -> pa.Table:
-    """Ray Data UDF: (path, row group, rows, first index, epoch) -> those rows, numbered ``_i``
-    within the epoch ``_e`` (a task, not an actor, so no CPU is held between reads)."""
-    tables = []
-    for path, rg, rows, first, epoch in zip(
-        *(batch[c].to_pylist() for c in ("path", "row_group", "rows", "first", "epoch"))
-    ):
-        t = storage.read_row_group(path, rg).take(pa.array(rows, pa.int64()))
-        t = t.append_column("_e", pa.array([epoch] * len(rows), pa.int64()))
-        tables.append(t.append_column("_i", pa.array(range(first, first + len(rows)), pa.int64())))
-    return pa.concat_tables(tables)
-
-
 def row_opener(groups: list[tuple[str, int, list[int], int]], passes: int, read_num_cpus: float):
     """``open_rows(epoch, start)`` for :class:`sama.training.mixing.BucketStream`: a Ray Data
     stream, in order, of this rank's rows from index ``start`` of ``epoch`` through ``passes``
@@ -140,6 +127,8 @@ def row_opener(groups: list[tuple[str, int, list[int], int]], passes: int, read_
                         {"path": path, "row_group": rg, "rows": rows[skip:], "first": first + skip, "epoch": e}
                     )
         ds = ray.data.from_items(items, override_num_blocks=len(items))
+        from .reading import read_row_groups
+
         ds = ds.map_batches(read_row_groups, batch_size=1, batch_format="pyarrow", num_cpus=read_num_cpus)
         ds.context.execution_options.preserve_order = True  # the row order is part of the position
         ds.context.enable_progress_bars = False  # one bar per rank and source floods the driver

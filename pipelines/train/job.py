@@ -24,8 +24,8 @@ from sama.provenance import record
 from . import data
 from .config import TrainJobConfig, absolute_paths
 from .dryrun import dry_run
+from .entry import pack, train_fn
 from .export import export_as_task
-from .loop import train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ def build_trainer(cfg: TrainJobConfig):
     # NCCL: a failed or timed-out collective aborts the rank (an error, not a hang)
     env = {"DS_ACCELERATOR": "cpu"} if not w.use_gpu else {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
     return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"train": t, "output": cfg.output, "plan": plan},
+        train_fn,
+        train_loop_config=pack({"train": t, "output": cfg.output, "plan": plan}),
         torch_config=TorchConfig(backend="nccl" if w.use_gpu else "gloo", timeout_s=int(t.engine.collective_timeout_s)),
         scaling_config=ScalingConfig(
             num_workers=w.num_workers,
