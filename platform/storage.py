@@ -26,7 +26,6 @@ requests and a response cut short is an error to retry, never a short file.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import io
@@ -241,7 +240,41 @@ def _info(uri: str) -> pafs.FileInfo:
     fs, path = filesystem(uri)
     if not is_s3(uri):
         return fs.get_file_info(path)
-    return with_retries(lambda: fs.get_file_info(path), f"cannot look up {uri}")
+    return _s3_info(uri)
+
+
+def _s3_info(uri: str) -> pafs.FileInfo:
+    """A validated HEAD, else "is anything under ``key/``" (one key listed). Through boto3, which
+    fails on an answer cut short: pyarrow read a cut HEAD as size 0 and a cut listing as "not found",
+    so a transient fault could make a job see an empty folder."""
+    path = uri[len("s3://") :].rstrip("/")
+    bucket, key = _bucket_key(uri.rstrip("/"))
+    if key:
+        try:
+            size, mtime_ns = _s3_head_info(uri.rstrip("/"))
+            return pafs.FileInfo(path, pafs.FileType.File, size=size, mtime_ns=mtime_ns)
+        except FileNotFoundError:
+            pass
+    page = _s3_list_page(bucket, f"{key}/" if key else "", None, max_keys=1, delimiter=None)
+    found = page.get("KeyCount", 0) > 0
+    return pafs.FileInfo(path, pafs.FileType.Directory if found or not key else pafs.FileType.NotFound)
+
+
+def _s3_list_page(bucket: str, prefix: str, token: str | None, max_keys: int = 1000, delimiter: str | None = None):
+    """One ListObjectsV2 page, retried; an answer without its ``KeyCount`` (cut short) is an error."""
+    args = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
+    if token:
+        args["ContinuationToken"] = token
+    if delimiter:
+        args["Delimiter"] = delimiter
+
+    def page() -> dict:
+        resp = _s3_client(endpoint_url()).list_objects_v2(**args)
+        if "KeyCount" not in resp:
+            raise ConnectionError(f"LIST s3://{bucket}/{prefix}: answer without KeyCount")
+        return resp
+
+    return with_retries(page, f"cannot list s3://{bucket}/{prefix}")
 
 
 def exists(uri: str) -> bool:
@@ -261,11 +294,7 @@ def stamp(uri: str) -> str:
     info = _info(target)
     if info.type == pafs.FileType.NotFound:
         return "missing"
-    if is_s3(target) and info.type == pafs.FileType.File:
-        # The size from a validated HEAD: a listing answer cut short must not rename outputs.
-        with contextlib.suppress(FileNotFoundError):
-            return f"{_s3_head(target)}-{info.mtime_ns}"
-    return f"{info.size}-{info.mtime_ns}"
+    return f"{info.size}-{info.mtime_ns}"  # on S3 from a validated HEAD: a cut answer never renames outputs
 
 
 def size(uri: str) -> int:
@@ -286,17 +315,22 @@ def _bucket_key(uri: str) -> tuple[str, str]:
 
 
 def _s3_head(uri: str) -> int:
-    """The object's size from a HEAD botocore validates (a response cut inside its headers is
-    an error, retried, never a size of 0); FileNotFoundError for a missing object."""
+    return _s3_head_info(uri)[0]
+
+
+def _s3_head_info(uri: str) -> tuple[int, int]:
+    """(size, mtime in ns at the SDKs' millisecond resolution) from a HEAD botocore validates (a
+    response cut inside its headers is an error, retried, never a size of 0); FileNotFoundError for
+    a missing object."""
     bucket, key = _bucket_key(uri)
 
-    def head() -> int:
+    def head() -> tuple[int, int]:
         try:
             resp = _s3_client(endpoint_url()).head_object(Bucket=bucket, Key=key)
             headers = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
             if "content-length" not in headers:  # headers cut short: the connection's fault, not a size
                 raise ConnectionError(f"HEAD {uri}: answer without Content-Length")
-            return int(resp["ContentLength"])
+            return int(resp["ContentLength"]), round(resp["LastModified"].timestamp() * 1000) * 1_000_000
         except Exception as e:
             if _code(e) in ("404", "NoSuchKey", "NotFound"):
                 raise FileNotFoundError(uri) from None
@@ -357,6 +391,8 @@ def read_block() -> int:
 
 def list_files(uri: str, suffix: str | tuple[str, ...] = "", recursive: bool = True) -> list[str]:
     """Files under ``uri`` (sorted URIs), optionally only those ending in ``suffix``."""
+    if is_s3(uri):
+        return _s3_list_files(uri, suffix, recursive)
     fs, path = filesystem(uri)
     info = _info(uri)
     if info.type == pafs.FileType.NotFound:
@@ -369,6 +405,21 @@ def list_files(uri: str, suffix: str | tuple[str, ...] = "", recursive: bool = T
         if i.type == pafs.FileType.File and i.path.endswith(suffix) and not _is_temp(i.path)
     ]
     return sorted(out)
+
+
+def _s3_list_files(uri: str, suffix: str | tuple[str, ...], recursive: bool) -> list[str]:
+    bucket, key = _bucket_key(uri.rstrip("/"))
+    prefix = f"{key}/" if key else ""
+    out, token = [], None
+    while True:
+        page = _s3_list_page(bucket, prefix, token, delimiter=None if recursive else "/")
+        for obj in page.get("Contents", []):
+            name = obj["Key"]
+            if not name.endswith("/") and name.endswith(suffix) and not _is_temp(name):
+                out.append(f"s3://{bucket}/{name}")
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            return sorted(out)
 
 
 def _is_temp(path: str) -> bool:

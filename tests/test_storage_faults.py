@@ -58,6 +58,24 @@ def test_a_cut_head_is_never_a_zero_size(bucket, proxy, s3_server, tmp_path):
     assert proxy.faults["cut_headers"] > 0
 
 
+def test_listings_and_lookups_under_faults_never_come_back_empty(bucket, proxy, s3_server):
+    """A cut or throttled LIST or HEAD is retried: never an empty folder, a missing file or size 0
+    (a folder seen empty made a precompute fail with "no Parquet files" at 20% faults)."""
+    names = [f"d/part-{i:03d}.parquet" for i in range(12)] + ["d/sub/x.json", "d/.tmp-y.parquet"]
+    for n in names:
+        put(bucket, n, n.encode() * 10, s3_server)
+    want = sorted(f"{bucket}/{n}" for n in names[:12])
+    proxy.rate, proxy.kinds = 0.3, ("slowdown", "reset", "cut_headers")
+    for _ in range(10):
+        assert storage.list_files(f"{bucket}/d", ".parquet") == want
+        assert storage.list_files(f"{bucket}/d", recursive=False) == want
+        assert storage.exists(f"{bucket}/d") and not storage.exists(f"{bucket}/nothing")
+        assert storage.size(want[3]) == len(names[3]) * 10
+        assert storage.stamp(want[3]).startswith(f"{len(names[3]) * 10}-")
+    assert sum(proxy.faults.values()) >= 20, proxy.faults
+    assert storage.list_files(f"{bucket}/nothing") == []
+
+
 def test_probes_and_decodes_at_20_percent_faults_match_a_clean_read(bucket, proxy, s3_server, tmp_path):
     clip = write_video(str(tmp_path / "v.mp4"), frames=17, width=64, height=64)
     uri = put(bucket, "v.mp4", open(clip, "rb").read(), s3_server)
@@ -94,8 +112,8 @@ with FaultProxy(os.environ["UPSTREAM"], rate=0.2, kinds=("slowdown", "reset", "c
     launcher.run(job_yaml("ingest"), json.loads(sys.argv[1]))
     launcher.run(job_yaml("precompute"), [f"precompute.manifest={out}/manifest", f"output={out}/pc", *PRECOMPUTE])
     print(json.dumps({"faults": dict(proxy.faults), "requests": dict(proxy.requests)}))
-    # then the endpoint only throttles: the CLI's whole answer is one line
-    proxy.rate, proxy.kinds = 1.0, ("slowdown",)
+    # then every GET is throttled (the folders still list: the job starts, its Ray tasks fail)
+    proxy.rate, proxy.kinds, proxy.methods = 1.0, ("slowdown",), ("GET",)
     from sama.jobs.cli import main
     print("--- dead endpoint ---", file=sys.stderr, flush=True)
     print(json.dumps({"rc": main(["run", job_yaml("ingest"), *json.loads(sys.argv[2])])}))
@@ -158,13 +176,13 @@ def test_ingest_and_precompute_on_s3_at_20_percent_faults_match_a_clean_run(
     reasons = lambda out: [(r["sample_id"], r["reason"]) for r in rows(out, REJECTS, "rejects")]  # noqa: E731
     assert reasons(faulty) == reasons(clean)  # no spurious reject
     latents = rows(f"{faulty}/pc", LATENTS, "latents")
-    assert latents == rows(f"{clean}/pc", LATENTS, "latents") and len(latents) >= 6  # every sample, same bytes
+    assert latents == rows(f"{clean}/pc", LATENTS, "latents") and len(latents) >= 4  # every sample, same bytes
     pc_rejects = [[] if not storage.list_files(f"{o}/pc/rejects") else reasons(f"{o}/pc") for o in (clean, faulty)]
     assert pc_rejects[0] == pc_rejects[1]
 
     # A job that fails on storage says so in one line: the URI, the cause, the attempts, what to
     # change; no Ray traceback on the terminal (it is kept in a log the line names).
-    assert json.loads(res.stdout.strip().splitlines()[-1]) == {"rc": 3}
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == {"rc": 3}, res.stderr[-1500:]
     after = res.stderr.split("--- dead endpoint ---", 1)[1]
     line = after.strip().splitlines()[-1]
     assert line.startswith("sama: storage error: ") and s3_bucket in line, line

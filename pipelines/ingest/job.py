@@ -318,6 +318,8 @@ def preflight(cfg: IngestJobConfig) -> None:
         key = f"ingest.datasets.{f.name}.root={reader.root}"
         try:
             found = storage.exists(reader.root)
+        except storage.StorageError:
+            raise  # the storage is failing, not the config: the CLI says so in one line
         except Exception as e:  # noqa: BLE001 - e.g. a bucket that does not exist or denies access
             raise ConfigError(f"{key}: cannot be read ({type(e).__name__}: {e})") from e
         if not found:

@@ -78,10 +78,12 @@ class FaultProxy:
         seed: int = 0,
         delay_s: float = 2.0,
         retry_after: str = "0",
+        methods: tuple[str, ...] | None = None,
     ):
         u = urlparse(upstream)
         self.upstream = (u.hostname or "127.0.0.1", u.port or 80)
         self.rate, self.kinds, self.delay_s, self.retry_after = rate, tuple(kinds), delay_s, retry_after
+        self.methods = methods  # fault only these HTTP methods (None: all)
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.requests: Counter[str] = Counter()  # by method
@@ -115,9 +117,9 @@ class FaultProxy:
             self.faults.clear()
             self.bytes_out = 0
 
-    def _draw(self) -> str | None:
+    def _draw(self, method: str) -> str | None:
         with self.lock:
-            if self.rate > 0 and self.rng.random() < self.rate:
+            if (self.methods is None or method in self.methods) and self.rate > 0 and self.rng.random() < self.rate:
                 return self.rng.choice(self.kinds)
         return None
 
@@ -131,7 +133,7 @@ class FaultProxy:
             response = bytearray()
             while chunk := up.recv(65536):
                 response += chunk
-        fault = self._draw()
+        fault = self._draw(method)
         with self.lock:
             self.requests[method] += 1
             if fault:
