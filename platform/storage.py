@@ -355,11 +355,48 @@ def _s3_range(uri: str, start: int, length: int) -> bytes:
     return with_retries(get, f"cannot read {uri} (bytes {start}-{start + length - 1})")
 
 
-class S3Reader(io.RawIOBase):
-    """A seekable S3 object read in block-aligned ranged GETs (wrap it in a BufferedReader)."""
+def _s3_fetch(uri: str, byte_range: str | None) -> tuple[int, int, bytes]:
+    """One GET (``byte_range`` e.g. ``bytes=0-1023`` or ``bytes=-1024``; None: the whole object)
+    -> (object size, offset of the data, data). The size comes from Content-Range, so opening a
+    file needs no HEAD; a body shorter than the headers promise is retried, never returned."""
+    bucket, key = _bucket_key(uri)
 
-    def __init__(self, uri: str, size: int):
-        self.uri, self.size, self.pos = uri, size, 0
+    def get() -> tuple[int, int, bytes]:
+        args = {"Bucket": bucket, "Key": key, **({"Range": byte_range} if byte_range else {})}
+        try:
+            resp = _s3_client(endpoint_url()).get_object(**args)
+        except Exception as e:
+            code = _code(e)
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(uri) from None
+            if code in ("416", "InvalidRange"):  # a range of an empty object
+                return 0, 0, b""
+            raise
+        span = resp.get("ContentRange")  # "bytes START-END/SIZE"; absent when the whole object came
+        if span:
+            first_last, _, total = span.removeprefix("bytes ").partition("/")
+            first, _, last = first_last.partition("-")
+            size, start, want = int(total), int(first), int(last) - int(first) + 1
+        else:
+            size = want = int(resp["ContentLength"])
+            start = 0
+        data = resp["Body"].read()
+        if len(data) != want:  # a body cut short: the connection's fault, not the object's
+            raise ConnectionError(f"short read: {len(data)} of {want} bytes at {start}")
+        return size, start, data
+
+    return with_retries(get, f"cannot read {uri}" + (f" ({byte_range})" if byte_range else ""))
+
+
+class S3Reader(io.RawIOBase):
+    """A seekable S3 object read in ranged GETs (wrap it in a BufferedReader). Opening it fetches
+    the first block, or the last for formats read from their footer (Parquet): that answer also
+    gives the size, so a small file is one request and a missing one fails at open."""
+
+    def __init__(self, uri: str, from_end: bool = False):
+        n = read_block()
+        self.uri, self.pos = uri, 0
+        self.size, self.cached_at, self.cached = _s3_fetch(uri, f"bytes=-{n}" if from_end else f"bytes=0-{n - 1}")
 
     def readable(self) -> bool:
         return True
@@ -379,7 +416,11 @@ class S3Reader(io.RawIOBase):
         n = min(len(b), self.size - self.pos)
         if n <= 0:
             return 0
-        data = _s3_range(self.uri, self.pos, n)
+        lo = self.pos - self.cached_at
+        if 0 <= lo and lo + n <= len(self.cached):
+            data = self.cached[lo : lo + n]
+        else:
+            data = _s3_range(self.uri, self.pos, n)
         b[:n] = data
         self.pos += n
         return n
@@ -444,7 +485,7 @@ def open_input(uri: str) -> IO[bytes]:
             raise StorageError(f"{uri}: tar member is not a regular file")
         return f
     if is_s3(uri):
-        return io.BufferedReader(S3Reader(uri, _s3_head(uri)), buffer_size=read_block())
+        return io.BufferedReader(S3Reader(uri), buffer_size=read_block())
     fs, path = filesystem(uri)
     try:
         return fs.open_input_file(path)
@@ -458,8 +499,7 @@ def open_input(uri: str) -> IO[bytes]:
 
 def read_bytes(uri: str) -> bytes:
     if is_s3(uri) and TAR_SEP not in uri:
-        n = _s3_head(uri)
-        return _s3_range(uri, 0, n) if n else b""
+        return _s3_fetch(uri, None)[2]  # one GET, checked against its Content-Length
     with open_input(uri) as f:
         return f.read()
 
@@ -575,15 +615,19 @@ def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
 
 def _read_parquet_file(uri: str, columns: list[str] | None) -> pa.Table:
     if is_s3(uri):  # validated ranged reads, retried one by one
-        with open_input(uri) as f:
+        with _s3_footer_first(uri) as f:
             return pq.read_table(f, columns=columns)
     fs, path = filesystem(uri)
     return pq.read_table(path, filesystem=fs, columns=columns)
 
 
+def _s3_footer_first(uri: str) -> IO[bytes]:
+    return io.BufferedReader(S3Reader(uri, from_end=True), buffer_size=read_block())
+
+
 def read_row_group(uri: str, index: int, columns: list[str] | None = None) -> pa.Table:
     """Row group ``index`` of one Parquet file (reads only that group's byte ranges)."""
-    with open_input(uri) as f:
+    with _s3_footer_first(uri) if is_s3(uri) else open_input(uri) as f:
         return pq.ParquetFile(f).read_row_group(index, columns=columns)
 
 

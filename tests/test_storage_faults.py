@@ -47,6 +47,32 @@ def test_tiny_reads_are_buffered_and_survive_faults(bucket, proxy, s3_server):
     assert storage.read_bytes(uri) == data
 
 
+def test_opening_a_file_needs_no_head(bucket, proxy, s3_server):
+    """The first ranged GET's Content-Range gives the size: a small file is one request, a Parquet
+    footer is found from the last block, a missing file fails at open, an empty one reads empty."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    uri = put(bucket, "small.json", b'{"a": 1}\n' * 100, s3_server)
+    put(bucket, "empty.bin", b"", s3_server)
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table({"x": list(range(50_000))}), buf, row_group_size=10_000)
+    table = put(bucket, "t.parquet", buf.getvalue().to_pybytes(), s3_server)
+    proxy.reset_counts()
+    with storage.open_input(uri) as f:
+        assert f.read() == b'{"a": 1}\n' * 100
+    assert storage.read_text(uri).count("\n") == 100
+    assert dict(proxy.requests) == {"GET": 2}  # no HEAD
+    proxy.reset_counts()
+    assert storage.read_row_group(table, 3)["x"].to_pylist() == list(range(30_000, 40_000))
+    assert dict(proxy.requests) == {"GET": 1}  # the last block holds footer and group (a small file)
+    assert storage.read_bytes(f"{bucket}/empty.bin") == b""
+    with storage.open_input(f"{bucket}/empty.bin") as f:
+        assert f.read() == b""
+    with pytest.raises(FileNotFoundError):
+        storage.open_input(f"{bucket}/missing.bin")
+
+
 def test_a_cut_head_is_never_a_zero_size(bucket, proxy, s3_server, tmp_path):
     clip = write_video(str(tmp_path / "c.mp4"), frames=9, width=64, height=48)
     uri = put(bucket, "c.mp4", open(clip, "rb").read(), s3_server)
