@@ -143,6 +143,7 @@ def train_steps(outputs: str) -> dict[str, str]:
         job_yaml("train_stage0"),
         [
             f"output={outputs}/train_stage0",
+            "train.export.enabled=false",  # stage 1 starts from its checkpoint; only the final model is exported
             f"train.data.sources=[{{name: image_edit, uri: {latents}, tasks: [image_edit]}}, "
             f"{{name: t2v, uri: {latents}, tasks: [t2v]}}]",
         ],

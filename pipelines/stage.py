@@ -373,10 +373,22 @@ def run_stage(stage: Stage, write_summary: bool = True) -> Outcome:
     summary.update(parts=len(plan.parts), parts_run=len(plan.todo))
     stage.summarize(summary, markers)
     summary["provenance"] = record(stage.name, stage.config_digest(), stage.inputs(), **stage.provenance())
-    if write_summary:
-        storage.write_text(storage.join(stage.output, "summary.json"), json.dumps(summary, indent=2, default=str))
+    uri = storage.join(stage.output, "summary.json")
+    if unchanged_rerun(uri, summary, ran=bool(plan.todo or removed or plan.orphans)):
+        log.info("%s: every part finished before; nothing written", stage.name)  # e.g. a read-only copy
+    elif write_summary:
+        storage.write_text(uri, json.dumps(summary, indent=2, default=str))
         stage.report(summary)
     return Outcome(summary, markers, plan.parts)
+
+
+def unchanged_rerun(uri: str, summary: dict, ran: bool) -> bool:
+    """Nothing ran and the summary on storage already says the same (same counts, same config,
+    code and inputs): then a rerun writes nothing, so a finished output can be read-only."""
+    if ran or not storage.exists(uri):
+        return False
+    before = json.loads(storage.read_text(uri))
+    return all(before.get(k) == json.loads(json.dumps(summary.get(k), default=str)) for k in ("datasets", "provenance"))
 
 
 def dry_run_stage(stage: Stage) -> list[str]:

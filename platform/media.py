@@ -72,12 +72,14 @@ def media_kind(uri: str) -> str:
 def probe(uri: str, cfg: ProbeConfig = ProbeConfig()) -> MediaInfo:
     """Probe one image or video; raises :class:`MediaError` for anything unusable."""
     try:
-        n = storage.size(uri)
+        f = storage.open_input(uri)  # on S3 its first GET also gives the size: no HEAD per file
     except FileNotFoundError:
         raise MediaError("missing_file", f"{uri} does not exist") from None
-    if n == 0:
-        raise MediaError("empty_file", f"{uri} is zero bytes")
-    with storage.open_input(uri) as f:
+    with f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            raise MediaError("empty_file", f"{uri} is zero bytes")
+        f.seek(0)
         if media_kind(uri) == "image":
             return _probe_image(f, uri, cfg)
         return _probe_video(f, uri, cfg)

@@ -88,6 +88,20 @@ def lookalikes(tmp_path_factory):
     return make_lookalikes(str(tmp_path_factory.mktemp("datasets")), n=2, odd=True)
 
 
+@pytest.fixture(scope="session")
+def lookalikes_manifest(ray_cluster, lookalikes, tmp_path_factory) -> str:
+    """The ingest job's manifest of every look-alike, run once per session (tests must not modify it)."""
+    from sama import storage
+    from sama.jobs import launcher
+    from sama.jobs.demo import job_yaml
+
+    out = str(tmp_path_factory.mktemp("ingest"))
+    launcher.run(
+        job_yaml("ingest"), [f"output={out}", *[f"ingest.datasets.{k}.root={v}" for k, v in lookalikes.roots.items()]]
+    )
+    return storage.join(out, "manifest")
+
+
 @pytest.fixture(scope="module")
 def judge_server():
     """A scriptable OpenAI-compatible chat server on 127.0.0.1 (the VLM judge's peer)."""

@@ -15,12 +15,8 @@ KEY = "sk-job-test-key-9876543210"
 
 
 @pytest.fixture(scope="module")
-def ingested(ray_cluster, lookalikes, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("ingest"))
-    launcher.run(
-        job_yaml("ingest"), [f"output={out}", *[f"ingest.datasets.{k}.root={v}" for k, v in lookalikes.roots.items()]]
-    )
-    return storage.join(out, "manifest")
+def ingested(lookalikes_manifest):
+    return lookalikes_manifest
 
 
 def run_filter(manifest: str, out: str, *extra: str) -> dict:

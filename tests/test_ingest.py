@@ -98,13 +98,17 @@ def test_ingest_resumes_after_kill(ray_cluster, lookalikes, tmp_path):
 
 
 def test_changed_metadata_replaces_old_parts(ray_cluster, tmp_path):
-    """Parts from an earlier listing never linger beside the new ones (no double counting)."""
+    """A rerun with nothing changed writes nothing; parts from an earlier listing never linger
+    beside the new ones (no double counting)."""
     from sama.testing.lookalikes import make_lookalikes
 
     looks = make_lookalikes(str(tmp_path / "data"), n=2, odd=False, only=["nhr_edit"])
     out = str(tmp_path / "out")
     args = [f"output={out}", "ingest.datasets=null", f"ingest.datasets.nhr_edit.root={looks.roots['nhr_edit']}"]
     launcher.run(job_yaml("ingest"), args)
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")}
+    launcher.run(job_yaml("ingest"), args)  # nothing changed: a rerun writes nothing (a read-only copy reruns)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")} == written
     meta = tmp_path / "data" / "NHR-Edit" / "train" / "metadata.jsonl"
     meta.write_text(meta.read_text().splitlines()[0] + "\n")  # the dataset shrank to one sample
     launcher.run(job_yaml("ingest"), args)

@@ -22,13 +22,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def manifest(ray_cluster, lookalikes, tmp_path_factory):
+def manifest(lookalikes_manifest):
     """The ingest job's manifest of the look-alikes (what the filter job would pass on)."""
-    out = str(tmp_path_factory.mktemp("ingest"))
-    launcher.run(
-        job_yaml("ingest"), [f"output={out}", *[f"ingest.datasets.{k}.root={v}" for k, v in lookalikes.roots.items()]]
-    )
-    return storage.join(out, "manifest")
+    return lookalikes_manifest
 
 
 def run_precompute(manifest: str, output: str, *extra: str):

@@ -19,16 +19,12 @@ STAGE0 = ["train.steps=6", "train.checkpoint.every=3", "train.debug.nan_at_steps
 
 
 @pytest.fixture(scope="module")
-def latents(ray_cluster, lookalikes, tmp_path_factory):
-    """Ingest -> precompute (every task, small shards so each worker gets files of each source)."""
+def latents(lookalikes_manifest, tmp_path_factory):
+    """Precompute of every task (small shards so each worker gets files of each source)."""
     root = tmp_path_factory.mktemp("train-data")
     launcher.run(
-        job_yaml("ingest"),
-        [f"output={root}/ingest", *[f"ingest.datasets.{k}.root={v}" for k, v in lookalikes.roots.items()]],
-    )
-    launcher.run(
         job_yaml("precompute"),
-        [f"precompute.manifest={root}/ingest/manifest", f"output={root}/pc", "precompute.shard_size=2"],
+        [f"precompute.manifest={lookalikes_manifest}", f"output={root}/pc", "precompute.shard_size=2"],
     )
     return f"{root}/pc/latents"
 

@@ -87,6 +87,7 @@ class FaultProxy:
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.requests: Counter[str] = Counter()  # by method
+        self.targets: Counter[str] = Counter()  # "METHOD /bucket/key" (which calls a job makes)
         self.faults: Counter[str] = Counter()  # by kind
         self.bytes_out = 0
         proxy = self
@@ -114,6 +115,7 @@ class FaultProxy:
     def reset_counts(self) -> None:
         with self.lock:
             self.requests.clear()
+            self.targets.clear()
             self.faults.clear()
             self.bytes_out = 0
 
@@ -136,6 +138,7 @@ class FaultProxy:
         fault = self._draw(method)
         with self.lock:
             self.requests[method] += 1
+            self.targets[b" ".join(request.split(b" ", 2)[:2]).decode("latin-1")] += 1
             if fault:
                 self.faults[fault] += 1
         head_end = response.find(b"\r\n\r\n") + 4
