@@ -100,9 +100,8 @@ def input_digest(uri: str) -> str:
     if not uri:
         return "missing"
     try:
-        fs, path = storage.filesystem(storage.split_member(uri)[0])
-        info = fs.get_file_info(path)
-    except (OSError, ValueError):
+        info = storage.info(storage.split_member(uri)[0])
+    except Exception:  # noqa: BLE001 - e.g. no credentials for that bucket here: the digest says so
         return "unreadable"
     if info.type.name == "NotFound":
         return "missing"

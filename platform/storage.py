@@ -236,6 +236,11 @@ def split_member(uri: str) -> tuple[str, str | None]:
     return uri, None
 
 
+def info(uri: str) -> pafs.FileInfo:
+    """File, folder or not found (with size and mtime for a file); on S3 from validated calls."""
+    return _info(uri)
+
+
 def _info(uri: str) -> pafs.FileInfo:
     fs, path = filesystem(uri)
     if not is_s3(uri):
