@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING
@@ -224,9 +225,9 @@ def read_frames(uri: str, n: int = 0, max_side: int | None = None, indices: list
     ``indices`` picks exact frames instead (repeats allowed, e.g. a clip resampled to a
     higher frame rate); indices past the end are dropped. Display rotation is applied; frames
     are scaled in the decoder so the long side is at most ``max_side``. An image gives one
-    frame. Decodes sequentially (robust for
-    variable frame rate and files without an index) but converts only the kept frames.
-    Raises :class:`MediaError` naming the file.
+    frame. Decodes sequentially (robust for variable frame rate and files without an index),
+    reaching far-apart frames of a constant-rate file by keyframe seeks, and converts only the
+    kept frames. Raises :class:`MediaError` naming the file.
     """
     import numpy as np
 
@@ -247,19 +248,16 @@ def read_frames(uri: str, n: int = 0, max_side: int | None = None, indices: list
                 container.seek(0)
             order = [i for i in indices if 0 <= i < total] if indices is not None else sample_indices(total, n)
             wanted = set(order)
-            # Every frame up to the last wanted one is decoded anyway: let the decoder use
-            # its threads, and reuse one colour converter (a new one per frame costs ~2x).
+            # Let the decoder use its threads, and reuse one colour converter (a new one per
+            # frame costs ~2x).
             vs.thread_type = "AUTO"
             rgb = VideoReformatter()
             got: dict[int, "np.ndarray"] = {}
             rot = 0
-            for i, frame in enumerate(container.decode(vs)):
-                if i in wanted:
-                    rot = _rotation(vs, frame)
-                    w, h = _fit(frame.width, frame.height, max_side)
-                    got[i] = rgb.reformat(frame, format="rgb24", width=w, height=h).to_ndarray()
-                    if len(got) == len(wanted):
-                        break
+            for i, frame in _wanted_frames(container, vs, wanted):
+                rot = _rotation(vs, frame)
+                w, h = _fit(frame.width, frame.height, max_side)
+                got[i] = rgb.reformat(frame, format="rgb24", width=w, height=h).to_ndarray()
             out = [got[i] for i in order if i in got]
     except MediaError:
         raise
@@ -271,6 +269,48 @@ def read_frames(uri: str, n: int = 0, max_side: int | None = None, indices: list
     if rot in (90, 180, 270):  # display matrix angles are counter-clockwise, as np.rot90 turns
         frames = np.ascontiguousarray(np.rot90(frames, k=rot // 90, axes=(1, 2)))
     return frames
+
+
+SEEK_GAP = 48  # frames: a wanted frame at least this far ahead is reached by a keyframe seek
+
+
+def _wanted_frames(container, vs, wanted: set[int]) -> Iterator[tuple[int, "av.VideoFrame"]]:
+    """(index, frame) of the ``wanted`` frames, in order. Decodes sequentially, which is exact for
+    any file; a wanted frame far ahead is reached by seeking to the keyframe before it instead of
+    decoding every frame in between, but only for a constant frame rate (the stream's base rate is
+    its average rate, and every frame decoded so far sits where its timestamp says) and only if the
+    seek lands at or before the frame (else it decodes on from the start)."""
+    fps, tb, start = float(vs.average_rate or 0), float(vs.time_base or 0), vs.start_time or 0
+
+    def index_of(frame) -> int | None:
+        return round((frame.pts - start) * tb * fps) if frame.pts is not None else None
+
+    base = float(vs.guessed_rate or vs.base_rate or 0)  # ffmpeg's r_frame_rate: equals the average only at CFR
+    cfr = fps > 0 and tb > 0 and abs(base - fps) <= 0.01 * fps
+    todo = sorted(wanted)
+    i, sought, frames = -1, -1, container.decode(vs)
+    while todo:
+        if cfr and i >= 0 and todo[0] - i > SEEK_GAP and sought != todo[0]:
+            sought = todo[0]
+            container.seek(start + int(todo[0] / (fps * tb)), stream=vs, backward=True)
+            frames = container.decode(vs)
+            frame = next(frames, None)
+            landed = index_of(frame) if frame is not None else None
+            if landed is None or landed > todo[0]:  # not a usable landing: decode on from the start
+                container.seek(start, stream=vs, backward=True)
+                cfr, i, frames = False, -1, container.decode(vs)
+                continue
+            i = landed
+        else:
+            frame = next(frames, None)
+            if frame is None:
+                return
+            i += 1
+            if cfr and index_of(frame) != i:
+                cfr = False
+        if i == todo[0]:
+            todo.pop(0)
+            yield i, frame
 
 
 def read_clip(uri: str, max_frames: int, max_side: int | None = None) -> "np.ndarray":

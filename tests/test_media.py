@@ -81,3 +81,54 @@ def test_probe_over_s3(files, s3_bucket):
     uri = storage.join(s3_bucket, "v", "ok.mp4")
     storage.write_bytes(uri, (files / "ok.mp4").read_bytes())
     assert probe(uri).frames == 17
+
+
+class _Counting:
+    """A container that counts the frames it decodes and the seeks it makes."""
+
+    def __init__(self, container):
+        self.c, self.decoded, self.seeks = container, 0, 0
+
+    def seek(self, *a, **k):
+        self.seeks += 1
+        return self.c.seek(*a, **k)
+
+    def decode(self, *a, **k):
+        for frame in self.c.decode(*a, **k):
+            self.decoded += 1
+            yield frame
+
+
+@pytest.mark.parametrize("vfr", [False, True])
+def test_sparse_frames_far_apart_are_reached_by_keyframe_seeks_and_stay_exact(tmp_path, monkeypatch, vfr):
+    """8 frames of a 400-frame clip with a keyframe every 25: the same pixels as decoding every
+    frame, with far fewer frames decoded; a variable-frame-rate file never seeks (timestamps do not
+    give the index there) and still gets the exact frames."""
+    import av
+
+    from sama import media
+    from sama.testing.media import write_video
+
+    clip = write_video(str(tmp_path / "long.mp4"), frames=400, width=64, height=48, fps=25, gop=25, vfr=vfr)
+    wanted = media.sample_indices(400, 8)
+
+    def decode(gap: int) -> tuple[list[tuple[int, bytes]], _Counting]:
+        monkeypatch.setattr(media, "SEEK_GAP", gap)
+        with av.open(clip) as c:
+            counting = _Counting(c)
+            got = [
+                (i, f.to_ndarray(format="rgb24").tobytes())
+                for i, f in media._wanted_frames(counting, c.streams.video[0], set(wanted))
+            ]
+        return got, counting
+
+    sequential, seq = decode(10**9)
+    sparse, sp = decode(48)
+    assert [i for i, _ in sparse] == wanted and sparse == sequential
+    assert seq.seeks == 0 and seq.decoded == wanted[-1] + 1
+    if vfr:
+        assert sp.seeks == 0
+    else:
+        assert sp.seeks >= 4 and sp.decoded < seq.decoded / 2, (sp.seeks, sp.decoded)
+    monkeypatch.setattr(media, "SEEK_GAP", 48)
+    assert media.read_frames(clip, n=8).shape == (8, 48, 64, 3)

@@ -53,9 +53,11 @@ def write_video(
     vfr: bool = False,
     data: np.ndarray | None = None,
     faststart: bool = False,
+    gop: int | None = None,
 ) -> str:
     """Encode a clip with PyAV; ``vfr`` spaces timestamps unevenly (variable frame rate);
-    ``faststart`` puts the mp4 index first (as streaming sites do)."""
+    ``faststart`` puts the mp4 index first (as streaming sites do); ``gop``: frames between
+    keyframes (libx264's default is 250)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     data = frames_array(frames, width, height, seed) if data is None else data
     n, h, w = data.shape[:3]
@@ -65,7 +67,7 @@ def write_video(
         s.width, s.height = w, h
         s.pix_fmt = "yuv420p"
         if codec == "libx264":
-            s.options = {"preset": "ultrafast", "crf": "28"}
+            s.options = {"preset": "ultrafast", "crf": "28", **({"g": str(gop)} if gop else {})}
         s.codec_context.time_base = Fraction(1, fps * 4)  # pts below count quarter frames
         if rotation:
             s.set_display_rotation(rotation)
