@@ -179,3 +179,29 @@ def test_semantic_tokens_denoise_to_the_predicted_clean_tokens(sampler, predicti
     )
     out = pipe("make the cat red", _clip(5), output_type="latent")
     torch.testing.assert_close(out.semantic, target.expand_as(out.semantic), atol=1e-4, rtol=1e-4)
+
+
+def test_step_cache_skips_steps_while_the_input_barely_changes(pipe):
+    """Threshold 0 (the default) computes every step; a tiny positive one still does (every step
+    changes the input) and gives the same video bit for bit; a huge one computes only the first and
+    last steps; in between, fewer evaluations and a video close to the uncached one."""
+    from dataclasses import replace
+
+    def run(threshold: float):
+        cached = SamaPipeline(pipe.transformer, pipe.vae, pipe.text_encoder, replace(pipe.config, step_cache=threshold))
+        real = cached.transformer
+        cached.transformer = calls = CountCalls(real)
+        calls.patch_embedding, calls.dtype, calls.config = real.patch_embedding, real.dtype, real.config
+        out = cached("make the cat red", _clip(), seed=5, num_inference_steps=12)
+        return out, len(calls.calls)
+
+    base, n0 = run(0.0)
+    assert base.computed_steps == 12 and n0 == 24  # text CFG: two branches per step
+    tiny, _ = run(1e-12)
+    assert tiny.computed_steps == 12 and torch.equal(tiny.video, base.video)
+    huge, n = run(1e9)
+    assert huge.computed_steps == 2 and n == 4 and not torch.equal(huge.latents, base.latents)
+    some, _ = run(0.2)
+    assert 2 < some.computed_steps < 12
+    mse = ((some.video.float() - base.video.float()) ** 2).mean().item()
+    assert 10 * np.log10(255**2 / max(mse, 1e-10)) > 20  # PSNR of cached vs uncached, same seed

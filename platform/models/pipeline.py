@@ -66,6 +66,10 @@ class PipelineConfig:
     video_tag: str = VIDEO_EDIT_TAG  # task tags prepended to the instruction, as in training
     image_tag: str = IMAGE_EDIT_TAG
     t2v_tag: str = ""
+    # Step cache (TeaCache family, measured on the latents the model sees): reuse the last computed
+    # guided velocity while the input's accumulated relative L1 change since then stays below this.
+    # 0: off (the release: every step computed). The first and last steps are always computed.
+    step_cache: float = 0.0
     # The release's script edits at most 49 frames; training buckets keep 81.
     buckets: BucketConfig = field(default_factory=lambda: BucketConfig(max_frames=49))
 
@@ -128,6 +132,29 @@ class SamaPipelineOutput:
     video: torch.Tensor  # (B, T, H, W, C) uint8 (or float (B, 3, T, H, W) in [-1, 1] for output_type="tensor")
     latents: torch.Tensor  # (B, C, F, h, w) final normalised latents
     semantic: Optional[torch.Tensor]  # (B, N_m, D_sig) final semantic tokens
+    computed_steps: int = 0  # transformer evaluations per CFG branch (fewer than the steps with a step cache)
+
+
+class StepCache:
+    """Reuse the last computed velocities while the model's input has changed little since: the
+    relative L1 change between consecutive steps' latents, accumulated since the last computed
+    step, must stay below ``threshold`` (0: never reuse, so the output is the uncached one)."""
+
+    def __init__(self, threshold: float):
+        self.threshold, self.acc = threshold, 0.0
+        self.prev: torch.Tensor | None = None
+        self.saved: tuple | None = None
+
+    def reuse(self, x: torch.Tensor, last: bool) -> tuple | None:
+        if self.threshold <= 0 or self.saved is None or self.prev is None or last:
+            self.prev = x
+            return None
+        self.acc += ((x - self.prev).abs().mean() / self.prev.abs().mean().clamp_min(1e-8)).item()
+        self.prev = x
+        return self.saved if self.acc < self.threshold else None
+
+    def store(self, velocities: tuple) -> None:
+        self.saved, self.acc = velocities, 0.0
 
 
 class SamaPipeline:
@@ -275,10 +302,19 @@ class SamaPipeline:
 
         # 5. Denoising loop with text or dual CFG. The timestep goes in the model's dtype,
         #    as the release feeds it (bf16 rounds it; fp32 keeps it).
+        cache, computed = StepCache(cfg.step_cache), 0
         for i, t in enumerate(scheduler.timesteps):
             tt = t.expand(batch).to(device, dtype)
             sigma = float(scheduler.sigmas[i])
             x, s = latents.to(dtype), (sem.to(dtype) if sem is not None else None)
+            reused = cache.reuse(latents, last=i == len(scheduler.timesteps) - 1)
+            if reused is not None:
+                v, vs = reused
+                latents = scheduler.step(v, t, latents, return_dict=False)[0]
+                if sem is not None:
+                    sem = sem_scheduler.step(vs, t, sem, return_dict=False)[0]
+                continue
+            computed += 1
             v, vs = self._velocity(x, s, tt, sigma, text, source_latents)
             if use_cfg:
                 v_null, vs_null = self._velocity(x, s, tt, sigma, null, source_latents)
@@ -290,6 +326,7 @@ class SamaPipeline:
                     v = v_none + g_src * (v_null - v_none) + g_txt * (v - v_null)
                     if vs is not None:
                         vs = vs_none + g_src * (vs_null - vs_none) + g_txt * (vs - vs_null)
+            cache.store((v, vs))
             latents = scheduler.step(v, t, latents, return_dict=False)[0]
             if sem is not None:
                 sem = sem_scheduler.step(vs, t, sem, return_dict=False)[0]
@@ -303,7 +340,7 @@ class SamaPipeline:
                 video = tensor_to_video(video)
             elif output_type != "tensor":
                 raise ValueError(f"output_type={output_type!r}: uint8 | tensor | latent")
-        return SamaPipelineOutput(video=video, latents=latents, semantic=sem)
+        return SamaPipelineOutput(video=video, latents=latents, semantic=sem, computed_steps=computed)
 
 
 def as_numpy_video(video: torch.Tensor) -> np.ndarray:
