@@ -205,3 +205,31 @@ def test_step_cache_skips_steps_while_the_input_barely_changes(pipe):
     assert 2 < some.computed_steps < 12
     mse = ((some.video.float() - base.video.float()) ** 2).mean().item()
     assert 10 * np.log10(255**2 / max(mse, 1e-10)) > 20  # PSNR of cached vs uncached, same seed
+
+
+@pytest.mark.parametrize(
+    "source,g_src,semantic",
+    [("video", None, None), ("image", None, None), ("video", 1.5, None), ("video", None, 0)],
+    ids=["video-edit", "image-edit", "dual-cfg", "no-semantic-tokens"],
+)
+def test_batched_guidance_branches_give_the_sequential_edit(pipe, source, g_src, semantic):
+    """cfg_batch evaluates the (text, null) branches that share the source in one forward of twice
+    the batch: the same latents and semantic tokens as one forward per branch (fp32, <= 1e-4)."""
+    from dataclasses import replace
+
+    clip = _clip() if source == "video" else _clip(1, 90, 40)[0]
+    outs = []
+    for batched in (False, True):
+        p = SamaPipeline(
+            pipe.transformer,
+            pipe.vae,
+            pipe.text_encoder,
+            replace(pipe.config, cfg_batch=batched, num_semantic_tokens=semantic),
+        )
+        outs.append(p(["make the cat red", "make it snowy"], clip, seed=2, source_guidance_scale=g_src))
+    seq, bat = outs
+    assert (seq.latents - bat.latents).abs().max().item() <= 1e-4
+    if semantic is None:
+        assert (seq.semantic - bat.semantic).abs().max().item() <= 1e-4
+    else:
+        assert seq.semantic is None and bat.semantic is None

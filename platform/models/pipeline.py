@@ -70,6 +70,10 @@ class PipelineConfig:
     # guided velocity while the input's accumulated relative L1 change since then stays below this.
     # 0: off (the release: every step computed). The first and last steps are always computed.
     step_cache: float = 0.0
+    # Evaluate the guidance branches that share a source in one batched forward (B x 2) instead of
+    # one after another: the same velocities; faster where one branch leaves the device idle
+    # (short sequences), twice the activations. Off: the release evaluates them one by one.
+    cfg_batch: bool = False
     # The release's script edits at most 49 frames; training buckets keep 81.
     buckets: BucketConfig = field(default_factory=lambda: BucketConfig(max_frames=49))
 
@@ -315,9 +319,16 @@ class SamaPipeline:
                     sem = sem_scheduler.step(vs, t, sem, return_dict=False)[0]
                 continue
             computed += 1
-            v, vs = self._velocity(x, s, tt, sigma, text, source_latents)
+            if use_cfg and cfg.cfg_batch:  # (text, null) with the source in one forward
+                v2, vs2 = self._velocity(
+                    _twice(x), _twice(s), _twice(tt), sigma, torch.cat([text, null]), _twice(source_latents)
+                )
+                (v, v_null), (vs, vs_null) = v2.chunk(2), (vs2.chunk(2) if vs2 is not None else (None, None))
+            else:
+                v, vs = self._velocity(x, s, tt, sigma, text, source_latents)
+                if use_cfg:
+                    v_null, vs_null = self._velocity(x, s, tt, sigma, null, source_latents)
             if use_cfg:
-                v_null, vs_null = self._velocity(x, s, tt, sigma, null, source_latents)
                 if g_src is None:  # text CFG
                     v = v_null + g_txt * (v - v_null)
                     vs = vs_null + g_txt * (vs - vs_null) if vs is not None else None
@@ -341,6 +352,10 @@ class SamaPipeline:
             elif output_type != "tensor":
                 raise ValueError(f"output_type={output_type!r}: uint8 | tensor | latent")
         return SamaPipelineOutput(video=video, latents=latents, semantic=sem, computed_steps=computed)
+
+
+def _twice(t: torch.Tensor | None) -> torch.Tensor | None:
+    return torch.cat([t, t]) if t is not None else None
 
 
 def as_numpy_video(video: torch.Tensor) -> np.ndarray:
