@@ -17,6 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    # The default listen backlog (5) drops connections when many downloads start at once; the
+    # kernel resends a dropped SYN after 1 s, past a short client timeout: an attempt the test
+    # never scripted.
+    request_queue_size = 128
 
     def handle_error(self, request, client_address) -> None:
         pass  # clients that time out and hang up are part of the script
