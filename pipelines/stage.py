@@ -373,9 +373,11 @@ def run_stage(stage: Stage, write_summary: bool = True) -> Outcome:
     stage.summarize(summary, markers)
     summary["provenance"] = record(stage.name, stage.config_digest(), stage.inputs(), **stage.provenance())
     uri = storage.join(stage.output, "summary.json")
-    if unchanged_rerun(uri, summary, ran=bool(plan.todo or removed or plan.orphans)):
+    if not write_summary:
+        pass  # a stage feeding another (ingest's listing): the next one summarizes
+    elif unchanged_rerun(uri, summary, ran=bool(plan.todo or removed or plan.orphans)):
         log.info("%s: every part finished before; nothing written", stage.name)  # e.g. a read-only copy
-    elif write_summary:
+    else:
         storage.write_text(uri, json.dumps(summary, indent=2, default=str))
         stage.report(summary)
     return Outcome(summary, markers, plan.parts)
