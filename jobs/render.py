@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from sama import config as C
+from sama.serve.settings import replica_placement
 
 from . import launcher, submit
 
@@ -50,6 +51,8 @@ RESOURCE_KEYS = {
     "num_gpus": "gpus",
     "gpus_per_worker": "gpus",
 }
+# Keys that make one actor span several processes on one node (STRICT_PACK): its requests times this must fit.
+GROUP_KEYS = ("gpus_per_replica", "gpus_per_actor")
 # Sections that describe the submitter or an embedded local Ray, not cluster requests.
 SKIP_SECTIONS = ("ray", "submit")
 
@@ -92,6 +95,7 @@ class ServeSpec:
     num_cpus: float = 1.0
     max_ongoing_requests: int = 1
     autoscaling: dict[str, Any] = field(default_factory=lambda: {"min_replicas": 1, "max_replicas": 2})
+    placement: dict[str, Any] = field(default_factory=dict)  # a replica over several GPUs: its placement group
 
     def validate(self) -> None:
         lo, hi = self.autoscaling.get("min_replicas", 1), self.autoscaling.get("max_replicas", 1)
@@ -122,6 +126,7 @@ def serve_spec(serve: dict[str, Any]) -> ServeSpec:
             k: v for k, v in editor.get("autoscaling", {"min_replicas": 1, "max_replicas": 2}).items() if v is not None
         },
     )
+    spec.placement = replica_placement(spec.num_gpus, spec.num_cpus, editor.get("gpus_per_replica", 1))
     try:
         spec.validate()
     except ValueError as e:
@@ -217,6 +222,12 @@ def secret_env(cluster_spec: dict) -> set[str]:
 def _requests(tree: Any, path: str = "") -> Iterator[tuple[str, str, float]]:
     """(dotted key, cpus|gpus, amount) for every per-task/actor resource request in a config tree."""
     if isinstance(tree, dict):
+        for g in GROUP_KEYS:
+            n = tree.get(g)
+            if isinstance(n, int) and n > 1:
+                for k in ("num_cpus", "num_gpus"):
+                    if isinstance(tree.get(k), (int, float)):
+                        yield f"{path}.{g} x {k}", RESOURCE_KEYS[k], float(n * tree[k])
         for k, v in tree.items():
             key = f"{path}.{k}" if path else str(k)
             if not path and k in SKIP_SECTIONS:
@@ -335,6 +346,7 @@ def serve_config(spec: ServeSpec, runtime_env: dict) -> dict:
                         "max_ongoing_requests": spec.max_ongoing_requests,
                         "autoscaling_config": spec.autoscaling,
                         "ray_actor_options": {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus},
+                        **spec.placement,
                     }
                 ],
             }

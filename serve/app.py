@@ -79,13 +79,13 @@ def build_app(args: ServeConfig | Mapping[str, Any] | None = None) -> Applicatio
     cfg = resolve_args(args)
     ed = cfg.editor
     editor = Editor.options(
-        ray_actor_options={"num_cpus": ed.num_cpus, "num_gpus": ed.num_gpus},
+        **ed.placement(),
         max_ongoing_requests=ed.max_ongoing_requests,
         max_queued_requests=ed.max_queued_requests,
         autoscaling_config=ed.autoscaling.as_ray(),
         health_check_period_s=ed.health_check_period_s,
         graceful_shutdown_timeout_s=ed.graceful_shutdown_timeout_s,
-    ).bind(cfg.model, ed.max_running)
+    ).bind(cfg.model, ed.max_running, ed.group())
     ingress = Ingress.options(
         num_replicas=cfg.ingress.num_replicas,  # records live on the results storage (serve/jobstore.py)
         ray_actor_options={"num_cpus": cfg.ingress.num_cpus},

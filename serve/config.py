@@ -14,9 +14,19 @@ from typing import Any, Optional
 
 from sama.buckets import BucketConfig
 from sama.config import JobConfig
+from sama.models.edit_group import GroupConfig
 from sama.models.pipeline import EditModelConfig
 
-from .settings import AuthConfig, Geometry, IngressConfig, IngressSettings, LimitsConfig, QueueConfig, RecordsConfig
+from .settings import (
+    AuthConfig,
+    Geometry,
+    IngressConfig,
+    IngressSettings,
+    LimitsConfig,
+    QueueConfig,
+    RecordsConfig,
+    replica_placement,
+)
 
 
 @dataclass
@@ -55,8 +65,13 @@ class AutoscalingConfig:
 class EditorConfig:
     """The GPU deployment that runs the pipeline."""
 
-    num_gpus: float = 1.0  # per replica; 0 on CPU
+    num_gpus: float = 1.0  # per process of a replica; 0 on CPU
     num_cpus: float = 1.0
+    # Processes (GPUs) one replica spans, on one node: Ulysses sequence parallelism over the
+    # in-context sequence, and with an even count the guidance branches on two halves
+    # (cfg_parallel). Autoscaling counts replicas: a replica takes this many GPUs.
+    gpus_per_replica: int = 1
+    cfg_parallel: bool = True
     max_running: int = 1  # edits a replica runs at once (one saturates a GPU)
     # Edits a replica holds: the running ones plus a few waiting there, so the next starts the
     # moment one ends (a full replica is otherwise re-polled by Serve's router, up to 0.5 s late).
@@ -66,7 +81,19 @@ class EditorConfig:
     health_check_period_s: float = 10.0
     graceful_shutdown_timeout_s: float = 20.0
 
+    def group(self) -> GroupConfig:
+        return GroupConfig(self.gpus_per_replica, self.cfg_parallel, self.num_gpus, self.num_cpus)
+
+    def placement(self) -> dict[str, Any]:
+        """Serve deployment options of a replica: its actor's resources and placement group."""
+        return {
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            **replica_placement(self.num_gpus, self.num_cpus, self.gpus_per_replica),
+        }
+
     def validate(self) -> None:
+        if self.gpus_per_replica < 1:
+            raise ValueError(f"editor.gpus_per_replica must be >= 1, got {self.gpus_per_replica}")
         if not 1 <= self.max_running <= self.max_ongoing_requests:
             raise ValueError(
                 f"need 1 <= max_running <= max_ongoing_requests, got {self.max_running} and {self.max_ongoing_requests}"

@@ -1,12 +1,13 @@
-"""The editor deployment: one pipeline per replica (a GPU each, or CPU for tests and demos).
+"""The editor deployment: one pipeline per replica, on one GPU or spread over
+``gpus_per_replica`` (``sama.models.edit_group``; CPU processes for tests and demos).
 
 ``edit`` is a streaming method: it yields ``started`` once one of the replica's
 ``max_running`` slots is free (the replica may hold more requests than it runs, so the
 next one is already there when a slot frees), then ``progress`` events (from a
 forward hook on the transformer, so the pipeline needs no callback argument), then one
 ``done`` event with the mp4 bytes, or an ``error`` event. The pipeline runs in a worker
-thread; cancelling the stream (client cancel, timeout) sets a flag the hook checks, so
-the denoising loop stops at the next transformer call and frees the replica.
+thread; cancelling the stream (client cancel, timeout) sets a flag the pipeline asks before
+each step (every process of a group stops at the same one), which frees the replica.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import ray
 from ray import serve
 
 from sama.media import MediaError, encode_mp4, read_clip
+from sama.models.edit_group import EditGroup, GroupConfig, load_editor
 
 from .config import ModelConfig
 from .inputs import EditRequest
@@ -33,12 +35,8 @@ from .video import local_file
 log = logging.getLogger(__name__)
 
 
-class Cancelled(Exception):
-    """Raised inside the pipeline thread when its request was cancelled."""
-
-
 class Tracker:
-    """Counts transformer calls of one edit: progress, and the place to stop a cancelled one."""
+    """Counts transformer calls of one edit (progress) and holds its cancel flag."""
 
     def __init__(self, total_calls: int, report):
         self.total = max(1, total_calls)
@@ -47,8 +45,6 @@ class Tracker:
         self.cancelled = threading.Event()
 
     def on_call(self) -> None:
-        if self.cancelled.is_set():
-            raise Cancelled()
         self.calls += 1
         # Denoising is most of the work: 5% for decoding the source, 90% for the steps, 5% for encoding.
         self.report(0.05 + 0.9 * min(1.0, self.calls / self.total))
@@ -63,12 +59,12 @@ def _replica_id() -> str:
 
 @serve.deployment(name="Editor")
 class Editor:
-    def __init__(self, model: ModelConfig, max_running: int = 1):
+    def __init__(self, model: ModelConfig, max_running: int = 1, group: GroupConfig = GroupConfig()):
         import torch
 
         device = model.device if model.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         t0 = time.time()
-        self.pipe = model.load(device)
+        self.pipe = load_editor(model, device, group)
         self.device = device
         self.max_side = max(max(b) for b in self.pipe.buckets)  # decode no larger than the largest bucket
         self._local = threading.local()  # the Tracker of the edit running in this thread
@@ -86,13 +82,15 @@ class Editor:
         if tracker is not None:
             tracker.on_call()
 
+    def check_health(self) -> None:
+        """Serve's health check: a replica whose group lost a process is replaced."""
+        if isinstance(self.pipe, EditGroup):
+            self.pipe.check_health()
+
     def _calls(self, req: EditRequest) -> int:
-        """Transformer calls the pipeline will make: steps x CFG branches."""
-        cfg = self.pipe.config
-        g_txt = cfg.guidance_scale if req.guidance_scale is None else req.guidance_scale
-        g_src = cfg.source_guidance_scale if req.source_guidance_scale is None else req.source_guidance_scale
-        branches = 1 if g_txt == 1.0 and g_src is None else (2 if g_src is None else 3)
-        return (req.steps or cfg.num_inference_steps) * branches
+        """Transformer calls this process will make: steps x its forwards per step."""
+        per_step = self.pipe.forwards_per_step(req.guidance_scale, req.source_guidance_scale)
+        return (req.steps or self.pipe.config.num_inference_steps) * per_step
 
     def _run(self, req: EditRequest, tracker: Tracker) -> dict[str, Any]:
         """Decode -> edit -> encode, in a worker thread."""
@@ -115,6 +113,7 @@ class Editor:
                 guidance_scale=req.guidance_scale,
                 source_guidance_scale=req.source_guidance_scale,
                 seed=req.seed,
+                stop=tracker.cancelled.is_set,
             )
         finally:
             self._local.tracker = None

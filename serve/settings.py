@@ -82,3 +82,16 @@ class IngressSettings:
     geometry: Geometry
     records: RecordsConfig = field(default_factory=RecordsConfig)
     model: dict = field(default_factory=dict)  # what GET /v1/model says: the checkpoint and its card's key facts
+
+
+def replica_placement(num_gpus: float, num_cpus: float, processes: int) -> dict:
+    """Serve deployment options of an editor replica over ``processes`` processes: one
+    placement group on one node (NCCL stays inside it), bundle 0 the replica, r its rank-r helper.
+    Empty for a one-process replica (its ``ray_actor_options`` say it all)."""
+    if processes <= 1:
+        return {}
+    bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
+    return {
+        "placement_group_bundles": [dict(bundle) for _ in range(processes)],
+        "placement_group_strategy": "STRICT_PACK",
+    }

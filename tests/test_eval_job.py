@@ -69,7 +69,9 @@ def test_judged_run_tables_rerun_and_report(ray_cluster, bench, judge_server, tm
     judge_server.script(
         [("make it night", ["low"]), ("add a hat", ["malformed"]), ("remove the square", ["status:503", "ok"])]
     )
-    s = run_eval(manifest, out, *judge)
+    # Each edit actor drives two processes (Ulysses over gloo), as a multi-GPU actor would.
+    group = ["evaluate.edit.gpus_per_actor=2", "evaluate.edit.cfg_parallel=false", "evaluate.edit.num_cpus=0.25"]
+    s = run_eval(manifest, out, *judge, *group)
     r = read_results(out).set_index("item_id").sort_index()
     assert list(r.index) == ["a", "b", "c", "d"] and set(r.judge_model) == {"openai:fake-vlm"}
     assert list(r.status) == ["ok", "ok", "error", "ok"] and r.at["c", "error_kind"] == "judge_error"

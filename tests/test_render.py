@@ -374,6 +374,9 @@ def test_requests_that_fit_no_pod_are_refused(monkeypatch):
         render.render("jobs/ingest.yaml", ["submit.entrypoint_num_gpus=16"])
     with pytest.raises(C.ConfigError, match=r"precompute.encode.num_gpus = 9 gpus"):
         render.render("jobs/precompute_wan.yaml", ["precompute.encode.num_gpus=9"])
+    # A replica over 8 processes asks for 8 x its per-process CPUs on one node.
+    with pytest.raises(C.ConfigError, match=r"serve.editor.gpus_per_replica x num_cpus = 72 cpus.*offers 64"):
+        render.render("jobs/serve_sama14b.yaml", ["serve.editor.num_cpus=9"])
     with pytest.raises(C.ConfigError, match=r"entrypoint_resources.TPU"):
         render.render("jobs/ingest.yaml", ["submit.entrypoint_resources={TPU: 4}"])
     # A cluster whose GPU group can never scale up offers no GPU at all.
@@ -447,6 +450,11 @@ def test_rayservice_from_a_serve_config():
     assert 1 <= auto["min_replicas"] <= auto["max_replicas"] == 8
     gpu_groups = [g for g in m["spec"]["rayClusterConfig"]["workerGroupSpecs"] if gpus_per_pod(g)]
     assert gpu_groups and dep["ray_actor_options"]["num_gpus"] <= max(map(gpus_per_pod, gpu_groups))
+    # The 14B editor: one replica over one node's 8 GPUs, in one placement group packed on it.
+    dep14 = render.serve_config(render.serve_spec(C.load_yaml("jobs/serve_sama14b.yaml")["serve"]), {})
+    (dep14,) = dep14["applications"][0]["deployments"]
+    assert dep14["placement_group_strategy"] == "STRICT_PACK"
+    assert dep14["placement_group_bundles"] == [{"CPU": 7, "GPU": 1}] * 8
     assert {c["image"] for c in render._containers(m["spec"]["rayClusterConfig"])} == {"reg/sama:2"}
 
 

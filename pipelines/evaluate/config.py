@@ -35,8 +35,10 @@ class EvalModelConfig(EditModelConfig):
 
 @dataclass
 class EditConfig:
-    num_gpus: float = 0.0  # per edit actor; 0: CPU (the tiny model)
+    num_gpus: float = 0.0  # per edit actor (per process of one); 0: CPU (the tiny model)
     num_cpus: float = 1.0
+    gpus_per_actor: int = 1  # > 1: each edit actor drives that many processes (sequence + CFG parallel, as serving)
+    cfg_parallel: bool = True
     actors: int = 1
     max_actors: Optional[int] = None  # autoscale the pool up to this many
     seed: int = 0

@@ -14,6 +14,7 @@ import numpy as np
 
 from sama import storage
 from sama.media import MediaError, probe, read_clip, write_mp4
+from sama.models.edit_group import GroupConfig, load_editor
 
 from ..stage import Part
 from .config import EvalConfig, uris
@@ -31,9 +32,11 @@ class EditStage:
     def _load(self):
         import torch
 
-        gpu = self.cfg.edit.num_gpus > 0 and torch.cuda.is_available()
+        e = self.cfg.edit
+        gpu = e.num_gpus > 0 and torch.cuda.is_available()
         t0 = time.time()
-        self.pipe = self.cfg.model.load("cuda" if gpu else "cpu")
+        group = GroupConfig(e.gpus_per_actor, e.cfg_parallel, e.num_gpus, e.num_cpus)
+        self.pipe = load_editor(self.cfg.model, "cuda" if gpu else "cpu", group)
         log.info("evaluate: %s loaded on %s in %.1fs", self.cfg.model.name, self.pipe.device, time.time() - t0)
 
     def edit(self, item: dict) -> dict:

@@ -30,12 +30,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from sama.buckets import Bucket, BucketConfig, fit_to_bucket, frames_4k1, make_buckets, nearest_bucket
+from sama.models.edit_parallel import EditParallel
 from sama.models.encoders import (
     TextEncoder,
     TextEncoderConfig,
@@ -51,7 +52,7 @@ from sama.models.scheduling import SAMPLERS, make_scheduler
 from sama.models.transformer import SamaModelConfig, SamaTransformer3DModel
 from sama.pretexts import IMAGE_EDIT_TAG, VIDEO_EDIT_TAG, compose_prompt
 
-__all__ = ["SAMPLERS", "make_scheduler", "PipelineConfig", "EditModelConfig", "SamaPipeline"]
+__all__ = ["SAMPLERS", "make_scheduler", "PipelineConfig", "EditModelConfig", "SamaPipeline", "EditStopped"]
 
 
 @dataclass
@@ -174,6 +175,7 @@ class SamaPipeline:
         self.text_encoder = text_encoder
         self.config = config
         self.buckets = make_buckets(config.buckets)
+        self.parallel: EditParallel | None = None
 
     @classmethod
     def from_configs(
@@ -203,7 +205,57 @@ class SamaPipeline:
         clip, _ = fit_to_bucket(source, self.config.buckets, self.buckets, bucket)
         return video_to_tensor(clip)[None]
 
+    def enable_parallel(self, parallel: EditParallel | None) -> None:
+        """Share every edit with the other processes of ``parallel`` (None: this one alone). Each
+        of them must call the pipeline with the same arguments; each gets the whole output."""
+        self.transformer.enable_sequence_parallel(parallel.sp if parallel else None)
+        self.parallel = parallel
+
     # ------------------------------------------------------------------ sampling
+
+    @staticmethod
+    def _branches(text, null, source, use_cfg: bool, dual: bool) -> list[tuple]:
+        """The guidance branches of a step, as (text, source): conditional, null, source-free."""
+        return [(text, source)] + ([(null, source)] if use_cfg else []) + ([(null, None)] if dual else [])
+
+    def _evaluate(self, x, s, tt, sigma, branches: list[tuple]) -> list[tuple]:
+        """Velocities of every branch: this process's share (CFG parallel) evaluated one forward
+        per branch, or per source with ``cfg_batch``; the rest from the other groups."""
+        par = self.parallel
+        mine = par.mine(len(branches)) if par is not None else list(range(len(branches)))
+        out: dict[int, tuple] = {}
+        for group in self._forwards([branches[j] for j in mine]):
+            idx = [mine[k] for k in group]
+            k = len(group)
+            text = torch.cat([branches[j][0] for j in idx])
+            v, vs = self._velocity(_rep(x, k), _rep(s, k), _rep(tt, k), sigma, text, _rep(branches[idx[0]][1], k))
+            for j, vj, vsj in zip(idx, v.chunk(k), vs.chunk(k) if vs is not None else [None] * k):
+                out[j] = (vj, vsj)
+        if par is None or par.cfg_world == 1 or len(branches) == 1:
+            return [out[j] for j in range(len(branches))]
+        v_all = par.exchange([out[j][0] for j in mine], len(branches))
+        vs_all = par.exchange([out[j][1] for j in mine], len(branches)) if s is not None else [None] * len(branches)
+        return list(zip(v_all, vs_all))
+
+    def _forwards(self, branches: list[tuple]) -> list[list[int]]:
+        """Branch indices per transformer forward: batched when they share a source (``cfg_batch``)."""
+        if not self.config.cfg_batch:
+            return [[k] for k in range(len(branches))]
+        groups: list[list[int]] = []
+        for k, (_, src) in enumerate(branches):
+            same = next((g for g in groups if branches[g[0]][1] is src), None)
+            (same.append(k) if same is not None else groups.append([k]))
+        return groups
+
+    def forwards_per_step(self, guidance_scale: float | None = None, source_guidance_scale: float | None = None) -> int:
+        """Transformer forwards this process makes per computed step (progress reporting)."""
+        g_txt = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        g_src = self.config.source_guidance_scale if source_guidance_scale is None else source_guidance_scale
+        src = object()
+        branches = self._branches(None, None, src, g_txt != 1.0 or g_src is not None, g_src is not None)
+        par = self.parallel
+        mine = [branches[j] for j in par.mine(len(branches))] if par is not None else branches
+        return len(self._forwards(mine))
 
     def _velocity(self, latents, sem, t, sigma, text, source):
         """Flow velocities of the latents and of the semantic tokens for one CFG branch."""
@@ -235,6 +287,7 @@ class SamaPipeline:
         source_latents: torch.Tensor | None = None,
         latents: torch.Tensor | None = None,
         semantic_latents: torch.Tensor | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> SamaPipelineOutput:
         """Edit ``source`` (a (T, H, W, C) clip, an (H, W, C) image) following ``prompt``;
         without a source, generate a ``num_frames`` x ``height`` x ``width`` video from text.
@@ -242,6 +295,7 @@ class SamaPipeline:
         Precomputed inputs replace their raw counterparts: ``prompt_embeds`` /
         ``negative_prompt_embeds`` (B, L, D_txt) the (tagged) prompts, ``source_latents``
         (B, C, F, h, w) the source clip, ``latents`` / ``semantic_latents`` the seeded noise.
+        ``stop`` is asked before every step; true raises :class:`EditStopped` (a cancelled request).
         """
         cfg = self.config
         if prompt_embeds is not None:
@@ -308,6 +362,11 @@ class SamaPipeline:
         #    as the release feeds it (bf16 rounds it; fp32 keeps it).
         cache, computed = StepCache(cfg.step_cache), 0
         for i, t in enumerate(scheduler.timesteps):
+            stopped = bool(stop and stop())
+            if self.parallel is not None:  # only rank 0 hears of a cancel; all stop at the same step
+                stopped = self.parallel.agree(stopped, device)
+            if stopped:
+                raise EditStopped(f"stopped before step {i + 1} of {steps}")
             tt = t.expand(batch).to(device, dtype)
             sigma = float(scheduler.sigmas[i])
             x, s = latents.to(dtype), (sem.to(dtype) if sem is not None else None)
@@ -319,21 +378,16 @@ class SamaPipeline:
                     sem = sem_scheduler.step(vs, t, sem, return_dict=False)[0]
                 continue
             computed += 1
-            if use_cfg and cfg.cfg_batch:  # (text, null) with the source in one forward
-                v2, vs2 = self._velocity(
-                    _twice(x), _twice(s), _twice(tt), sigma, torch.cat([text, null]), _twice(source_latents)
-                )
-                (v, v_null), (vs, vs_null) = v2.chunk(2), (vs2.chunk(2) if vs2 is not None else (None, None))
-            else:
-                v, vs = self._velocity(x, s, tt, sigma, text, source_latents)
-                if use_cfg:
-                    v_null, vs_null = self._velocity(x, s, tt, sigma, null, source_latents)
+            branches = self._branches(text, null, source_latents, use_cfg, g_src is not None)
+            vel = self._evaluate(x, s, tt, sigma, branches)
+            v, vs = vel[0]
             if use_cfg:
+                v_null, vs_null = vel[1]
                 if g_src is None:  # text CFG
                     v = v_null + g_txt * (v - v_null)
                     vs = vs_null + g_txt * (vs - vs_null) if vs is not None else None
                 else:  # dual text/source CFG
-                    v_none, vs_none = self._velocity(x, s, tt, sigma, null, None)
+                    v_none, vs_none = vel[2]
                     v = v_none + g_src * (v_null - v_none) + g_txt * (v - v_null)
                     if vs is not None:
                         vs = vs_none + g_src * (vs_null - vs_none) + g_txt * (vs - vs_null)
@@ -354,8 +408,12 @@ class SamaPipeline:
         return SamaPipelineOutput(video=video, latents=latents, semantic=sem, computed_steps=computed)
 
 
-def _twice(t: torch.Tensor | None) -> torch.Tensor | None:
-    return torch.cat([t, t]) if t is not None else None
+class EditStopped(Exception):
+    """The pipeline's ``stop`` said so (a cancelled request): no output."""
+
+
+def _rep(t: torch.Tensor | None, k: int) -> torch.Tensor | None:
+    return torch.cat([t] * k) if t is not None and k > 1 else t
 
 
 def as_numpy_video(video: torch.Tensor) -> np.ndarray:

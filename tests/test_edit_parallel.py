@@ -1,0 +1,119 @@
+"""Editors over several processes (gloo on CPU, through Ray actors as serving and evaluation run
+them): sequence-parallel, CFG-parallel and both give the one-process edit within 1e-4 on the
+latents, for video and image edits, with and without semantic tokens, text and dual CFG; a
+cancel heard by rank 0 stops every rank at the same step and the group edits on."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from sama.buckets import BucketConfig
+from sama.models.edit_parallel import layout
+from sama.models.encoders import TextEncoderConfig
+from sama.models.pipeline import EditModelConfig, PipelineConfig
+
+SMALL = BucketConfig(area=64 * 96, max_frames=9, layout="symmetric")
+MODEL = EditModelConfig(
+    text=TextEncoderConfig(max_length=16), pipeline=PipelineConfig(num_inference_steps=3, buckets=SMALL)
+)
+CLIP = (np.random.default_rng(0).random((9, 48, 80, 3)) * 255).astype(np.uint8)
+CASES = {  # name: (model config, call kwargs)
+    "video": (MODEL, dict(prompt="make it red", source=CLIP)),
+    "image": (MODEL, dict(prompt="make it red", source=CLIP[0])),
+    "video-dual-cfg": (MODEL, dict(prompt="make it red", source=CLIP, source_guidance_scale=1.5)),
+    "video-no-semantic": (replace(MODEL, pipeline=replace(MODEL.pipeline, num_semantic_tokens=0)), {}),
+    "video-cfg-batch": (replace(MODEL, pipeline=replace(MODEL.pipeline, cfg_batch=True)), {}),
+}
+
+
+class Owner:
+    """What a Serve replica or an evaluation actor is: the rank-0 process of an editor group."""
+
+    def __init__(self, model: EditModelConfig, processes: int, cfg_parallel: bool):
+        from sama.models.edit_group import EditGroup, GroupConfig
+
+        self.group = EditGroup(model, "cpu", GroupConfig(processes, cfg_parallel, num_cpus=0.25))
+
+    def layout(self) -> dict:
+        return self.group.layout
+
+    def edit(self, config: PipelineConfig, kwargs: dict, stop_at: int | None = None) -> dict:
+        from sama.models.pipeline import EditStopped
+
+        self.group.configure(config)
+        calls = []
+
+        def stop() -> bool:
+            calls.append(1)
+            return stop_at is not None and len(calls) >= stop_at
+
+        try:
+            out = self.group(**kwargs, stop=stop, output_type="latent")
+        except EditStopped as e:
+            return {"stopped": str(e), "asked": len(calls)}
+        sem = out.semantic.numpy() if out.semantic is not None else None
+        return {"latents": out.latents.numpy(), "semantic": sem, "forwards": self.group.forwards_per_step()}
+
+    def kill_helper(self) -> None:
+        import ray
+
+        ray.kill(self.group.helpers[0])
+
+    def healthy(self) -> bool:
+        try:
+            self.group.check_health(timeout_s=10)
+        except Exception:  # noqa: BLE001 - the point: a lost helper shows
+            return False
+        return True
+
+
+def test_layout_puts_the_branches_on_two_halves_when_the_count_is_even():
+    assert [layout(n, True) for n in (1, 2, 3, 4, 8)] == [1, 2, 1, 2, 2]
+    assert [layout(n, False) for n in (2, 4)] == [1, 1]
+
+
+@pytest.mark.slow
+def test_parallel_edits_match_the_one_process_edit(ray_cluster):
+    import ray
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import a test module
+    # Two CFG groups of two sequence-parallel ranks: both exchanges in one (2-process layouts of
+    # either kind alone: tests/test_serve.py's group app, and the layout arithmetic above).
+    layouts = {"cfg2xsp2": (4, True)}
+    owner = ray.remote(Owner).options(num_cpus=0.25)
+    # The model config differs per case only in pipeline settings: one group per layout serves them all.
+    owners = {name: owner.remote(MODEL, n, cfg) for name, (n, cfg) in layouts.items()}
+    assert ray.get(owners["cfg2xsp2"].layout.remote()) == {"processes": 4, "cfg_groups": 2, "sequence_parallel": 2}
+
+    for case, (model, kwargs) in CASES.items():
+        kwargs = {**CASES["video"][1], **kwargs}
+        ref = model.load("cpu")(**kwargs, output_type="latent")
+        got = ray.get([o.edit.remote(model.pipeline, kwargs) for o in owners.values()])
+        for name, out in zip(owners, got):
+            diff = np.abs(out["latents"] - ref.latents.numpy()).max()
+            assert diff <= 1e-4, (case, name, diff)
+            if ref.semantic is None:
+                assert out["semantic"] is None, (case, name)
+            else:
+                assert np.abs(out["semantic"] - ref.semantic.numpy()).max() <= 1e-4, (case, name)
+
+    # A CFG-parallel rank runs only its share of the branches (2 of text CFG: one each).
+    assert ray.get(owners["cfg2xsp2"].edit.remote(MODEL.pipeline, CASES["video"][1]))["forwards"] == 1
+
+    # Only rank 0 is asked to stop; every rank stops before the same step, and the group edits on.
+    stopped = ray.get(owners["cfg2xsp2"].edit.remote(MODEL.pipeline, CASES["video"][1], stop_at=2))
+    assert stopped == {"stopped": "stopped before step 2 of 3", "asked": 2}
+    again = ray.get(owners["cfg2xsp2"].edit.remote(MODEL.pipeline, CASES["video"][1]))
+    assert again["latents"].shape == ref.latents.shape
+
+    o = owners["cfg2xsp2"]
+    assert ray.get(o.healthy.remote())
+    ray.get(o.kill_helper.remote())
+    assert not ray.get(o.healthy.remote())  # Serve's health check replaces such a replica
+    for o in owners.values():
+        ray.kill(o)
