@@ -1,22 +1,18 @@
-"""Precompute throughput: the Ray Data job vs a plain single-process loop, and decode fps.
+"""Precompute throughput: the Ray Data job vs a plain single-process loop.
 
     python bench/precompute_throughput.py [--samples 192]
 
-1. samples/s of the whole precompute job (decode tasks -> encoder actor -> shard writes)
-   against a plain loop over the same samples with the same tiny encoders (the job's time
-   includes Ray's start-up, ~10 s here, so few samples understate it: 24 samples read
-   0.5x, 96 read 0.8x, 192 read 1.2x on 2 cores);
-2. decode fps of our decoder (PyAV, as the job uses it) against `ffmpeg -benchmark`
-   decoding the same clip to nowhere (the decoder's limit), and decord where installed.
-Ratios are what to read; absolute numbers depend on the machine.
+samples/s of the whole precompute job (decode tasks -> encoder actor -> shard writes) against
+a plain loop over the same samples with the same tiny encoders (the job's time includes Ray's
+start-up, ~10 s here, so few samples understate it: 24 samples read 0.5x, 96 read 0.8x, 192
+read 1.2x on 2 cores). Decode speed against ffmpeg: ``bench/decode.py``. Ratios are what to
+read; absolute numbers depend on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import tempfile
 import time
 
@@ -25,7 +21,7 @@ import ray
 from sama import storage
 from sama.buckets import make_buckets
 from sama.config import from_dict
-from sama.media import probe, read_frames
+from sama.media import probe
 from sama.pipelines.precompute.job import Encoders, PrecomputeJobConfig, decode_sample, run
 from sama.schemas import MANIFEST, sample_id
 from sama.testing.media import write_video
@@ -78,14 +74,6 @@ def plain_loop(cfg: PrecomputeJobConfig) -> int:
     return n
 
 
-def ffmpeg_fps(path: str, frames: int, *extra: str) -> float:
-    out = subprocess.run(
-        ["ffmpeg", "-hide_banner", "-benchmark", "-i", path, *extra, "-f", "null", "-"], capture_output=True, text=True
-    ).stderr
-    rtime = float(re.search(r"rtime=([\d.]+)s", out).group(1))
-    return frames / rtime
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=192)
@@ -112,30 +100,9 @@ def main() -> None:
         n_job = sum(d.get("written", 0) for d in summary["datasets"].values())
         assert n_job == n_loop == args.samples, (n_job, n_loop)
 
-        clip = write_video(os.path.join(root, "480p.mp4"), frames=81, width=832, height=480, fps=16, seed=7)
-        t0 = time.perf_counter()
-        decoded = len(read_frames(clip, indices=list(range(81))))
-        ours = decoded / (time.perf_counter() - t0)
-        ff = ffmpeg_fps(clip, 81)  # decode only: the decoder's limit
-        ff_rgb = ffmpeg_fps(clip, 81, "-pix_fmt", "rgb24")  # + the RGB conversion we also do
-        try:
-            import decord
-
-            t0 = time.perf_counter()
-            vr = decord.VideoReader(clip)
-            vr.get_batch(list(range(81))).asnumpy()
-            dec = 81 / (time.perf_counter() - t0)
-        except ImportError:
-            dec = float("nan")
-
     print(f"\n{'precompute (' + str(args.samples) + ' samples)':<34} {'samples/s':>10} {'vs loop':>8}")
     print(f"{'plain single-process loop':<34} {n_loop / t_loop:>10.2f} {1.0:>7.2f}x")
     print(f"{'ray data job (incl. startup)':<34} {n_job / t_job:>10.2f} {t_loop / t_job:>7.2f}x")
-    print(f"\n{'decode 832x480, 81 frames':<34} {'fps':>10} {'vs ffmpeg':>9}")
-    print(f"{'ffmpeg -benchmark, decode only':<34} {ff:>10.1f} {1.0:>8.2f}x")
-    print(f"{'ffmpeg -benchmark, to rgb24':<34} {ff_rgb:>10.1f} {ff_rgb / ff:>8.2f}x")
-    print(f"{'sama.media.read_frames (PyAV)':<34} {ours:>10.1f} {ours / ff:>8.2f}x")
-    print(f"{'decord get_batch (rgb)':<34} {dec:>10.1f} {dec / ff:>8.2f}x")
 
 
 if __name__ == "__main__":

@@ -247,28 +247,66 @@ def read_frames(uri: str, n: int = 0, max_side: int | None = None, indices: list
                 total = sum(1 for p in container.demux(vs) if p.size)
                 container.seek(0)
             order = [i for i in indices if 0 <= i < total] if indices is not None else sample_indices(total, n)
-            wanted = set(order)
-            # Let the decoder use its threads, and reuse one colour converter (a new one per
-            # frame costs ~2x).
-            vs.thread_type = "AUTO"
-            rgb = VideoReformatter()
-            got: dict[int, "np.ndarray"] = {}
-            rot = 0
-            for i, frame in _wanted_frames(container, vs, wanted):
-                rot = _rotation(vs, frame)
-                w, h = _fit(frame.width, frame.height, max_side)
-                got[i] = rgb.reformat(frame, format="rgb24", width=w, height=h).to_ndarray()
-            out = [got[i] for i in order if i in got]
+            vs.thread_type = "AUTO"  # the decoder's own threads
+            frames, filled, rot = _decode_into(container, vs, order, max_side)
     except MediaError:
         raise
     except av.error.FFmpegError as e:
         raise MediaError("undecodable", f"{uri}: {e}") from None
-    if not out:
+    if frames is None or not filled.any():
         raise MediaError("undecodable", f"{uri}: no frame decodes")
-    frames = np.stack(out)
+    if not filled.all():  # the header counted frames the stream does not have
+        frames = frames[filled]
     if rot in (90, 180, 270):  # display matrix angles are counter-clockwise, as np.rot90 turns
         frames = np.ascontiguousarray(np.rot90(frames, k=rot // 90, axes=(1, 2)))
     return frames
+
+
+CONVERT_THREADS = 2  # colour conversion beside decoding (swscale releases the GIL)
+IN_FLIGHT = 8  # decoded frames waiting for conversion, at most
+
+
+def _decode_into(container, vs, order: list[int], max_side: int | None):
+    """The frames at ``order`` as one preallocated (len(order), H, W, 3) uint8 array, a mask of
+    the slots filled, and the display rotation. Decoding stays on this thread; conversion to RGB
+    at the first frame's output size, straight into the array, runs on ``CONVERT_THREADS``
+    threads, each with its own reusable converter (a new one per frame costs ~2x). Decoding and
+    converting overlap, as in ffmpeg's own pipeline; no list of frames is stacked at the end."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    slots: dict[int, list[int]] = {}
+    for k, i in enumerate(order):
+        slots.setdefault(i, []).append(k)
+    filled = np.zeros(len(order), bool)
+    out, size, rot = None, None, 0
+    local = threading.local()
+
+    def convert(frame, at: list[int]) -> None:
+        rgb = getattr(local, "rgb", None)
+        if rgb is None:
+            rgb = local.rgb = VideoReformatter()
+        # threads=1: these threads are the parallelism (swscale's own slices would oversubscribe)
+        out[at[0]] = rgb.reformat(frame, format="rgb24", width=size[0], height=size[1], threads=1).to_ndarray()
+        for k in at[1:]:  # a frame wanted twice (resampled to a higher rate)
+            out[k] = out[at[0]]
+        filled[at] = True
+
+    with ThreadPoolExecutor(CONVERT_THREADS, thread_name_prefix="sama-rgb") as pool:
+        pending: list = []
+        for i, frame in _wanted_frames(container, vs, set(order)):
+            rot = _rotation(vs, frame)
+            if out is None:
+                size = _fit(frame.width, frame.height, max_side)
+                out = np.empty((len(order), size[1], size[0], 3), np.uint8)
+            pending.append(pool.submit(convert, frame, slots[i]))
+            if len(pending) > IN_FLIGHT:
+                pending.pop(0).result()
+        for p in pending:
+            p.result()
+    return out, filled, rot
 
 
 SEEK_GAP = 48  # frames: a wanted frame at least this far ahead is reached by a keyframe seek

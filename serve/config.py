@@ -140,6 +140,8 @@ class ServeConfig:
             Geometry(b.multiple, b.area, b.max_frames),
             self.records,
             model_facts(self.model.checkpoint or self.model.transformer.pretrained),
+            self.model.pipeline.num_inference_steps,
+            self.model.pipeline.guidance_scale,
         )
 
 

@@ -144,8 +144,10 @@ class BodyMeter:
         return bool(boundary) and b"--" + boundary + b"--" in self.tail
 
 
-def _page() -> str:
-    return resources.files("sama.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+def _page(cfg: IngressSettings) -> str:
+    """The web page, showing the served sampling defaults (a user may ask for fewer steps)."""
+    html = resources.files("sama.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+    return html.replace("__STEPS__", str(cfg.steps)).replace("__GUIDANCE__", f"{cfg.guidance_scale:g}")
 
 
 @serve.deployment(name="Ingress", num_replicas=1)
@@ -158,7 +160,7 @@ class Ingress:
         self.table = EditTasks(cfg.queue.max_pending, cfg.queue.keep_finished)
         self.results = cfg.results or os.path.join(tempfile.gettempdir(), f"sama-serve-{cfg.name}")
         self.store = JobStore(self.results, _replica_id(), cfg.records.lease_s)
-        self.page = _page()
+        self.page = _page(cfg)
         self.metrics = IngressMetrics()
         self._receiving = 0  # request bodies being received now
         self.store.heartbeat()

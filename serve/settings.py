@@ -82,6 +82,8 @@ class IngressSettings:
     geometry: Geometry
     records: RecordsConfig = field(default_factory=RecordsConfig)
     model: dict = field(default_factory=dict)  # what GET /v1/model says: the checkpoint and its card's key facts
+    steps: int = 50  # the served default (the release's); the page shows it, a request may ask for fewer
+    guidance_scale: float = 5.0
 
 
 def replica_placement(num_gpus: float, num_cpus: float, processes: int) -> dict:

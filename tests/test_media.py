@@ -132,3 +132,26 @@ def test_sparse_frames_far_apart_are_reached_by_keyframe_seeks_and_stay_exact(tm
         assert sp.seeks >= 4 and sp.decoded < seq.decoded / 2, (sp.seeks, sp.decoded)
     monkeypatch.setattr(media, "SEEK_GAP", 48)
     assert media.read_frames(clip, n=8).shape == (8, 48, 64, 3)
+
+
+def test_frames_converted_beside_decoding_equal_a_plain_pyav_loop(tmp_path, monkeypatch):
+    """Conversion on worker threads into one preallocated array: the same pixels and order as
+    converting each decoded frame in turn, repeats filled, indices past the end dropped, scaled
+    frames too, and a small in-flight bound changes nothing."""
+    import av
+    import numpy as np
+
+    from sama import media
+    from sama.testing.media import write_video
+
+    clip = write_video(str(tmp_path / "c.mp4"), frames=30, width=96, height=64, fps=8)
+    with av.open(clip) as c:
+        plain = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+        c.seek(0)
+        small = np.stack([f.reformat(width=48, height=32, format="rgb24").to_ndarray() for f in c.decode(video=0)])
+    order = [5, 5, 0, 29, 12, 12, 12, 40]  # repeats, out of order, one past the end
+    monkeypatch.setattr(media, "IN_FLIGHT", 1)
+    got = media.read_frames(clip, indices=order)
+    assert np.array_equal(got, plain[[5, 5, 0, 29, 12, 12, 12]])
+    assert np.array_equal(media.read_frames(clip, indices=list(range(30))), plain)
+    assert np.array_equal(media.read_frames(clip, indices=[3, 7], max_side=48), small[[3, 7]])

@@ -137,3 +137,22 @@ def test_configs_from_before_the_numerics_keep_their_behaviour(tmp_path):
     x = _inputs()
     with torch.no_grad():
         assert torch.equal(model(**x).sample, loaded(**x).sample)
+
+
+def test_an_architecture_alone_builds_random_weights_at_its_real_size_on_the_given_device():
+    """Benchmarks time the 14B without its weights: built on the device, in its dtype, with the
+    modules from_pretrained keeps in fp32 kept so (meta here: nothing is allocated)."""
+    from sama.models.sizing import forward_flops
+
+    model = load_transformer(SamaModelConfig(architecture="wan2.1-14b", dtype="bfloat16"), "meta")
+    assert all(p.is_meta for p in model.parameters())
+    assert 14.2e9 < sum(p.numel() for p in model.parameters()) < 14.4e9
+    assert model.config.num_layers == 40 and model.config.num_semantic_tokens == 65
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert dtypes["blocks.0.attn1.to_q.weight"] == torch.bfloat16
+    assert (
+        dtypes["blocks.0.norm2.weight"] == dtypes["condition_embedder.time_embedder.linear_1.weight"] == torch.float32
+    )
+    assert torch.get_default_dtype() == torch.float32  # restored
+    # The issue's paper count for a release-default 14B edit: ~1.0 linear + ~1.35 attention PFLOP.
+    assert forward_flops(model.config, 2 * 20_280 + 65, 512) / 1e15 == pytest.approx(2.34, abs=0.01)

@@ -97,7 +97,7 @@ def service(ray_cluster, tmp_path_factory, s3_server):
             queue={"max_pending": 8},
             # Two ingress replicas: every poll may land on either (records are on the results folder).
             ingress={"num_replicas": 2, "num_cpus": 0},
-            limits={"max_upload_mb": 80, "max_concurrent_uploads": 2},
+            limits={"max_upload_mb": 160, "max_concurrent_uploads": 2},
         ),
         "strict": app_config("strict", root, s3_bucket, queue={"run_timeout_s": 2.0}),
         # One replica over two processes (gloo on CPU) splitting the sequence (Ulysses); CFG groups
@@ -509,8 +509,9 @@ def test_killed_ingress_keeps_job_records(service, client, clip):
 
 
 def test_parallel_large_uploads_stream_to_disk(service, client):
-    """8 parallel 60 MB uploads: at most max_concurrent_uploads (2) are received at once, the rest
-    get a 503; none is ever whole in an ingress's memory."""
+    """8 parallel 150 MB uploads: at most max_concurrent_uploads (2) are received at once, the rest
+    get a 503; none is ever whole in an ingress's memory (Serve hands the body over in batches of
+    chunks: an ingress grows by tens of MB, more on a loaded machine, whatever the upload's size)."""
     import concurrent.futures
 
     import psutil
@@ -519,7 +520,7 @@ def test_parallel_large_uploads_stream_to_disk(service, client):
     procs = [p for p in psutil.process_iter() if "ServeReplica:scale:Ingress" in " ".join(p.cmdline())]
     assert len(procs) == 2
     base = [p.memory_full_info().uss for p in procs]
-    blob = os.urandom(60 * 1024 * 1024)
+    blob = os.urandom(150 * 1024 * 1024)
 
     def post(_):
         with httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120) as c:
@@ -537,7 +538,7 @@ def test_parallel_large_uploads_stream_to_disk(service, client):
     assert any(s == 422 and "not a readable" in e for s, e in answers), answers  # received, probed, refused
     grew = max(p - b for p, b in zip(peak, base)) / 2**20
     print(f"ingress memory growth: {grew:.1f} MB; answers: {sorted(s for s, _ in answers)}")
-    assert grew < 60, f"an ingress grew by {grew:.0f} MB receiving 60 MB uploads"
+    assert grew < 100, f"an ingress grew by {grew:.0f} MB receiving 150 MB uploads"
 
 
 # ---------------------------------------------------------------------- autoscaling
@@ -629,6 +630,9 @@ def test_web_page_in_headless_chromium(service, clip, tmp_path):
                   .observe(document.querySelector('#status'),
                            {childList: true, characterData: true, subtree: true}); }""")
             page.fill("#token", TOKEN)
+            # The served defaults show (this app: 2 steps); fewer or more is the user's choice.
+            assert page.get_attribute("#steps", "placeholder") == "2"
+            assert "served default is 2" in page.get_attribute("#steps", "title")
             page.fill("#steps", "40")
             page.click("#submit")
             page.wait_for_function(

@@ -76,11 +76,14 @@ def ray_head(tmp_path_factory):
                 raise RuntimeError("ray head did not come up") from e
             time.sleep(0.5)
     yield address, env
+    # Every process of this head is in its session: SIGTERM lets them exit, and `ray start --block`
+    # itself lingers ~30 s after its children are gone, so the group is killed after a short grace.
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def sama(*args, env, timeout=300):

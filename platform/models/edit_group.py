@@ -70,7 +70,7 @@ class EditHelper:
         return True
 
     def configure(self, config: PipelineConfig) -> None:
-        self.pipe.config = config
+        self.pipe.configure(config)
 
     def run(self, args: tuple, kwargs: dict) -> str:
         try:
@@ -130,7 +130,7 @@ class EditGroup:
     def configure(self, config: PipelineConfig) -> None:
         """New sampling settings (steps, guidance, step cache, ...) on every rank at once."""
         ray.get([h.configure.remote(config) for h in self.helpers])
-        self.pipe.config = config
+        self.pipe.configure(config)
 
     def check_health(self, timeout_s: float = 30.0) -> None:
         """Raises when a helper is gone (the group cannot edit any more)."""

@@ -186,7 +186,7 @@ class SamaPipeline:
         config: PipelineConfig = PipelineConfig(),
         device: str | torch.device = "cpu",
     ):
-        return cls(load_transformer(model), load_vae(vae), load_text_encoder(text), config).to(device)
+        return cls(load_transformer(model, device), load_vae(vae), load_text_encoder(text), config).to(device)
 
     def to(self, device: str | torch.device) -> "SamaPipeline":
         for m in (self.transformer, self.vae, self.text_encoder):
@@ -204,6 +204,10 @@ class SamaPipeline:
         bucket = Bucket(height, width) if height is not None and width is not None else None
         clip, _ = fit_to_bucket(source, self.config.buckets, self.buckets, bucket)
         return video_to_tensor(clip)[None]
+
+    def configure(self, config: PipelineConfig) -> None:
+        """New sampling settings (steps, guidance, step cache, buckets, ...)."""
+        self.config, self.buckets = config, make_buckets(config.buckets)
 
     def enable_parallel(self, parallel: EditParallel | None) -> None:
         """Share every edit with the other processes of ``parallel`` (None: this one alone). Each
