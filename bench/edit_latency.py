@@ -95,7 +95,7 @@ def scaling_table(args) -> None:
     model = EditModelConfig(
         transformer=SamaModelConfig(architecture=args.model if real else None, dtype="bfloat16" if real else "float32"),
         text=TextEncoderConfig(max_length=16),
-        pipeline=PipelineConfig(buckets=BucketConfig(area=height * width, max_frames=frames)),
+        pipeline=PipelineConfig(buckets=BucketConfig(area=height * width, max_frames=frames), compile=args.compile),
     )
     gpu = real or args.device == "cuda"
     unit, unit_name = (1e12, "TFLOP/s") if real else (1e9, "GFLOP/s")  # per process
@@ -124,7 +124,7 @@ def scaling_table(args) -> None:
     print(
         f"{args.model} ({facts['params']:,} parameters, {'bf16' if real else 'fp32'}), {height}x{width} x "
         f"{frames} frames: {facts['tokens']:,} tokens, {per_forward / 1e15:.3g} PFLOP per forward; "
-        f"text CFG, {args.steps} steps timed, {'GPU' if gpu else 'CPU'}"
+        f"text CFG, {args.steps} steps timed, {'GPU' if gpu else 'CPU'}, compile: {args.compile or 'off'}"
     )
     print(f"{'procs':>5} {'CFG x SP':>8} {'cache':>6} {'s/step':>8} {'s/edit@50':>10} {'computed':>8} "
           f"{unit_name + '/proc':>12} {'speed-up':>8}")  # fmt: skip
@@ -182,6 +182,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--cache", type=float, nargs="+", default=[0.0], help="step_cache thresholds per layout")
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.4])
+    ap.add_argument("--compile", help="torch.compile backend for the blocks (e.g. inductor); the warm-up compiles")
     args = ap.parse_args()
     scaling_table(args)
     if args.model == "tiny":

@@ -75,6 +75,9 @@ class PipelineConfig:
     # one after another: the same velocities; faster where one branch leaves the device idle
     # (short sequences), twice the activations. Off: the release evaluates them one by one.
     cfg_batch: bool = False
+    # torch.compile each transformer block (diffusers' regional compilation: one compile serves all
+    # 40 blocks) with this backend, e.g. "inductor" on GPUs; None: eager, as the release runs.
+    compile: Optional[str] = None
     # The release's script edits at most 49 frames; training buckets keep 81.
     buckets: BucketConfig = field(default_factory=lambda: BucketConfig(max_frames=49))
 
@@ -176,6 +179,8 @@ class SamaPipeline:
         self.config = config
         self.buckets = make_buckets(config.buckets)
         self.parallel: EditParallel | None = None
+        if config.compile:
+            self.transformer.compile_repeated_blocks(backend=config.compile, fullgraph=False)
 
     @classmethod
     def from_configs(
