@@ -97,7 +97,11 @@ def scaling_table(args) -> None:
         text=TextEncoderConfig(max_length=16),
         pipeline=PipelineConfig(buckets=BucketConfig(area=height * width, max_frames=frames), compile=args.compile),
     )
-    gpu = real or args.device == "cuda"
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    gpu = args.device == "cuda"
     unit, unit_name = (1e12, "TFLOP/s") if real else (1e9, "GFLOP/s")  # per process
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
@@ -177,7 +181,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="tiny", choices=["tiny", "wan2.1-1.3b", "wan2.1-14b"])
     ap.add_argument("--gpus", type=int, nargs="+", default=[1, 2], help="processes per editor (GPUs on a GPU node)")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="the tiny model's device")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when there is one")
     ap.add_argument("--size", type=int, nargs=3, metavar=("FRAMES", "HEIGHT", "WIDTH"))
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--cache", type=float, nargs="+", default=[0.0], help="step_cache thresholds per layout")

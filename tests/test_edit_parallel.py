@@ -82,9 +82,8 @@ def test_parallel_edits_match_the_one_process_edit(ray_cluster):
     from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import a test module
-    # Two CFG groups of two sequence-parallel ranks: both exchanges in one (2-process layouts of
-    # either kind alone: tests/test_serve.py's group app, and the layout arithmetic above).
-    layouts = {"cfg2xsp2": (4, True)}
+    # Two processes splitting the sequence, two splitting the branches, and both at once.
+    layouts = {"sp2": (2, False), "cfg2": (2, True), "cfg2xsp2": (4, True)}
     owner = ray.remote(Owner).options(num_cpus=0.25)
     # The model config differs per case only in pipeline settings: one group per layout serves them all.
     owners = {name: owner.remote(MODEL, n, cfg) for name, (n, cfg) in layouts.items()}
@@ -102,8 +101,10 @@ def test_parallel_edits_match_the_one_process_edit(ray_cluster):
             else:
                 assert np.abs(out["semantic"] - ref.semantic.numpy()).max() <= 1e-4, (case, name)
 
+    assert ray.get(owners["sp2"].layout.remote()) == {"processes": 2, "cfg_groups": 1, "sequence_parallel": 2}
     # A CFG-parallel rank runs only its share of the branches (2 of text CFG: one each).
     assert ray.get(owners["cfg2xsp2"].edit.remote(MODEL.pipeline, CASES["video"][1]))["forwards"] == 1
+    assert ray.get(owners["sp2"].edit.remote(MODEL.pipeline, CASES["video"][1]))["forwards"] == 2
 
     # Only rank 0 is asked to stop; every rank stops before the same step, and the group edits on.
     stopped = ray.get(owners["cfg2xsp2"].edit.remote(MODEL.pipeline, CASES["video"][1], stop_at=2))
