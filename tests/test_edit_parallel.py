@@ -6,6 +6,7 @@ cancel heard by rank 0 stops every rank at the same step and the group edits on.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -51,24 +52,30 @@ class Owner:
             calls.append(1)
             return stop_at is not None and len(calls) >= stop_at
 
+        t0 = time.time()
         try:
             out = self.group(**kwargs, stop=stop, output_type="latent")
         except EditStopped as e:
             return {"stopped": str(e), "asked": len(calls)}
         sem = out.semantic.numpy() if out.semantic is not None else None
-        return {"latents": out.latents.numpy(), "semantic": sem, "forwards": self.group.forwards_per_step()}
+        return {
+            "latents": out.latents.numpy(),
+            "semantic": sem,
+            "forwards": self.group.forwards_per_step(),
+            "span": (t0, time.time()),
+        }
 
     def kill_helper(self) -> None:
         import ray
 
         ray.kill(self.group.helpers[0])
 
-    def healthy(self) -> bool:
+    def healthy(self) -> tuple[bool, float]:
         try:
-            self.group.check_health(timeout_s=10)
+            self.group.check_health(timeout_s=5)
         except Exception:  # noqa: BLE001 - the point: a lost helper shows
-            return False
-        return True
+            return False, time.time()
+        return True, time.time()
 
 
 def test_layout_puts_the_branches_on_two_halves_when_the_count_is_even():
@@ -84,7 +91,7 @@ def test_parallel_edits_match_the_one_process_edit(ray_cluster):
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import a test module
     # Two processes splitting the sequence, two splitting the branches, and both at once.
     layouts = {"sp2": (2, False), "cfg2": (2, True), "cfg2xsp2": (4, True)}
-    owner = ray.remote(Owner).options(num_cpus=0.25)
+    owner = ray.remote(Owner).options(num_cpus=0.25, max_concurrency=2)  # a health ping beside an edit
     # The model config differs per case only in pipeline settings: one group per layout serves them all.
     owners = {name: owner.remote(MODEL, n, cfg) for name, (n, cfg) in layouts.items()}
     assert ray.get(owners["cfg2xsp2"].layout.remote()) == {"processes": 4, "cfg_groups": 2, "sequence_parallel": 2}
@@ -112,9 +119,16 @@ def test_parallel_edits_match_the_one_process_edit(ray_cluster):
     again = ray.get(owners["cfg2xsp2"].edit.remote(MODEL.pipeline, CASES["video"][1]))
     assert again["latents"].shape == ref.latents.shape
 
+    # Helpers answer the health check while an edit runs (Serve pings replicas every 10 s; a
+    # 14B edit takes a minute), and a lost helper fails it (Serve then replaces the replica).
     o = owners["cfg2xsp2"]
-    assert ray.get(o.healthy.remote())
+    long = o.edit.remote(MODEL.pipeline, {**CASES["video"][1], "num_inference_steps": 20})
+    pings = []
+    while not ray.wait([long], timeout=0.2)[0]:
+        pings.append(ray.get(o.healthy.remote()))
+    start, end = ray.get(long)["span"]
+    assert all(ok for ok, _ in pings) and any(start < at < end for _, at in pings), (start, end, pings)
     ray.get(o.kill_helper.remote())
-    assert not ray.get(o.healthy.remote())  # Serve's health check replaces such a replica
+    assert ray.get(o.healthy.remote())[0] is False
     for o in owners.values():
         ray.kill(o)

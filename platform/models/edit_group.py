@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import logging
 import socket
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,9 +86,12 @@ class EditGroup:
 
     def __init__(self, model: EditModelConfig, device: str, g: GroupConfig):
         world, cfg_degree = g.processes, layout(g.processes, g.cfg_parallel)
+        self._lock = threading.Lock()
         address = _free_address()
         pg = ray.util.get_current_placement_group()
-        actor = ray.remote(EditHelper)
+        # Two threads per helper: a health ping answers while an edit runs (edits never overlap:
+        # the owner runs one at a time, under its lock).
+        actor = ray.remote(max_concurrency=2)(EditHelper)
         self.helpers = []
         for rank in range(1, world):
             opts: dict[str, Any] = {"num_gpus": g.num_gpus, "num_cpus": g.num_cpus}
@@ -121,18 +125,22 @@ class EditGroup:
         return getattr(pipe, name)
 
     def __call__(self, *args, stop=None, **kwargs):
-        running = [h.run.remote(args, kwargs) for h in self.helpers]
-        try:
-            return self.pipe(*args, stop=stop, **kwargs)
-        finally:
-            ray.get(running)  # a helper's error surfaces here, with its traceback
+        # One edit at a time over the group (a replica may run several threads): the collectives
+        # of two edits must not interleave, and helpers take calls in the order sent.
+        with self._lock:
+            running = [h.run.remote(args, kwargs) for h in self.helpers]
+            try:
+                return self.pipe(*args, stop=stop, **kwargs)
+            finally:
+                ray.get(running)  # a helper's error surfaces here, with its traceback
 
     def configure(self, config: PipelineConfig) -> None:
         """New sampling settings (steps, guidance, step cache, ...) on every rank at once."""
-        ray.get([h.configure.remote(config) for h in self.helpers])
-        self.pipe.configure(config)
+        with self._lock:
+            ray.get([h.configure.remote(config) for h in self.helpers])
+            self.pipe.configure(config)
 
-    def check_health(self, timeout_s: float = 30.0) -> None:
+    def check_health(self, timeout_s: float = 10.0) -> None:
         """Raises when a helper is gone (the group cannot edit any more)."""
         ray.get([h.ready.remote() for h in self.helpers], timeout=timeout_s)
 

@@ -53,7 +53,8 @@ class EditParallel:
         return cls(cfg_degree, c, cfg_group, sp)
 
     def mine(self, n: int) -> list[int]:
-        """The branches (of ``n``) this group evaluates."""
+        """The branches (of ``n``) this group evaluates; without guidance (one branch) every group
+        runs it, so the groups idle-duplicate rather than wait on each other."""
         return list(range(self.cfg_rank, n, self.cfg_world)) if n > 1 else [0]
 
     def exchange(self, mine: list[torch.Tensor], n: int) -> list[torch.Tensor]:

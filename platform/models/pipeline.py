@@ -253,7 +253,10 @@ class SamaPipeline:
         groups: list[list[int]] = []
         for k, (_, src) in enumerate(branches):
             same = next((g for g in groups if branches[g[0]][1] is src), None)
-            (same.append(k) if same is not None else groups.append([k]))
+            if same is not None:
+                same.append(k)
+            else:
+                groups.append([k])
         return groups
 
     def forwards_per_step(self, guidance_scale: float | None = None, source_guidance_scale: float | None = None) -> int:
