@@ -37,7 +37,7 @@ class Owner:
     def __init__(self, model: EditModelConfig, processes: int, cfg_parallel: bool):
         from sama.models.edit_group import EditGroup, GroupConfig
 
-        self.group = EditGroup(model, "cpu", GroupConfig(processes, cfg_parallel, num_cpus=0.25))
+        self.group = EditGroup(model, "cpu", GroupConfig(processes, cfg_parallel, num_cpus=0.25, failed_grace_s=3))
 
     def layout(self) -> dict:
         return self.group.layout
@@ -50,6 +50,8 @@ class Owner:
 
         def stop() -> bool:
             calls.append(1)
+            if stop_at == -1:  # rank 0 fails alone (the helpers go on into the step's collectives)
+                raise MemoryError("rank 0 only")
             return stop_at is not None and len(calls) >= stop_at
 
         t0 = time.time()
@@ -129,6 +131,12 @@ def test_parallel_edits_match_the_one_process_edit(ray_cluster):
     start, end = ray.get(long)["span"]
     assert all(ok for ok, _ in pings) and any(start < at < end for _, at in pings), (start, end, pings)
     ray.get(o.kill_helper.remote())
+    assert ray.get(o.healthy.remote())[0] is False
+    # Rank 0 failing alone (say, out of memory) does not hold the replica for the collective
+    # timeout: the error comes back at once, the group is dropped and says why.
+    o = owners["sp2"]
+    with pytest.raises(MemoryError, match="rank 0 only"):
+        ray.get(o.edit.remote(MODEL.pipeline, CASES["video"][1], stop_at=-1), timeout=120)
     assert ray.get(o.healthy.remote())[0] is False
     for o in owners.values():
         ray.kill(o)

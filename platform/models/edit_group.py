@@ -38,6 +38,7 @@ class GroupConfig:
     num_gpus: float = 0.0  # per helper (the owner's own come from its actor options)
     num_cpus: float = 1.0
     timeout_s: float = 600.0  # a helper that does not join, or a collective that waits this long, fails the edit
+    failed_grace_s: float = 30.0  # after rank 0 fails alone, how long helpers get to finish before the group is dropped
 
 
 def _device(num_gpus: float) -> str:
@@ -87,6 +88,8 @@ class EditGroup:
     def __init__(self, model: EditModelConfig, device: str, g: GroupConfig):
         world, cfg_degree = g.processes, layout(g.processes, g.cfg_parallel)
         self._lock = threading.Lock()
+        self._broken = ""  # why the group cannot edit any more
+        self.grace_s = g.failed_grace_s
         address = _free_address()
         pg = ray.util.get_current_placement_group()
         # Two threads per helper: a health ping answers while an edit runs (edits never overlap:
@@ -128,11 +131,25 @@ class EditGroup:
         # One edit at a time over the group (a replica may run several threads): the collectives
         # of two edits must not interleave, and helpers take calls in the order sent.
         with self._lock:
+            if self._broken:
+                raise RuntimeError(f"editor group unusable: {self._broken}")
             running = [h.run.remote(args, kwargs) for h in self.helpers]
             try:
-                return self.pipe(*args, stop=stop, **kwargs)
-            finally:
-                ray.get(running)  # a helper's error surfaces here, with its traceback
+                out = self.pipe(*args, stop=stop, **kwargs)
+            except EditStopped:
+                ray.get(running)  # every rank stopped at the same step
+                raise
+            except Exception as e:
+                # This process failed on its own: helpers may wait in a collective for it until the
+                # timeout. Give them a moment, else the group is done (its health check fails and
+                # Serve replaces the replica) rather than held for minutes.
+                done, _ = ray.wait(running, num_returns=len(running), timeout=self.grace_s)
+                if len(done) < len(running):
+                    self._broken = f"rank 0 failed mid-edit ({type(e).__name__}: {e})"
+                    self.close()
+                raise
+            ray.get(running)  # a helper's error surfaces here, with its traceback
+            return out
 
     def configure(self, config: PipelineConfig) -> None:
         """New sampling settings (steps, guidance, step cache, ...) on every rank at once."""
@@ -142,6 +159,8 @@ class EditGroup:
 
     def check_health(self, timeout_s: float = 10.0) -> None:
         """Raises when a helper is gone (the group cannot edit any more)."""
+        if self._broken:
+            raise RuntimeError(f"editor group unusable: {self._broken}")
         ray.get([h.ready.remote() for h in self.helpers], timeout=timeout_s)
 
     def close(self) -> None:
