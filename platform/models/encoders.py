@@ -88,8 +88,10 @@ class WanVAE(nn.Module):
         vae.use_slicing = slicing
         cfg = vae.config
         self.z_dim = cfg.z_dim
-        self.spatial_factor = int(cfg.scale_factor_spatial or 2 ** (len(cfg.dim_mult) - 1))
-        self.temporal_factor = int(cfg.scale_factor_temporal or 2 ** sum(cfg.temperal_downsample))
+        # From the architecture: diffusers' scale_factor_* config entries default to Wan's 8 / 4
+        # whatever the down-sampling stages are, so a VAE of another shape would be misread.
+        self.spatial_factor = 2 ** (len(cfg.dim_mult) - 1)
+        self.temporal_factor = 2 ** sum(cfg.temperal_downsample)
         shape = (1, cfg.z_dim, 1, 1, 1)
         self.register_buffer("latents_mean", torch.tensor(cfg.latents_mean).view(shape), persistent=False)
         self.register_buffer("latents_std", torch.tensor(cfg.latents_std).view(shape), persistent=False)
