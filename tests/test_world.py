@@ -31,6 +31,7 @@ def test_edits_are_exact(seed):
     where = np.stack([shape_mask(t.shapes[-1], i, t.height, t.width) for i in range(t.frames)])
     assert changed(added).any() and not (changed(added) & ~where).any()  # only where the new shape is
     style = random_example(rng, kind="style")
+    assert changed(style).any()  # never a scene that is black and white already
     frames = render(style.target)
     assert (frames[..., 0] == frames[..., 1]).all() and (frames[..., 1] == frames[..., 2]).all()
     assert np.array_equal(render(style.source)[0].shape, frames[0].shape)

@@ -39,7 +39,10 @@ _WORDS = (
     "cat dog man woman person car tree sky sea sun moon house street city forest snow rain "
     "video edit style cube inpainting speed perturbation tube shuffle restore reconstruct "
     "anime painting cartoon watercolor sketch oil background foreground color hat shirt "
-    "0 1 2 3 4 5 6 7 8 9 [ ] . , : ! ?"
+    "0 1 2 3 4 5 6 7 8 9 [ ] . , : ! ? "
+    # the synthetic editing world (sama.testing.world): its shapes, colours, places and verbs
+    "it paint colour delete take away put place backdrop convert circle square triangle navy beige teal "
+    "top left right bottom moving over"
 ).split()
 
 

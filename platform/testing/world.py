@@ -221,6 +221,8 @@ def random_example(
     if kind == "background":
         new = rng.choice([b for b in BACKGROUNDS if b != scene.background])
         return Example(kind, template.format(new=new), scene, replace(scene, background=new), None, new)
+    if all(len(set(c)) == 1 for c in (BACKGROUNDS[scene.background], *(COLOURS[s.colour] for s in scene.shapes))):
+        return random_example(rng, frames, size, held_out, kind)  # already black and white: no edit to make
     return Example(kind, template, scene, replace(scene, gray=True), None, None)
 
 
@@ -309,6 +311,7 @@ def write_world(
         lines.append([f"source/{item}.mp4", ex.instruction, ex.kind, item, f"target/{item}.mp4", f"mask/{item}.mp4"])
         items[item] = {
             "kind": ex.kind,
+            "instruction": ex.instruction,
             "colour": ex.colour,
             "rgb": COLOURS.get(ex.colour or "", None),
             "shape": ex.shape,
