@@ -425,6 +425,23 @@ def test_rank_index_reads_light_columns_and_locates_row_groups(tmp_path):
     assert groups == [(a, 1, [0], 0), (b, 0, [0], 1)]  # matching rows #1 (a2) and #3 (b0)
 
 
+def test_rows_read_in_the_worker_are_the_ray_data_streams_rows(ray_cluster, tmp_path):
+    """``data.read_in_worker`` swaps the per-rank Ray Data pipeline for plain reads in the worker:
+    the same rows in the same order, numbered alike, from any epoch and position (a resume)."""
+    from sama.pipelines.train.data import row_opener
+
+    table = pa.table({"sample_id": [f"s{i}" for i in range(7)], "x": list(range(7))})
+    path = str(tmp_path / "s.parquet")
+    storage.write_parquet(path, table, row_group_size=3)  # row groups [0..2] [3..5] [6]
+    groups = [(path, 0, [0, 2], 0), (path, 1, [0, 1, 2], 2), (path, 2, [0], 5)]
+    keys = ("sample_id", "_e", "_i")
+    for epoch, start in ((0, 0), (1, 3)):
+        streamed = [tuple(r[k] for k in keys) for r in row_opener(groups, 2, 0.25)(epoch, start)]
+        local = [tuple(r[k] for k in keys) for r in row_opener(groups, 2, 0.25, in_worker=True)(epoch, start)]
+        assert local == streamed and len(local) == 12 - start
+    assert local[0] == ("s4", 1, 3)  # epoch 1 from its 4th row: the second row group's second row
+
+
 def test_what_ray_unpickles_outside_the_workers_does_not_import_torch():
     """Ray Train's controller unpickles the worker function and its config, and Ray Data's read
     tasks run the row reader in fresh processes: importing torch, DeepSpeed and diffusers there

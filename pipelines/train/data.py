@@ -110,12 +110,17 @@ def rank_index(data: RankData, tasks: list[str]) -> tuple[list[dict], list[tuple
     return records, groups
 
 
-def row_opener(groups: list[tuple[str, int, list[int], int]], passes: int, read_num_cpus: float):
+def row_opener(
+    groups: list[tuple[str, int, list[int], int]], passes: int, read_num_cpus: float, in_worker: bool = False
+):
     """``open_rows(epoch, start)`` for :class:`sama.training.mixing.BucketStream`: a Ray Data
     stream, in order, of this rank's rows from index ``start`` of ``epoch`` through ``passes``
     epochs (one pipeline start serves several epochs of a small set). Only row groups at or
-    after ``start`` are read: a resume seeks to its position."""
+    after ``start`` are read: a resume seeks to its position. ``in_worker``: the same rows read
+    one row group at a time in the calling process, with no Ray Data pipeline."""
     import ray
+
+    from .reading import read_row_groups
 
     def open_rows(epoch: int, start: int):
         items = []
@@ -126,9 +131,9 @@ def row_opener(groups: list[tuple[str, int, list[int], int]], passes: int, read_
                     items.append(
                         {"path": path, "row_group": rg, "rows": rows[skip:], "first": first + skip, "epoch": e}
                     )
+        if in_worker:
+            return (row for item in items for row in read_row_groups(pa.Table.from_pylist([item])).to_pylist())
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        from .reading import read_row_groups
-
         ds = ds.map_batches(read_row_groups, batch_size=1, batch_format="pyarrow", num_cpus=read_num_cpus)
         ds.context.execution_options.preserve_order = True  # the row order is part of the position
         ds.context.enable_progress_bars = False  # one bar per rank and source floods the driver

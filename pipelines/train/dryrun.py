@@ -64,7 +64,7 @@ def check_placement(cfg: TrainJobConfig, groups: list[NodeGroup]) -> list[str]:
     problems, lines = [], []
     for g in pool:
         per_node = g.gpus // int(w.gpus_per_worker) if w.use_gpu else max(1, int(g.cpus // w.cpus_per_worker))
-        reads = per_node * len(t.data.sources) * t.data.read_num_cpus  # the ranks' Ray Data read tasks
+        reads = 0 if t.data.read_in_worker else per_node * len(t.data.sources) * t.data.read_num_cpus  # read tasks
         cpu = per_node * w.cpus_per_worker + reads
         mem = per_node * (w.memory_per_worker_gb or 0)
         fits = [cpu <= g.cpus, mem <= g.schedulable_memory_gib, per_node * g.max_nodes >= w.num_workers]

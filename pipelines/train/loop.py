@@ -298,7 +298,7 @@ def train_loop_per_worker(config: dict) -> None:
         streams[s.name] = BucketStream(
             s.name,
             index,
-            train_data.row_opener(groups, mine.passes, t.data.read_num_cpus),
+            train_data.row_opener(groups, mine.passes, t.data.read_num_cpus, t.data.read_in_worker),
             t.micro_batch(s.family),
             t.seed,
             dp_rank,
