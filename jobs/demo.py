@@ -7,7 +7,7 @@ import time
 
 from sama.testing.lookalikes import KOALA_COLUMNS, MAKERS, make_lookalikes
 
-from . import launcher
+from . import launcher, world
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -93,15 +93,15 @@ def fetch_step(workdir: str, outputs: str, n: int = 3) -> dict[str, str]:
     return {"fetch table": f"{out}/fetch", "fetched clips": f"{koala}/clips", "fetched sources": f"{pico}/sources"}
 
 
-def serve_step(workdir: str, outputs: str) -> str:
-    """Deploy jobs/serve.yaml on the demo's Ray, edit one generated clip through the HTTP API, shut down."""
+def serve_step(outputs: str, source: str, instruction: str, model: list[str] = ()) -> str:
+    """Deploy jobs/serve.yaml on the demo's Ray (``model``: overrides of ``serve.model``), edit
+    ``source`` through the HTTP API, shut down."""
     import socket
 
     from ray import serve
 
     from sama.serve import job as serve_job
     from sama.serve.client import TOKEN_ENV, EditClient, EditOptions
-    from sama.testing.media import write_video
 
     with socket.socket() as s:  # a free port, so a demo never collides with a running service
         s.bind(("127.0.0.1", 0))
@@ -114,17 +114,18 @@ def serve_step(workdir: str, outputs: str) -> str:
         "serve.ingress.num_cpus=0.1",
         "serve.editor.autoscaling.max_replicas=1",
         f"serve.results={os.path.abspath(outputs)}/serve/results",
+        *model,
     ]
     cfg, _ = launcher.resolve(job_yaml("serve"), overrides)
-    source = write_video(os.path.join(workdir, "data", "serve", "source.mp4"), frames=9, width=64, height=64)
     out = os.path.join(outputs, "serve", "edited.mp4")
     started = launcher.connect(cfg.ray)
     try:
         address = serve_job.deploy(cfg)
         with EditClient(address, os.environ[TOKEN_ENV]) as client:
-            job = client.edit(source, "make the square red", out, EditOptions(steps=4))
+            job = client.edit(source, instruction, out, EditOptions())
         print(
-            f"[demo] edited {job['video']['frames']} frames in {job['video']['seconds']}s on replica {job['replica']}"
+            f"[demo] {instruction!r}: edited {job['video']['frames']} frames in {job['video']['seconds']}s "
+            f"on replica {job['replica']}"
         )
     finally:
         serve.shutdown()
@@ -133,37 +134,6 @@ def serve_step(workdir: str, outputs: str) -> str:
 
             ray.shutdown()
     return out
-
-
-def train_steps(outputs: str) -> dict[str, str]:
-    """Stage 0 then stage 1 (from stage 0's newest checkpoint) on the demo's latents; EMA exports."""
-    latents = f"{outputs}/precompute/latents"
-    print("\n[demo] 5/8 train stage 0: image edits + t2v with pretexts, 2 CPU workers (Ray Train + DeepSpeed)")
-    launcher.run(
-        job_yaml("train_stage0"),
-        [
-            f"output={outputs}/train_stage0",
-            "train.export.enabled=false",  # stage 1 starts from its checkpoint; only the final model is exported
-            f"train.data.sources=[{{name: image_edit, uri: {latents}, tasks: [image_edit]}}, "
-            f"{{name: t2v, uri: {latents}, tasks: [t2v]}}]",
-        ],
-    )
-    print("\n[demo] 6/8 train stage 1: video edits + some image edits, from stage 0's checkpoint; EMA export")
-    launcher.run(
-        job_yaml("train_stage1"),
-        [
-            f"output={outputs}/train_stage1",
-            f"train.init_from={outputs}/train_stage0/stage0",
-            f"train.data.sources=[{{name: video_edit, uri: {latents}, tasks: [video_edit], weight: 0.8}}, "
-            f"{{name: image_edit, uri: {latents}, tasks: [image_edit], weight: 0.2}}]",
-        ],
-    )
-    return {
-        "stage 0 run": f"{outputs}/train_stage0/stage0",
-        "stage 1 run": f"{outputs}/train_stage1/stage1",
-        "trained model": f"{outputs}/train_stage1/export/transformer",
-        "train metrics": f"{outputs}/train_stage1/stage1/metrics",
-    }
 
 
 def eval_set(workdir: str, n: int = 3) -> str:
@@ -214,12 +184,12 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
     results: dict[str, str] = {}
 
     print(
-        "[demo] 1/8 fetch: Koala-36M spans and Pico-Banana sources from a local web server (YouTube/Flickr "
+        "[demo] 1/9 fetch: Koala-36M spans and Pico-Banana sources from a local web server (YouTube/Flickr "
         "stand-in) -> clips + fetch table"
     )
     results.update(fetch_step(workdir, outputs))
 
-    print("\n[demo] 2/8 ingest: every dataset -> manifest + rejects")
+    print("\n[demo] 2/9 ingest: every dataset -> manifest + rejects")
     overrides = [f"output={outputs}/ingest"] + [f"ingest.datasets.{k}.root={v}" for k, v in roots.items()]
     launcher.run(job_yaml("ingest"), overrides)
     results["manifest"] = f"{outputs}/ingest/manifest"
@@ -228,7 +198,7 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
 
     # The embedded default needs no key: cheap checks only (verdicts say judge_model "none:cheap-checks-only").
     # The sample clips are tiny (64x48), hence the lower resolution floor.
-    print("\n[demo] 3/8 filter: cheap media checks (no VLM judge) -> verdicts + filtered manifest + report")
+    print("\n[demo] 3/9 filter: cheap media checks (no VLM judge) -> verdicts + filtered manifest + report")
     launcher.run(
         job_yaml("filter"),
         [
@@ -242,22 +212,35 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
     results["filtered manifest"] = f"{outputs}/filter/manifest"
     results["filter report"] = f"{outputs}/filter/report/index.html"
 
-    print("\n[demo] 4/8 precompute: kept samples -> tiny VAE latents, SigLIP anchor tokens, text embeddings")
-    # shard_size 4: the training step gives every worker shard files of its own
-    launcher.run(
-        job_yaml("precompute"),
-        [f"output={outputs}/precompute", "precompute.shard_size=4", f"precompute.manifest={outputs}/filter/manifest"],
-    )
-    results["latents"] = f"{outputs}/precompute/latents"
+    print("\n[demo] 4/9 the synthetic editing world: clips, image and video edits in dataset layouts, a held-out")
+    print("        benchmark with targets; its VAE (trained once, cached); ingest + filter (cheap checks)")
+    w = world.world_data(workdir)
+    ckpt = world.world_model(workdir)
+    manifest = world.curate(w, outputs)
+    results.update({"world": w.root, "world benchmark": w.benchmark, "world checkpoint": ckpt})
 
-    results.update(train_steps(outputs))
-
-    print("\n[demo] 7/8 serve: start the edit service (tiny model), send one edit over HTTP, save the result")
-    results["edited video"] = serve_step(workdir, outputs)
-
-    print("\n[demo] 8/8 evaluate: the trained model edits a few clips -> metrics (judge off) + report + model card")
+    print("\n[demo] 5/9 precompute: world VAE latents, SigLIP anchor tokens, text embeddings")
+    latents = world.precompute(manifest, ckpt, outputs)
+    results["latents"] = latents
+    results.update(world.train(latents, ckpt, outputs))
     export = f"{outputs}/train_stage1/export"
-    results.update(run_eval_demo(workdir, extra=[f"evaluate.model.transformer.pretrained={export}"]))
+
+    print("\n[demo] 8/9 serve: start the edit service with the trained model, edit a held-out clip over HTTP")
+    item = next(i for i, it in w.items.items() if it["kind"] == "recolour")
+    source = os.path.join(os.path.dirname(w.benchmark), "source", f"{item}.mp4")
+    instruction = w.items[item]["instruction"]
+    results["edited video"] = serve_step(
+        outputs, source, instruction, world.model_overrides("serve.model", ckpt, export)
+    )
+    target = os.path.join(os.path.dirname(w.benchmark), "target", f"{item}.mp4")
+    results["edit sheet"] = world.edit_sheet(
+        source, results["edited video"], target, instruction, f"{outputs}/serve/edit_sheet.jpg"
+    )
+
+    print("\n[demo] 9/9 evaluate on the held-out benchmark: identity, untrained, stage 0, stage 1 -> learning table")
+    world.evaluate(w, ckpt, {"untrained": None, "stage0": f"{outputs}/train_stage0/export", "stage1": export}, outputs)
+    results["learning table"] = f"{outputs}/learning.json"
+    results["eval report"] = f"{outputs}/evaluate/stage1/report/index.html"
     results["model card"] = f"{export}/README.md"  # data, licenses, filter, evaluation; `sama lineage` on it
 
     print(f"\n[demo] done in {time.time() - t0:.0f}s. Outputs:")

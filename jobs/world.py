@@ -1,0 +1,230 @@
+"""The demo's learning half: the synthetic editing world through every job, and what training learned.
+
+The world (``sama.testing.world``) is written as MotionBench / NHR-Edit / OpenVE-3M folders and
+goes through ingest, filter and precompute unchanged; the world VAE (``sama.testing.world_models``,
+trained once and cached) makes its latents; stage 0 then stage 1 train the debug recipe
+(``jobs/train_world_stage{0,1}.yaml``); the evaluation job scores four systems on the held-out
+benchmark with targets: copying the source (``identity``), the untrained model, stage 0 and
+stage 1. ``learning.json`` holds the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+
+from sama.testing.world import COLOURS, World, write_world
+from sama.testing.world_models import WorldVaeRecipe, save_world_checkpoint, world_vae
+
+from . import launcher
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# 32x32 clips: what 2 CPU cores train to a visible edit in the demo's minutes.
+WORLD = dict(clips=48, pairs=160, images=64, held_out=10, size=32)
+FRAMES = 5  # frames the models see (buckets.max_frames): the first 5 of each 17-frame clip
+BUCKETS = ["buckets.area=1024", "buckets.multiple=16", f"buckets.max_frames={FRAMES}"]
+MAX_CLIP = 1000  # frames: whole clips
+SYSTEMS = ("identity", "untrained", "stage0", "stage1")
+# Sampling for every model system (the served edit too): the debug recipe's.
+SAMPLING = ["num_inference_steps=10", "guidance_scale=1.0", *BUCKETS]
+
+
+def job_yaml(name: str) -> str:
+    return os.path.join(HERE, f"{name}.yaml")
+
+
+def world_data(workdir: str) -> World:
+    """The world under ``workdir/data/world`` (written once, reused after)."""
+    root = os.path.join(workdir, "data", "world")
+    marker = os.path.join(root, "world.json")
+    wanted = {"generator": WORLD}
+    if os.path.exists(marker):
+        saved = json.load(open(marker))
+        if saved.get("generator") == wanted["generator"]:
+            return World(**saved["world"])
+    shutil.rmtree(root, ignore_errors=True)
+    print(f"[demo] writing the synthetic editing world in {root}")
+    world = write_world(root, **WORLD)
+    with open(marker, "w") as f:
+        json.dump({**wanted, "world": dataclasses.asdict(world)}, f)
+    return world
+
+
+def world_model(workdir: str) -> str:
+    """A pipeline folder with the trained world VAE (cached in ``workdir/cache``) and the untrained
+    debug transformer."""
+    vae = os.path.join(workdir, "cache", "world_vae")
+    report = world_vae(vae, WorldVaeRecipe(), log=lambda m: print(f"[demo] {m}"))
+    ckpt = os.path.join(workdir, "models", "world")
+    stamp = os.path.join(ckpt, "vae", "report.json")
+    if not os.path.exists(stamp) or json.load(open(stamp)).get("key") != report["key"]:
+        shutil.rmtree(ckpt, ignore_errors=True)
+        save_world_checkpoint(ckpt, vae)
+    return ckpt
+
+
+def curate(world: World, outputs: str) -> str:
+    """Ingest then filter (cheap checks): the world's filtered manifest."""
+    out = f"{outputs}/world"
+    launcher.run(job_yaml("ingest"), [f"output={out}/ingest", "ingest.datasets=null", *world.ingest_overrides()])
+    launcher.run(
+        job_yaml("filter"),
+        [
+            f"output={out}/filter",
+            f"filter.input={out}/ingest/manifest",
+            "filter.judge.backend=none",
+            "filter.checks.min_short_side=32",
+            # By design here: a removal can leave a plain background, shapes may drift slowly, and a
+            # removed shape takes its motion with it; the other checks apply as to any dataset.
+            "filter.checks.skip=[blank_frames, static, motion_lost]",
+        ],
+    )
+    return f"{out}/filter/manifest"
+
+
+def precompute(manifest: str, ckpt: str, outputs: str) -> str:
+    """World VAE latents, tiny SigLIP anchors and tiny UMT5 embeddings of every kept sample."""
+    out = f"{outputs}/precompute"
+    launcher.run(
+        job_yaml("precompute"),
+        [
+            f"output={out}",
+            f"precompute.manifest={manifest}",
+            "precompute.shard_size=16",
+            *(f"precompute.{b}" for b in BUCKETS),
+            f"precompute.vae.pretrained={ckpt}",
+            f"precompute.text.pretrained={ckpt}",
+            f"precompute.semantic.pretrained={ckpt}/image_encoder",
+        ],
+    )
+    return f"{out}/latents"
+
+
+def train(latents: str, ckpt: str, outputs: str) -> dict[str, str]:
+    """Stage 0 (image edits + text-to-video with pretexts) then stage 1 (video edits), both exported."""
+    print("\n[demo] 6/9 train stage 0 on the world: image edits + t2v with pretexts (Ray Train + DeepSpeed)")
+    launcher.run(
+        job_yaml("train_world_stage0"),
+        [
+            f"output={outputs}/train_stage0",
+            f"train.model.pretrained={ckpt}",
+            f"train.data.sources=[{{name: image_edit, uri: {latents}, tasks: [image_edit]}}, "
+            f"{{name: t2v, uri: {latents}, tasks: [t2v]}}]",
+        ],
+    )
+    print("\n[demo] 7/9 train stage 1 on the world: video edits + some image edits, from stage 0")
+    launcher.run(
+        job_yaml("train_world_stage1"),
+        [
+            f"output={outputs}/train_stage1",
+            f"train.model.pretrained={ckpt}",
+            f"train.init_from={outputs}/train_stage0/stage0",
+            f"train.data.sources=[{{name: video_edit, uri: {latents}, tasks: [video_edit], weight: 0.8}}, "
+            f"{{name: image_edit, uri: {latents}, tasks: [image_edit], weight: 0.2}}]",
+        ],
+    )
+    return {
+        "stage 0 run": f"{outputs}/train_stage0/stage0",
+        "stage 1 run": f"{outputs}/train_stage1/stage1",
+        "stage 0 model": f"{outputs}/train_stage0/export",
+        "trained model": f"{outputs}/train_stage1/export",
+        "train metrics": f"{outputs}/train_stage1/stage1/metrics",
+    }
+
+
+def model_overrides(prefix: str, ckpt: str, transformer: str | None) -> list[str]:
+    """Overrides that point an EditModelConfig at the world checkpoint (and a trained transformer)."""
+    out = [f"{prefix}.checkpoint={ckpt}", *(f"{prefix}.pipeline.{s}" for s in SAMPLING)]
+    return out + ([f"{prefix}.transformer.pretrained={transformer}"] if transformer else [])
+
+
+def identity_edits(world: World, folder: str) -> str:
+    """The identity baseline's edits: every held-out source, copied as its own edit."""
+    os.makedirs(folder, exist_ok=True)
+    bench = os.path.dirname(world.benchmark)
+    for item in world.items:
+        shutil.copy(os.path.join(bench, "source", f"{item}.mp4"), os.path.join(folder, f"{item}.mp4"))
+    return folder
+
+
+def evaluate(world: World, ckpt: str, exports: dict[str, str | None], outputs: str) -> dict[str, dict]:
+    """Each system on the held-out benchmark; the learning table (also ``outputs/learning.json``)."""
+    table = {}
+    for system in SYSTEMS:
+        out = f"{outputs}/evaluate/{system}"
+        overrides = [f"output={out}", f"evaluate.manifest={world.benchmark}", "evaluate.judge.backend=none"]
+        if system == "identity":
+            edits = identity_edits(world, f"{outputs}/evaluate/identity_edits")
+            overrides += [f"evaluate.edits={edits}", f"evaluate.align.max_frames={FRAMES}"]  # the frames models edit
+        else:
+            overrides += model_overrides("evaluate.model", ckpt, exports[system]) + [f"evaluate.model.label={system}"]
+        launcher.run(job_yaml("eval"), overrides)
+        table[system] = learning_row(out, world)
+    with open(os.path.join(outputs, "learning.json"), "w") as f:
+        json.dump(table, f, indent=1)
+    print_table(table)
+    return table
+
+
+def learning_row(eval_output: str, world: World) -> dict:
+    """Mean PSNR to the target (whole frame, edited and unedited regions) and the recolour success
+    rate: the share of recolours whose named shape's mean colour lands nearest the requested one."""
+    from sama.pipelines.evaluate.job import read_results
+
+    res = read_results(eval_output)
+    ok = res[res.status == "ok"]
+    hits = []
+    for row in ok[ok.category == "recolour"].itertuples():
+        hits.append(recolour_hit(row.edit_uri, row.mask_uri, world.items[row.item_id]["colour"]))
+    return {
+        "psnr_to_target": _mean(ok.gt_psnr),
+        "edited_psnr": _mean(ok.gt_psnr_edited),
+        "unedited_psnr": _mean(ok.gt_psnr_unedited),
+        "recolour_success": round(float(np.mean(hits)), 3) if hits else None,
+        "items": int(len(ok)),
+        "errors": int((res.status != "ok").sum()),
+    }
+
+
+def recolour_hit(edit_uri: str, mask_uri: str, colour: str) -> bool:
+    """Whether the edit's mean colour inside the recoloured shape's mask is nearest ``colour``."""
+    from sama.media import read_clip
+
+    edit = read_clip(edit_uri, MAX_CLIP)
+    mask = read_clip(mask_uri, len(edit)).mean(-1) > 127
+    inside = edit[: len(mask)][mask].reshape(-1, 3).astype(np.float32)
+    if not len(inside):
+        return False
+    mean = inside.mean(0)
+    nearest = min(COLOURS, key=lambda c: float(np.sum((np.array(COLOURS[c], np.float32) - mean) ** 2)))
+    return nearest == colour
+
+
+def _mean(values) -> float | None:
+    v = [float(x) for x in values if x is not None and not math.isnan(float(x))]
+    return round(float(np.mean(v)), 2) if v else None
+
+
+def print_table(table: dict[str, dict]) -> None:
+    cols = ("psnr_to_target", "edited_psnr", "unedited_psnr", "recolour_success")
+    print("\n[demo] what training learned (held-out world benchmark, PSNR in dB):")
+    print("  " + f"{'system':<10}" + "".join(f"{c:>18}" for c in cols))
+    for system, row in table.items():
+        print("  " + f"{system:<10}" + "".join(f"{'-' if row[c] is None else row[c]:>18}" for c in cols))
+
+
+def edit_sheet(source: str, edit: str, target: str, instruction: str, path: str) -> str:
+    """A contact sheet of the served edit: source | edit | ground truth, the frames the model edited."""
+    from sama.media import read_clip
+    from sama.pipelines.evaluate.scoring import contact_sheet
+
+    edited = read_clip(edit, MAX_CLIP)
+    rows = [("source", read_clip(source, len(edited))), ("edit", edited), ("target", read_clip(target, len(edited)))]
+    with open(path, "wb") as f:
+        f.write(contact_sheet(rows, instruction, len(edited), 96))
+    return path
