@@ -9,7 +9,7 @@ import torch
 
 from sama.models.encoders import VaeConfig, load_vae
 from sama.testing.world import random_scene, render
-from sama.testing.world_models import WorldVaeRecipe, _clips, build_vae, frame_wise, psnr, reconstruct, world_vae
+from sama.testing.world_models import WorldVaeRecipe, build_vae, frame_wise, psnr, reconstruct, world_clips, world_vae
 
 
 def clip(seed: int, frames: int = 5) -> torch.Tensor:
@@ -48,7 +48,7 @@ def test_frame_wise_refuses_a_vae_that_looks_back_in_time():
 
 def test_training_reconstructs_better_and_is_cached(tmp_path, capsys):
     recipe = WorldVaeRecipe(steps=150, batch=8, held_out=2, frames=5)
-    held = _clips(random.Random(recipe.seed + 99_991), recipe.held_out, recipe)  # the report's clips
+    held = world_clips(random.Random(recipe.seed + 99_991), recipe.held_out, recipe)  # the report's clips
     before = psnr(reconstruct(build_vae(recipe.seed).eval(), held), held)
     report = world_vae(str(tmp_path / "vae"), recipe)
     assert report["held_out_psnr"] > before + 2 and report["key"] == recipe.key()  # measured: 12.5 -> 16.0 dB

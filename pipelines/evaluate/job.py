@@ -208,11 +208,12 @@ class EvalStage(Stage):
             mlflow.end_run()
 
     def add_to_model_card(self, metrics: dict[str, float], summary: dict) -> None:
-        """An evaluated checkpoint with a model card gets the evaluation in it."""
+        """An evaluated checkpoint with a model card gets the evaluation in it: the transformer's
+        folder when one is named (a trained export beside a base checkpoint's VAE and text encoder)."""
         from sama.lineage import add_evaluation
 
         m = self.cfg.model
-        checkpoint = None if self.brought else (m.checkpoint or m.transformer.pretrained)
+        checkpoint = None if self.brought else (m.transformer.pretrained or m.checkpoint)
         if not checkpoint:
             return
         added = add_evaluation(

@@ -97,7 +97,7 @@ def frame_wise(vae) -> Iterator[None]:
             del conv.forward
 
 
-def _clips(rng: random.Random, n: int, recipe: WorldVaeRecipe) -> torch.Tensor:
+def world_clips(rng: random.Random, n: int, recipe: WorldVaeRecipe) -> torch.Tensor:
     """(n, 3, T, H, W) in [-1, 1]: world clips (the source scenes of random edits)."""
     clips = np.stack([render(random_scene(rng, recipe.frames, recipe.size)) for _ in range(n)])
     return torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
@@ -143,7 +143,7 @@ def train_world_vae(out: str, recipe: WorldVaeRecipe = WorldVaeRecipe(), log: Ca
             if step % every == 0 or step == recipe.steps:
                 log(f"[world vae] step {step}/{recipe.steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
     vae.eval()
-    held = _clips(random.Random(recipe.seed + 99_991), recipe.held_out, recipe)  # other seeds than training's
+    held = world_clips(random.Random(recipe.seed + 99_991), recipe.held_out, recipe)  # other seeds than training's
     with torch.no_grad():
         z = vae.encode(held).latent_dist.mode()
         mean, std = z.mean((0, 2, 3, 4)), z.std((0, 2, 3, 4)).clamp_min(1e-3)
