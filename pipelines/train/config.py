@@ -27,7 +27,7 @@ class DataConfig:
     read_num_cpus: float = 0.25  # per Ray Data read task (the workers hold the rest)
     # Read each rank's row groups in the training process instead of a Ray Data pipeline: for small
     # runs on few cores, where the pipeline's scheduling loop (a busy thread in every worker) costs
-    # more than the reads. The debug recipes on 2 CPUs train ~2x faster so (bench/train_steps.py).
+    # more than the reads. The world debug recipe on 2 CPUs: 2.66x the steps/s (bench/train_steps.py).
     read_in_worker: bool = False
     # The buckets the shards were made with (precompute.buckets): the dry run sizes the tokens
     # per GPU from their largest sample.
