@@ -11,6 +11,8 @@ stage 1. ``learning.json`` holds the table.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import inspect
 import json
 import math
 import os
@@ -18,6 +20,7 @@ import shutil
 
 import numpy as np
 
+from sama.testing import world as world_module
 from sama.testing.world import COLOURS, World, write_world
 from sama.testing.world_models import WorldVaeRecipe, save_world_checkpoint, world_vae
 
@@ -42,7 +45,9 @@ def world_data(workdir: str) -> World:
     """The world under ``workdir/data/world`` (written once, reused after)."""
     root = os.path.join(workdir, "data", "world")
     marker = os.path.join(root, "world.json")
-    wanted = {"generator": WORLD}
+    # Keyed by the generator's code too: a changed world (a fixed edit) is written again, not reused.
+    code = hashlib.sha256(inspect.getsource(world_module).encode()).hexdigest()[:16]
+    wanted = {"generator": {**WORLD, "code": code}}
     if os.path.exists(marker):
         saved = json.load(open(marker))
         if saved.get("generator") == wanted["generator"]:
