@@ -20,6 +20,7 @@ from av.video.reformatter import VideoReformatter
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from sama import storage
+from sama.swscale import rgb_writer
 
 if TYPE_CHECKING:  # numpy is imported where frames are decoded
     import numpy as np
@@ -269,8 +270,9 @@ IN_FLIGHT = 8  # decoded frames waiting for conversion, at most
 def _decode_into(container, vs, order: list[int], max_side: int | None):
     """The frames at ``order`` as one preallocated (len(order), H, W, 3) uint8 array, a mask of
     the slots filled, and the display rotation. Decoding stays on this thread; conversion to RGB
-    at the first frame's output size, straight into the array, runs on ``CONVERT_THREADS``
-    threads, each with its own reusable converter (a new one per frame costs ~2x). Decoding and
+    at the first frame's output size runs on ``CONVERT_THREADS`` threads, each with its own
+    reusable converter (a new one per frame costs ~2x): in place through ``sama.swscale`` where
+    it covers the stream, else PyAV's reformatter and a copy. Decoding and
     converting overlap, as in ffmpeg's own pipeline; no list of frames is stacked at the end."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -285,11 +287,15 @@ def _decode_into(container, vs, order: list[int], max_side: int | None):
     local = threading.local()
 
     def convert(frame, at: list[int]) -> None:
-        rgb = getattr(local, "rgb", None)
-        if rgb is None:
-            rgb = local.rgb = VideoReformatter()
-        # threads=1: these threads are the parallelism (swscale's own slices would oversubscribe)
-        out[at[0]] = rgb.reformat(frame, format="rgb24", width=size[0], height=size[1], threads=1).to_ndarray()
+        direct = getattr(local, "direct", False)
+        if direct is False:  # this thread's writer straight into ``out`` (None: not for this stream)
+            direct = local.direct = rgb_writer(frame, *size)
+        if direct is None or not direct(frame, out[at[0]]):
+            rgb = getattr(local, "rgb", None)
+            if rgb is None:
+                rgb = local.rgb = VideoReformatter()
+            # threads=1: these threads are the parallelism (swscale's own slices would oversubscribe)
+            out[at[0]] = rgb.reformat(frame, format="rgb24", width=size[0], height=size[1], threads=1).to_ndarray()
         for k in at[1:]:  # a frame wanted twice (resampled to a higher rate)
             out[k] = out[at[0]]
         filled[at] = True
