@@ -22,7 +22,7 @@ import numpy as np
 
 from sama.testing import world as world_module
 from sama.testing.world import COLOURS, World, write_world
-from sama.testing.world_models import WorldVaeRecipe, save_world_checkpoint, world_vae
+from sama.testing.world_models import TRANSFORMER, WorldVaeRecipe, save_world_checkpoint, world_vae
 
 from . import launcher
 
@@ -66,10 +66,14 @@ def world_model(workdir: str) -> str:
     vae = os.path.join(workdir, "cache", "world_vae")
     report = world_vae(vae, WorldVaeRecipe(), log=lambda m: print(f"[demo] {m}"))
     ckpt = os.path.join(workdir, "models", "world")
-    stamp = os.path.join(ckpt, "vae", "report.json")
-    if not os.path.exists(stamp) or json.load(open(stamp)).get("key") != report["key"]:
+    # Rebuilt when the VAE or the debug transformer's config changed, not reused stale.
+    key = hashlib.sha256(json.dumps([report["key"], TRANSFORMER], sort_keys=True).encode()).hexdigest()[:16]
+    stamp = os.path.join(ckpt, "world.json")
+    if not os.path.exists(stamp) or json.load(open(stamp)).get("key") != key:
         shutil.rmtree(ckpt, ignore_errors=True)
         save_world_checkpoint(ckpt, vae)
+        with open(stamp, "w") as f:
+            json.dump({"key": key}, f)
     return ckpt
 
 

@@ -61,3 +61,21 @@ def test_training_reconstructs_better_and_is_cached(tmp_path, capsys):
     again = world_vae(str(tmp_path / "vae"), recipe)
     assert again == report and "cached" in capsys.readouterr().out  # no second training
     assert json.load(open(tmp_path / "vae" / "report.json"))["steps"] == 150
+
+
+def test_the_world_checkpoint_is_rebuilt_when_its_transformer_changes(tmp_path, monkeypatch):
+    """The demo's world checkpoint is cached, keyed by the VAE recipe and the debug transformer's
+    config: reused as is, rebuilt (not served stale) after either changes."""
+    from sama.jobs import world
+    from sama.testing import world_models
+
+    monkeypatch.setattr(world, "WorldVaeRecipe", lambda: WorldVaeRecipe(steps=2, batch=2, held_out=1, frames=2))
+    ckpt = world.world_model(str(tmp_path))
+    config = tmp_path / "models" / "world" / "transformer" / "config.json"
+    first = json.loads(config.read_text())
+    assert first["num_layers"] == world_models.TRANSFORMER["num_layers"]
+    mtime = config.stat().st_mtime_ns
+    assert world.world_model(str(tmp_path)) == ckpt and config.stat().st_mtime_ns == mtime  # reused
+    monkeypatch.setitem(world_models.TRANSFORMER, "num_layers", 1)
+    world.world_model(str(tmp_path))
+    assert json.loads(config.read_text())["num_layers"] == 1
