@@ -118,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run every job end to end on generated sample data")
     d.add_argument("--dir", default="sama-demo", help="work folder for data and outputs (default: sama-demo)")
     d.add_argument("-n", type=int, default=3, help="good samples per dataset")
+
+    w = sub.add_parser(
+        "learning",
+        help="score a finished demo's identity / untrained / stage 0 / stage 1 on a larger held-out world benchmark",
+    )
+    w.add_argument("dir", help="the demo's work folder (sama demo --dir)")
+    w.add_argument("--held-out", type=int, default=40, help="held-out items, the demo's 10 first (default: 40)")
     return p
 
 
@@ -316,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
 
             run_demo(args.dir, args.n)
+        elif args.cmd == "learning":
+            from .world import rescore
+
+            if args.held_out < 1:
+                raise ConfigError(f"--held-out {args.held_out}: at least 1 item")
+            rescore(args.dir, args.held_out)
     except ConfigError as e:
         print(f"sama: config error: {e}", file=sys.stderr)
         return 2

@@ -238,7 +238,7 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
     )
 
     print("\n[demo] 9/9 evaluate on the held-out benchmark: identity, untrained, stage 0, stage 1 -> learning table")
-    world.evaluate(w, ckpt, {"untrained": None, "stage0": f"{outputs}/train_stage0/export", "stage1": export}, outputs)
+    world.evaluate(w, ckpt, world.exports(outputs), outputs)
     results["learning table"] = f"{outputs}/learning.json"
     results["eval report"] = f"{outputs}/evaluate/stage1/report/index.html"
     results["model card"] = f"{export}/README.md"  # data, licenses, filter, evaluation; `sama lineage` on it

@@ -20,8 +20,9 @@ import shutil
 
 import numpy as np
 
+from sama.config import ConfigError
 from sama.testing import world as world_module
-from sama.testing.world import COLOURS, World, write_world
+from sama.testing.world import COLOURS, World, write_benchmark, write_world
 from sama.testing.world_models import TRANSFORMER, WorldVaeRecipe, save_world_checkpoint, world_vae
 
 from . import launcher
@@ -178,6 +179,28 @@ def evaluate(world: World, ckpt: str, exports: dict[str, str | None], outputs: s
         json.dump(table, f, indent=1)
     print_table(table)
     return table
+
+
+def exports(outputs: str) -> dict[str, str | None]:
+    """The model systems' transformers: none for the untrained model, each stage's export."""
+    return {"untrained": None, "stage0": f"{outputs}/train_stage0/export", "stage1": f"{outputs}/train_stage1/export"}
+
+
+def rescore(workdir: str, held_out: int) -> dict[str, dict]:
+    """A finished demo's four systems on a held-out benchmark of ``held_out`` items, of which the
+    demo's own are the first: ten items hold two of each edit kind, too few for a steady table.
+    Written to ``outputs/learning_<held_out>/learning.json``."""
+    workdir = os.path.abspath(workdir)
+    outputs, ckpt = os.path.join(workdir, "outputs"), os.path.join(workdir, "models", "world")
+    missing = [p for p in (ckpt, *filter(None, exports(outputs).values())) if not os.path.isdir(p)]
+    if missing:
+        raise ConfigError(f"{workdir}: not a finished demo (missing {', '.join(missing)}); run `sama demo` first")
+    root = os.path.join(workdir, "data", f"world_held_out_{held_out}")
+    shutil.rmtree(root, ignore_errors=True)
+    bench, items = write_benchmark(root, held_out, size=WORLD["size"])
+    world = World(root, {}, [], bench, items)
+    print(f"[learning] {held_out} held-out items in {root}")
+    return evaluate(world, ckpt, exports(outputs), os.path.join(outputs, f"learning_{held_out}"))
 
 
 def learning_row(eval_output: str, world: World) -> dict:

@@ -65,11 +65,11 @@ def test_demo_runs_end_to_end(ray_cluster, tmp_path):
 
 
 # What the debug recipe must learn on the held-out world benchmark (fixed seeds), in dB. Measured
-# (2026-11-30, 2 cores): stage 1 19.4 vs identity 18.3 and untrained 13.2 to the target; 16.0 vs
-# identity's 10.5 inside the edited region.
-BEATS_IDENTITY_BY = 0.5
-BEATS_UNTRAINED_BY = 4.0
-EDITED_BEATS_IDENTITY_BY = 3.0
+# (2026-12-01, 2 cores): stage 1 20.4 vs identity 18.3 and untrained 13.3 to the target; 16.2 vs
+# identity's 10.5 inside the edited region. (On 40 items, `sama learning`: 18.8 vs 18.0 and 12.5.)
+BEATS_IDENTITY_BY = 1.0
+BEATS_UNTRAINED_BY = 5.0
+EDITED_BEATS_IDENTITY_BY = 4.0
 
 
 def check_learning(demo, stdout: str) -> None:

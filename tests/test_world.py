@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +13,17 @@ from sama import storage
 from sama.jobs import launcher
 from sama.jobs.demo import job_yaml
 from sama.pipelines.evaluate.manifest import read_manifest
-from sama.testing.world import EDITS, HELD_OUT, random_example, render, shape_mask, visible_mask, write_world
+from sama.testing.world import (
+    EDITS,
+    HELD_OUT,
+    random_example,
+    render,
+    shape_mask,
+    visible_mask,
+    write_benchmark,
+    write_world,
+)
+from sama.testing.world_models import WorldVaeRecipe
 
 
 def changed(ex) -> np.ndarray:
@@ -62,3 +73,36 @@ def test_the_world_goes_through_ingest_and_is_a_benchmark_with_targets(ray_clust
     assert all(it.target_uri and it.mask_uri and storage.exists(it.target_uri) for it in items)
     meta = json.load(open(storage.join(str(tmp_path / "world"), "bench", "items.json")))
     assert {m["kind"] for m in meta.values()} == set(EDITS)
+
+
+def test_a_larger_held_out_set_extends_the_smaller_one(tmp_path):
+    """The demo's held-out items are the first of any larger benchmark: the same scenes, edits and
+    instructions, so a larger table is comparable with the demo's."""
+    _, small = write_benchmark(str(tmp_path / "small"), 3, frames=3, size=32)
+    _, big = write_benchmark(str(tmp_path / "big"), 7, frames=3, size=32)
+    assert list(big)[:3] == list(small) and all(big[k] == small[k] for k in small)
+    assert [big[k]["kind"] for k in big] == [EDITS[i % len(EDITS)] for i in range(7)]
+    for name in ("source/h002.mp4", "target/h002.mp4", "mask/h002.mp4"):
+        assert (tmp_path / "small" / name).read_bytes() == (tmp_path / "big" / name).read_bytes()
+
+
+@pytest.mark.slow
+def test_sama_learning_scores_a_finished_demo_on_more_held_out_items(ray_cluster, tmp_path, monkeypatch, capsys):
+    """`sama learning DIR --held-out N`: the demo's four systems on N held-out items, a table like
+    the demo's; a folder that is not a finished demo is refused, naming what is missing."""
+    from sama.jobs import cli, world
+
+    assert cli.main(["learning", str(tmp_path)]) == 2
+    assert "not a finished demo" in capsys.readouterr().err
+    monkeypatch.setattr(world, "WorldVaeRecipe", lambda: WorldVaeRecipe(steps=2, batch=2, held_out=1, frames=2))
+    ckpt = world.world_model(str(tmp_path))
+    for stage in ("train_stage0", "train_stage1"):  # stand-ins for the stages' exports: the untrained weights
+        shutil.copytree(f"{ckpt}/transformer", tmp_path / "outputs" / stage / "export" / "transformer")
+    assert cli.main(["learning", str(tmp_path), "--held-out", "5"]) == 0
+    table = json.load(open(tmp_path / "outputs" / "learning_5" / "learning.json"))
+    assert list(table) == ["identity", "untrained", "stage0", "stage1"]
+    assert all(row["items"] == 5 and row["errors"] == 0 for row in table.values())
+    assert table["stage1"] == table["untrained"]  # the same weights score the same
+    assert table["identity"]["unedited_psnr"] > 30 > table["untrained"]["unedited_psnr"]
+    kinds = [m["kind"] for m in json.load(open(tmp_path / "data" / "world_held_out_5" / "items.json")).values()]
+    assert sorted(kinds) == sorted(EDITS)

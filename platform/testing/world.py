@@ -297,9 +297,23 @@ def write_world(
         rows[category].append([f"videos/w{i:04d}_src.mp4", f"videos/w{i:04d}_tgt.mp4", ex.instruction, category])
     for category, lines in rows.items():
         _csv(os.path.join(ove, f"{category}.csv"), ["original_video", "video", "prompt", "edited_type"], lines)
-    held = random.Random(seed + 10_000)  # other seeds, and combinations training never shows
+    bench_csv, items = write_benchmark(bench, held_out, frames, size, seed)
+    return World(
+        root,
+        {"motionbench": mb, "nhr_edit": nhr, "openve3m": ove},
+        sorted(rows),
+        bench_csv,
+        items,
+    )
+
+
+def write_benchmark(bench: str, n: int, frames: int = 17, size: int = 64, seed: int = 0) -> tuple[str, dict[str, dict]]:
+    """The held-out benchmark under ``bench`` (sources, targets, edit masks, ``bench.csv``,
+    ``items.json``): its own seeds and the combinations training never shows, the edit kinds in
+    turn. The first ``k`` items of any ``n >= k`` are the same, so a larger set extends the demo's."""
+    held = random.Random(seed + 10_000)
     lines, items = [], {}
-    for i in range(held_out):
+    for i in range(n):
         ex = random_example(held, frames, size, held_out=True, kind=EDITS[i % len(EDITS)])
         item = f"h{i:03d}"
         _write_clip(os.path.join(bench, "source", f"{item}.mp4"), render(ex.source))
@@ -319,13 +333,7 @@ def write_world(
     _csv(os.path.join(bench, "bench.csv"), ["source", "instruction", "category", "id", "target", "mask"], lines)
     with open(os.path.join(bench, "items.json"), "w") as f:
         json.dump(items, f, indent=1)
-    return World(
-        root,
-        {"motionbench": mb, "nhr_edit": nhr, "openve3m": ove},
-        sorted(rows),
-        os.path.join(bench, "bench.csv"),
-        items,
-    )
+    return os.path.join(bench, "bench.csv"), items
 
 
 def _edit_mask(ex: Example) -> np.ndarray:
