@@ -326,8 +326,6 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "learning":
             from .world import rescore
 
-            if args.held_out < 1:
-                raise ConfigError(f"--held-out {args.held_out}: at least 1 item")
             rescore(args.dir, args.held_out)
     except ConfigError as e:
         print(f"sama: config error: {e}", file=sys.stderr)

@@ -190,6 +190,8 @@ def rescore(workdir: str, held_out: int) -> dict[str, dict]:
     """A finished demo's four systems on a held-out benchmark of ``held_out`` items, of which the
     demo's own are the first: ten items hold two of each edit kind, too few for a steady table.
     Written to ``outputs/learning_<held_out>/learning.json``."""
+    if held_out < 1:
+        raise ConfigError(f"held_out={held_out}: at least 1 item")
     workdir = os.path.abspath(workdir)
     outputs, ckpt = os.path.join(workdir, "outputs"), os.path.join(workdir, "models", "world")
     missing = [p for p in (ckpt, *filter(None, exports(outputs).values())) if not os.path.isdir(p)]
