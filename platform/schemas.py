@@ -345,7 +345,7 @@ EVAL_RESULTS = register(
                 pa.field("target_uri", pa.string()),  # the ground truth, when the benchmark has one
                 pa.field("edit_uri", pa.string()),  # the edit scored (null when it failed or is missing)
                 pa.field("model", pa.string(), nullable=False),  # the system: a checkpoint's label, or whose edits
-                pa.field("edit_digest", pa.string(), nullable=False),  # model + sampling settings that made the edit
+                pa.field("edit_digest", pa.string(), nullable=False),  # model, its weights' stamps, sampling settings
                 pa.field("score_digest", pa.string(), nullable=False),  # metric + judge settings that scored it
                 pa.field("status", pa.string(), nullable=False),  # "ok" or "error" (redone on the next run)
                 pa.field("error_kind", pa.string()),  # source_error | edit_error | metrics_error | judge_error

@@ -302,6 +302,24 @@ def stamp(uri: str) -> str:
     return f"{info.size}-{info.mtime_ns}"  # on S3 from a validated HEAD: a cut answer never renames outputs
 
 
+# Files whose replacement changes what a model folder computes.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+
+
+def tree_stamp(uri: str, suffix: str | tuple[str, ...] = WEIGHT_SUFFIXES) -> str:
+    """A digest of :func:`stamp` of every file under ``uri`` ending in ``suffix`` (of ``uri``
+    itself when it is a file), or "missing": what changes when any of them is rewritten, as
+    retraining into the same folder does. Sizes and times, not contents: a 14B folder is 28 GB."""
+    info = _info(split_member(uri)[0])
+    if info.type == pafs.FileType.NotFound:
+        return "missing"
+    if info.type == pafs.FileType.File:
+        return stamp(uri)
+    files = list_files(uri, suffix)
+    root = normalize(uri).rstrip("/")
+    return content_digest(*(f"{f[len(root) :]}={stamp(f)}" for f in files), n=16) if files else "empty"
+
+
 def size(uri: str) -> int:
     archive, member = split_member(uri)
     if member is not None:

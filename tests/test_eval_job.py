@@ -201,3 +201,41 @@ def test_bad_inputs_fail_clearly(ray_cluster, bench, tmp_path, monkeypatch):
         )
     with pytest.raises(ManifestError, match="does not exist"):
         run_eval(str(tmp_path / "none.csv"), str(tmp_path / "n"))
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_model_retrained_into_the_same_folder_makes_new_edits(where, request, tmp_path):
+    """The edit digest follows the weight files, not only the config's paths: rewriting a
+    checkpoint's transformer (a rerun of training into the same export) means new edits; rewriting
+    a file that holds no weights does not."""
+    from sama.config import load
+    from sama.models.tiny import save_tiny_checkpoint
+    from sama.pipelines.evaluate.config import EvalJobConfig, edit_digest
+
+    local = save_tiny_checkpoint(str(tmp_path / "ckpt"), seed=1)
+    root = local if where == "local" else request.getfixturevalue("s3_bucket") + "/ckpt"
+
+    def upload():
+        if where == "s3":
+            for d, _, files in os.walk(local):
+                for f in files:
+                    storage.upload_file(os.path.join(d, f), root + os.path.join(d, f)[len(local) :])
+
+    def digest() -> str:
+        cfg = load(EvalJobConfig, job_yaml("eval"), [f"evaluate.model.checkpoint={root}"])
+        return edit_digest(cfg.evaluate)
+
+    upload()
+    before = digest()
+    assert digest() == before  # stable while nothing changes
+    with open(os.path.join(local, "transformer", "config.json"), "a") as f:
+        f.write("\n")  # not a weight file
+    upload()
+    assert digest() == before
+    save_tiny_checkpoint(str(tmp_path / "other"), seed=2)
+    os.replace(
+        tmp_path / "other" / "transformer" / "diffusion_pytorch_model.safetensors",
+        os.path.join(local, "transformer", "diffusion_pytorch_model.safetensors"),
+    )
+    upload()
+    assert digest() != before

@@ -12,9 +12,9 @@ Ray Data pipeline, streaming::
                              judge (many requests in flight), contact sheet -> results/<key>.parquet
 
 On the stage runner (``pipelines/stage.py``) a part is one item, named ``<item id>-<edit
-digest>`` (model + sampling settings; for a brought edit, the system and the file's size and
-time), so outputs are named by content: a rerun overwrites instead of duplicating, an edit
-already on storage is scored without editing again, and a result is redone only when its
+digest>`` (model, its weight files' sizes and times, sampling settings; for a brought edit, the
+system and the file's size and time), so outputs are named by content: a rerun overwrites
+instead of duplicating, an edit already on storage is scored without editing again, and a result is redone only when its
 scoring settings changed or it holds an error (``retry_errors``; the judge cache makes the
 retry pay only for the missing answers). Files of items no longer planned are removed, so
 the tables hold exactly the current benchmark x system.
