@@ -176,8 +176,26 @@ def run_eval_demo(workdir: str, n: int = 3, extra: list[str] | None = None) -> d
     }
 
 
+class _Clock:
+    """Seconds per demo step, printed at the end (where the demo's minutes go)."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.time()
+        self.seconds: dict[str, int] = {}
+
+    def lap(self, step: str) -> None:
+        now = time.time()
+        self.seconds[step] = round(now - self.last)
+        self.last = now
+
+
 def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
-    t0 = time.time()
+    with launcher.session():  # one Ray for every step
+        return _run_demo(workdir, n)
+
+
+def _run_demo(workdir: str, n: int) -> dict[str, str]:
+    clock = _Clock()
     workdir = os.path.abspath(workdir)  # every job's workers see the same paths, wherever they run
     roots = sample_data(workdir, n)
     outputs = os.path.join(workdir, "outputs")
@@ -188,6 +206,7 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
         "stand-in) -> clips + fetch table"
     )
     results.update(fetch_step(workdir, outputs))
+    clock.lap("fetch")
 
     print("\n[demo] 2/9 ingest: every dataset -> manifest + rejects")
     overrides = [f"output={outputs}/ingest"] + [f"ingest.datasets.{k}.root={v}" for k, v in roots.items()]
@@ -195,6 +214,7 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
     results["manifest"] = f"{outputs}/ingest/manifest"
     results["rejects"] = f"{outputs}/ingest/rejects"
     results["ingest summary"] = f"{outputs}/ingest/summary.json"
+    clock.lap("ingest")
 
     # The embedded default needs no key: cheap checks only (verdicts say judge_model "none:cheap-checks-only").
     # The sample clips are tiny (64x48), hence the lower resolution floor.
@@ -211,18 +231,23 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
     results["verdicts"] = f"{outputs}/filter/verdicts"
     results["filtered manifest"] = f"{outputs}/filter/manifest"
     results["filter report"] = f"{outputs}/filter/report/index.html"
+    clock.lap("filter")
 
     print("\n[demo] 4/9 the synthetic editing world: clips, image and video edits in dataset layouts, a held-out")
     print("        benchmark with targets; its VAE (trained once, cached); ingest + filter (cheap checks)")
     w = world.world_data(workdir)
     ckpt = world.world_model(workdir)
+    clock.lap("world + VAE")
     manifest = world.curate(w, outputs)
+    clock.lap("world ingest + filter")
     results.update({"world": w.root, "world benchmark": w.benchmark, "world checkpoint": ckpt})
 
     print("\n[demo] 5/9 precompute: world VAE latents, SigLIP anchor tokens, text embeddings")
     latents = world.precompute(manifest, ckpt, outputs)
     results["latents"] = latents
+    clock.lap("precompute")
     results.update(world.train(latents, ckpt, outputs))
+    clock.lap("train stage 0 + 1")
     export = f"{outputs}/train_stage1/export"
 
     print("\n[demo] 8/9 serve: start the edit service with the trained model, edit a held-out clip over HTTP")
@@ -236,14 +261,18 @@ def run_demo(workdir: str = "sama-demo", n: int = 3) -> dict[str, str]:
     results["edit sheet"] = world.edit_sheet(
         source, results["edited video"], target, instruction, f"{outputs}/serve/edit_sheet.jpg"
     )
+    clock.lap("serve")
 
     print("\n[demo] 9/9 evaluate on the held-out benchmark: identity, untrained, stage 0, stage 1 -> learning table")
     world.evaluate(w, ckpt, world.exports(outputs), outputs)
+    clock.lap("evaluate")
     results["learning table"] = f"{outputs}/learning.json"
     results["eval report"] = f"{outputs}/evaluate/stage1/report/index.html"
     results["model card"] = f"{export}/README.md"  # data, licenses, filter, evaluation; `sama lineage` on it
 
-    print(f"\n[demo] done in {time.time() - t0:.0f}s. Outputs:")
+    print(f"\n[demo] done in {time.time() - clock.start:.0f}s; seconds per step:")
+    print("  " + ", ".join(f"{step} {s}" for step, s in clock.seconds.items()))
+    print("[demo] outputs:")
     width = max(map(len, results))
     for k, v in results.items():
         print(f"  {k:<{width}}  {os.path.abspath(v)}")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ray
@@ -108,6 +109,18 @@ def connect(ray_cfg: C.RayConfig) -> bool:
         return False
     ray.init(num_cpus=ray_cfg.num_cpus, num_gpus=ray_cfg.num_gpus, include_dashboard=False, log_to_driver=True)
     return True
+
+
+@contextlib.contextmanager
+def session(ray_cfg: C.RayConfig | None = None) -> Iterator[None]:
+    """One Ray for a sequence of jobs (the demo's): joined or started once, stopped at the end, where
+    each :func:`run` alone would start and stop an embedded Ray of its own (seconds each)."""
+    started = connect(ray_cfg or C.RayConfig())
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def run(path: str, overrides: Sequence[str] = ()) -> Any:

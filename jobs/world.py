@@ -202,7 +202,8 @@ def rescore(workdir: str, held_out: int) -> dict[str, dict]:
     bench, items = write_benchmark(root, held_out, size=WORLD["size"])
     world = World(root, {}, [], bench, items)
     print(f"[learning] {held_out} held-out items in {root}")
-    return evaluate(world, ckpt, exports(outputs), os.path.join(outputs, f"learning_{held_out}"))
+    with launcher.session():  # one Ray for the four evaluations
+        return evaluate(world, ckpt, exports(outputs), os.path.join(outputs, f"learning_{held_out}"))
 
 
 def learning_row(eval_output: str, world: World) -> dict:

@@ -150,3 +150,23 @@ def test_preflight_names_a_missing_bucket(s3_server, s3_bucket, tmp_path, capsys
     err = capsys.readouterr().err
     assert "output=s3://no-such-bucket-x2/out: cannot write there (NoSuchBucket)" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_session_starts_one_embedded_ray_for_all_its_jobs(monkeypatch):
+    """Without a cluster to join, each job alone starts and stops an embedded Ray (``run``: stop
+    only what ``connect`` started); inside ``launcher.session`` (the demo, `sama learning`) the jobs
+    join the session's, stopped once at the end."""
+    from sama.jobs import launcher
+
+    calls, up = [], [False]
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(launcher.ray, "is_initialized", lambda: up[0])
+    monkeypatch.setattr(launcher.ray, "init", lambda **kw: (calls.append("init"), up.__setitem__(0, True)))
+    monkeypatch.setattr(launcher.ray, "shutdown", lambda: (calls.append("shutdown"), up.__setitem__(0, False)))
+    assert launcher.connect(C.RayConfig()) and calls == ["init"]  # a job alone: started, so it stops it
+    launcher.ray.shutdown()
+    calls.clear()
+    with launcher.session():
+        assert not launcher.connect(C.RayConfig()) and not launcher.connect(C.RayConfig())  # jobs join
+        assert calls == ["init"]
+    assert calls == ["init", "shutdown"] and not up[0]
