@@ -170,3 +170,28 @@ def test_a_session_starts_one_embedded_ray_for_all_its_jobs(monkeypatch):
         assert not launcher.connect(C.RayConfig()) and not launcher.connect(C.RayConfig())  # jobs join
         assert calls == ["init"]
     assert calls == ["init", "shutdown"] and not up[0]
+
+
+@pytest.mark.parametrize(
+    "train, inference",
+    [
+        (["train_stage0", "train_stage1", "train_world_stage0", "train_world_stage1"], ["precompute", "eval", "serve"]),
+        (
+            ["train_stage0_wan1_3b", "train_stage1_wan1_3b", "train_stage0_wan14b", "train_stage1_wan14b"],
+            ["precompute_wan", "serve_sama14b"],
+        ),
+    ],
+)
+def test_training_pads_prompts_as_inference_does(train, inference):
+    """The transformer cross-attends to every text position, the zero pads too (Wan has no text
+    mask), so training must pad prompts to the length precompute, evaluation and serving use, or
+    the model meets more pads at inference than it learnt with (Wan's recipes: 512)."""
+    from sama.jobs import launcher
+    from sama.jobs.demo import job_yaml
+
+    lengths = {name: launcher.resolve(job_yaml(name), [])[0].train.data.text_len for name in train}
+    for name in inference:
+        cfg = launcher.resolve(job_yaml(name), [])[0]
+        model = cfg.evaluate.model if cfg.job == "evaluate" else cfg.serve.model if cfg.job == "serve" else None
+        lengths[name] = (model.text if model else cfg.precompute.text).max_length
+    assert len(set(lengths.values())) == 1 and None not in lengths.values(), lengths
