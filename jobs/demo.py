@@ -259,7 +259,7 @@ def _run_demo(workdir: str, n: int) -> dict[str, str]:
     )
     target = os.path.join(os.path.dirname(w.benchmark), "target", f"{item}.mp4")
     results["edit sheet"] = world.edit_sheet(
-        source, results["edited video"], target, instruction, f"{outputs}/serve/edit_sheet.jpg"
+        source, results["edited video"], target, instruction, f"{outputs}/serve/edit_sheet.jpg", ckpt
     )
     clock.lap("serve")
 

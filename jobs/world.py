@@ -253,13 +253,30 @@ def print_table(table: dict[str, dict]) -> None:
         print("  " + f"{system:<10}" + "".join(f"{'-' if row[c] is None else row[c]:>18}" for c in cols))
 
 
-def edit_sheet(source: str, edit: str, target: str, instruction: str, path: str) -> str:
-    """A contact sheet of the served edit: source | edit | ground truth, the frames the model edited."""
+def edit_sheet(source: str, edit: str, target: str, instruction: str, path: str, ckpt: str | None = None) -> str:
+    """A contact sheet of the served edit: source | edit | ground truth, the frames the model edited;
+    with ``ckpt``, also the source through its VAE and back: what any edit starts from and is
+    decoded by, so the VAE's share of what the edit gets wrong is in view."""
     from sama.media import read_clip
     from sama.pipelines.evaluate.scoring import contact_sheet
 
     edited = read_clip(edit, MAX_CLIP)
-    rows = [("source", read_clip(source, len(edited))), ("edit", edited), ("target", read_clip(target, len(edited)))]
+    src = read_clip(source, len(edited))
+    rows = [("source", src)]
+    if ckpt:
+        rows.append(("VAE(src)", vae_round_trip(ckpt, src)))
+    rows += [("edit", edited), ("target", read_clip(target, len(edited)))]
     with open(path, "wb") as f:
         f.write(contact_sheet(rows, instruction, len(edited), 96))
     return path
+
+
+def vae_round_trip(ckpt: str, clip: np.ndarray) -> np.ndarray:
+    """``clip`` (T, H, W, 3) uint8 encoded and decoded by the checkpoint's VAE."""
+    import torch
+
+    from sama.models.encoders import VaeConfig, load_vae, tensor_to_video, video_to_tensor
+
+    vae = load_vae(VaeConfig(pretrained=ckpt))
+    with torch.no_grad():
+        return tensor_to_video(vae.decode(vae.encode(video_to_tensor(clip)[None])))[0].numpy()

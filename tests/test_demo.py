@@ -65,8 +65,8 @@ def test_demo_runs_end_to_end(ray_cluster, tmp_path):
 
 
 # What the debug recipe must learn on the held-out world benchmark (fixed seeds), in dB. Measured
-# (2026-12-01, 2 cores): stage 1 20.4 vs identity 18.3 and untrained 13.3 to the target; 16.2 vs
-# identity's 10.5 inside the edited region. (On 40 items, `sama learning`: 18.8 vs 18.0 and 12.5.)
+# (2026-12-01, 2 cores): stage 1 20.6 vs identity 18.35 and untrained 13.3 to the target; 16.1 vs
+# identity's 10.5 inside the edited region. (On 40 items, `sama learning`: 18.8 vs 17.95 and 12.5.)
 BEATS_IDENTITY_BY = 1.0
 BEATS_UNTRAINED_BY = 5.0
 EDITED_BEATS_IDENTITY_BY = 4.0
