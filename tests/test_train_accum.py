@@ -19,7 +19,7 @@ from sama.models.losses import LossConfig, sama_loss
 from sama.models.tiny import tiny_transformer
 from sama.config import from_dict
 from sama.pipelines.train.config import TrainConfig
-from sama.pipelines.train.deepspeed_config import deepspeed_config
+from sama.pipelines.train.deepspeed_config import deepspeed_config, fit_buckets
 
 deepspeed.init_distributed(dist_backend="gloo")
 stage, k = int(sys.argv[1]), 4
@@ -40,7 +40,8 @@ def engine(accum):
                                 "optim": {"lr": 1e-2, "eps": 1.0, "grad_clip": 1.0}})
     model = tiny_transformer(seed=3).train()
     e, *_ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
-                                 config=deepspeed_config(t, 1, use_gpu=False), dist_init_required=False)
+                                 config=fit_buckets(deepspeed_config(t, 1, use_gpu=False), model.num_parameters()),
+                                 dist_init_required=False)
     return e
 
 def step(e, parts):

@@ -157,6 +157,25 @@ def test_deepspeed_config_is_derived_from_the_typed_config():
     assert "scheduler" not in cpu  # ours, handed to deepspeed.initialize
 
 
+def test_gradient_buckets_fit_the_model():
+    """A small model's buckets shrink to its size (DeepSpeed allocates them whole every micro
+    step); a large model keeps the configured 5e8; ZeRO-3 has no all-gather bucket to add."""
+    from sama.pipelines.train.deepspeed_config import fit_buckets
+
+    two = deepspeed_config(train_cfg(engine={"zero_stage": 2}, workers={"num_workers": 2}), 2, use_gpu=False)
+    small, large = fit_buckets(two, 1_234_567), fit_buckets(two, 14_000_000_000)
+    assert small["zero_optimization"]["reduce_bucket_size"] == 1_234_567
+    assert small["zero_optimization"]["allgather_bucket_size"] == 1_234_567
+    assert (
+        large["zero_optimization"] == two["zero_optimization"] and two["zero_optimization"]["reduce_bucket_size"] == 5e8
+    )
+    three = deepspeed_config(train_cfg(engine={"zero_stage": 3}, workers={"num_workers": 2}), 2, use_gpu=False)
+    assert "allgather_bucket_size" not in fit_buckets(three, 10)["zero_optimization"]
+    assert {k: v for k, v in small.items() if k != "zero_optimization"} == {
+        k: v for k, v in two.items() if k != "zero_optimization"
+    }
+
+
 def test_config_rejects_bad_values_naming_the_key():
     with pytest.raises(C.ConfigError, match="image_batch=448 is not divisible by workers.num_workers=5"):
         train_cfg(workers={"num_workers": 5})

@@ -47,7 +47,7 @@ def curve(steps: int = STEPS) -> list[dict[str, float]]:
     from sama.training.schedule import LRLambda
 
     from .config import TrainConfig
-    from .deepspeed_config import deepspeed_config
+    from .deepspeed_config import deepspeed_config, fit_buckets
     from .loop import micro_loss
 
     torch.manual_seed(SEED)
@@ -68,7 +68,7 @@ def curve(steps: int = STEPS) -> list[dict[str, float]]:
     engine, *_ = deepspeed.initialize(
         model=model,
         model_parameters=list(model.parameters()),
-        config=deepspeed_config(t, 1, use_gpu=False),
+        config=fit_buckets(deepspeed_config(t, 1, use_gpu=False), sum(p.numel() for p in model.parameters())),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, LRLambda(t.optim.schedule, t.steps)),
         dist_init_required=False,
     )

@@ -39,7 +39,7 @@ from . import checkpoint as checkpoints
 from . import data as train_data
 from . import weights as model_weights
 from .config import TrainConfig
-from .deepspeed_config import deepspeed_config, resolve_precision
+from .deepspeed_config import deepspeed_config, fit_buckets, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -243,10 +243,11 @@ def train_loop_per_worker(config: dict) -> None:
 
     # 3. DeepSpeed engine; the LR schedule is ours (warmup from 1/warmup, not 0).
     lr_lambda = LRLambda(t.optim.schedule, t.steps)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, scheduler = deepspeed.initialize(
         model=model,
-        model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=ds_config,
+        model_parameters=trainable,
+        config=fit_buckets(ds_config, sum(getattr(p, "ds_numel", p.numel()) for p in trainable)),
         dist_init_required=False,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda),
     )
