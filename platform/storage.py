@@ -307,17 +307,44 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 
 
 def tree_stamp(uri: str, suffix: str | tuple[str, ...] = WEIGHT_SUFFIXES) -> str:
-    """A digest of :func:`stamp` of every file under ``uri`` ending in ``suffix`` (of ``uri``
-    itself when it is a file), or "missing": what changes when any of them is rewritten, as
-    retraining into the same folder does. Sizes and times, not contents: a 14B folder is 28 GB."""
-    info = _info(split_member(uri)[0])
-    if info.type == pafs.FileType.NotFound:
+    """A digest of every file under ``uri`` ending in ``suffix`` (of ``uri`` itself when it is a
+    file), or "missing": what changes when any of them is rewritten, as retraining into the same
+    folder does. Local files: size and mtime (ns). S3 objects: size and ETag, one listing (their
+    Last-Modified has whole seconds, too coarse for a file rewritten at once with the same size).
+    Not contents: a 14B folder is 28 GB."""
+    if is_s3(uri):
+        stamps = _s3_tree_stamps(uri, suffix)
+    else:
+        info = _info(split_member(uri)[0])
+        if info.type == pafs.FileType.NotFound:
+            return "missing"
+        if info.type == pafs.FileType.File:
+            return stamp(uri)
+        root = normalize(uri).rstrip("/")
+        stamps = [f"{f[len(root) :]}={stamp(f)}" for f in list_files(uri, suffix)]
+    if stamps is None:
         return "missing"
-    if info.type == pafs.FileType.File:
-        return stamp(uri)
-    files = list_files(uri, suffix)
-    root = normalize(uri).rstrip("/")
-    return content_digest(*(f"{f[len(root) :]}={stamp(f)}" for f in files), n=16) if files else "empty"
+    return content_digest(*stamps, n=16) if stamps else "empty"
+
+
+def _s3_tree_stamps(uri: str, suffix: str | tuple[str, ...]) -> list[str] | None:
+    """``<name>=<size>-<etag>`` of the object ``uri`` or of the objects under it ending in
+    ``suffix``; None when there is neither."""
+    bucket, key = _bucket_key(uri.rstrip("/"))
+    out, token, found = [], None, False
+    while True:
+        page = _s3_list_page(bucket, key, token)
+        for obj in page.get("Contents", []):
+            name = obj["Key"]
+            inside = name.startswith(f"{key}/") if key else True
+            if name != key and not inside:
+                continue  # a sibling sharing the prefix ("model.bin" beside "model")
+            found = True
+            if name == key or (name.endswith(suffix) and not _is_temp(name)):
+                out.append(f"{name[len(key) :]}={obj['Size']}-{obj.get('ETag', '')}")
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            return sorted(out) if found else None
 
 
 def size(uri: str) -> int:
