@@ -120,19 +120,17 @@ class EvalJobConfig(JobConfig):
 
 def edit_digest(cfg: EvalConfig, brought: bool = False) -> str:
     """What makes the edited video: a change means new edits (and new keys). Models: the config
-    and the size and time of every weight file it loads (retraining into the same folder counts).
-    Brought edits:
-    the system's name (each file's size and time are in its item's key)."""
+    and the stamp of every weight file it loads (retraining into the same folder counts). Brought
+    edits: the system's name (each file's size and time are in its item's key)."""
     if brought:
         return storage.content_digest("brought", cfg.system, n=10)
     e = cfg.edit
-    model = to_dict(cfg.model)
     parts = {
         "model": to_dict(cfg.model.resolved()),
         "pipeline": to_dict(cfg.model.pipeline),
         "edit": [e.seed, e.steps, e.max_frames, e.fps, e.crf],
         # The weights themselves: a model retrained into the same folder makes new edits.
-        "weights": {path: storage.tree_stamp(path) for path in sorted(set(_model_paths(model)))},
+        "weights": {path: storage.tree_stamp(path) for path in sorted(set(_model_paths(to_dict(cfg.model))))},
     }
     return storage.content_digest(json.dumps(parts, sort_keys=True, default=str), n=10)
 
