@@ -22,7 +22,7 @@ import numpy as np
 
 from sama.config import ConfigError
 from sama.testing import world as world_module
-from sama.testing.world import COLOURS, World, write_benchmark, write_world
+from sama.testing.world import World, nearest_colour, write_benchmark, write_world
 from sama.testing.world_models import TRANSFORMER, WorldVaeRecipe, save_world_checkpoint, world_vae
 
 from . import launcher
@@ -235,9 +235,7 @@ def recolour_hit(edit_uri: str, mask_uri: str, colour: str) -> bool:
     inside = edit[: len(mask)][mask].reshape(-1, 3).astype(np.float32)
     if not len(inside):
         return False
-    mean = inside.mean(0)
-    nearest = min(COLOURS, key=lambda c: float(np.sum((np.array(COLOURS[c], np.float32) - mean) ** 2)))
-    return nearest == colour
+    return nearest_colour(inside.mean(0)) == colour
 
 
 def _mean(values) -> float | None:

@@ -90,5 +90,7 @@ def check_learning(demo, stdout: str) -> None:
         sa = [r["loss_sa"] for r in rows if r.get("loss_sa") is not None]
         k = max(1, len(sa) // 5)
         assert sum(sa[-k:]) / k < 0.9 * sum(sa[:k]) / k, (stage, sa[:k], sa[-k:])
+    vae = json.loads(open(demo / "models" / "world" / "vae" / "report.json").read())
+    assert vae["held_out_colour_accuracy"] >= 0.9, vae  # the edits' colours can decode right
     assert os.path.getsize(demo / "outputs" / "serve" / "edited.mp4") > 0
     assert os.path.getsize(demo / "outputs" / "serve" / "edit_sheet.jpg") > 0

@@ -96,7 +96,7 @@ def test_sama_learning_scores_a_finished_demo_on_more_held_out_items(ray_cluster
     assert "not a finished demo" in capsys.readouterr().err
     assert cli.main(["learning", str(tmp_path), "--held-out", "0"]) == 2
     assert "at least 1 item" in capsys.readouterr().err
-    monkeypatch.setattr(world, "WorldVaeRecipe", lambda: WorldVaeRecipe(steps=2, batch=2, held_out=1, frames=2))
+    monkeypatch.setattr(world, "WorldVaeRecipe", lambda: WorldVaeRecipe(steps=2, batch=2, held_out=1, frames=1))
     ckpt = world.world_model(str(tmp_path))
     for stage in ("train_stage0", "train_stage1"):  # stand-ins for the stages' exports: the untrained weights
         shutil.copytree(f"{ckpt}/transformer", tmp_path / "outputs" / stage / "export" / "transformer")

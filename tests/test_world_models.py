@@ -5,11 +5,22 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 import torch
 
 from sama.models.encoders import VaeConfig, load_vae
 from sama.testing.world import random_scene, render
-from sama.testing.world_models import WorldVaeRecipe, build_vae, frame_wise, psnr, reconstruct, world_clips, world_vae
+from sama.testing.world_models import (
+    WorldVaeRecipe,
+    build_vae,
+    colour_accuracy,
+    frame_wise,
+    held_out_scenes,
+    psnr,
+    reconstruct,
+    world_clips,
+    world_vae,
+)
 
 
 def clip(seed: int, frames: int = 5) -> torch.Tensor:
@@ -48,7 +59,7 @@ def test_frame_wise_refuses_a_vae_that_looks_back_in_time():
 
 def test_training_reconstructs_better_and_is_cached(tmp_path, capsys):
     recipe = WorldVaeRecipe(steps=150, batch=8, held_out=2, frames=5)
-    held = world_clips(random.Random(recipe.seed + 99_991), recipe.held_out, recipe)  # the report's clips
+    held = world_clips(held_out_scenes(recipe))  # the report's clips
     before = psnr(reconstruct(build_vae(recipe.seed).eval(), held), held)
     report = world_vae(str(tmp_path / "vae"), recipe)
     assert report["held_out_psnr"] > before + 2 and report["key"] == recipe.key()  # measured: 12.5 -> 16.0 dB
@@ -63,13 +74,26 @@ def test_training_reconstructs_better_and_is_cached(tmp_path, capsys):
     assert json.load(open(tmp_path / "vae" / "report.json"))["steps"] == 150
 
 
+def test_colour_accuracy_reads_each_visible_shape_as_the_nearest_palette_colour():
+    scenes = held_out_scenes(WorldVaeRecipe(held_out=3, frames=5))
+    clips = world_clips(scenes)
+    assert colour_accuracy(scenes, clips) == 1.0
+    shapes = sum(len(s.shapes) for s in scenes)
+    background = clips[:, :, :, :1, :1].expand_as(clips)  # every shape decoded as background
+    assert colour_accuracy(scenes, background) == 0.0
+    tinted = clips.clone()
+    tinted[0] = torch.tensor([0.9, -0.8, -0.8])[:, None, None, None]  # the first clip all red
+    red = sum(sh.colour == "red" for sh in scenes[0].shapes)
+    assert colour_accuracy(scenes, tinted) == (shapes - len(scenes[0].shapes) + red) / shapes
+
+
 def test_the_world_checkpoint_is_rebuilt_when_its_transformer_changes(tmp_path, monkeypatch):
     """The demo's world checkpoint is cached, keyed by the VAE recipe and the debug transformer's
     config: reused as is, rebuilt (not served stale) after either changes."""
     from sama.jobs import world
     from sama.testing import world_models
 
-    monkeypatch.setattr(world, "WorldVaeRecipe", lambda: WorldVaeRecipe(steps=2, batch=2, held_out=1, frames=2))
+    monkeypatch.setattr(world, "WorldVaeRecipe", lambda: WorldVaeRecipe(steps=2, batch=2, held_out=1, frames=1))
     ckpt = world.world_model(str(tmp_path))
     config = tmp_path / "models" / "world" / "transformer" / "config.json"
     first = json.loads(config.read_text())
@@ -79,3 +103,8 @@ def test_the_world_checkpoint_is_rebuilt_when_its_transformer_changes(tmp_path, 
     monkeypatch.setitem(world_models.TRANSFORMER, "num_layers", 1)
     world.world_model(str(tmp_path))
     assert json.loads(config.read_text())["num_layers"] == 1
+
+
+def test_a_recipe_whose_frames_the_encoder_would_drop_is_refused():
+    with pytest.raises(ValueError, match=r"1 \+ 4k"):
+        WorldVaeRecipe(frames=6)

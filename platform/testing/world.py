@@ -140,6 +140,12 @@ def visible_mask(scene: Scene, index: int) -> np.ndarray:
     return np.stack(masks)
 
 
+def nearest_colour(rgb: np.ndarray) -> str:
+    """The palette colour nearest an RGB triple (0..255): what a shape reads as."""
+    rgb = np.asarray(rgb, np.float32)
+    return min(COLOURS, key=lambda c: float(np.sum((np.array(COLOURS[c], np.float32) - rgb) ** 2)))
+
+
 def caption(scene: Scene) -> str:
     things = " and ".join(f"a {s.colour} {s.kind}" for s in scene.shapes)
     return f"{things} moving over a {scene.background} background"
