@@ -483,3 +483,29 @@ def test_what_ray_unpickles_outside_the_workers_does_not_import_torch():
     assert out.stdout.decode().strip() == "[]"
     # ... and the worker gets the config back whole
     assert cloudpickle.loads(packed["packed"])["train"] == TrainConfig()
+
+
+def test_cpu_training_starts_deepspeed_without_building_its_shared_memory_kernel(tmp_path):
+    """On CPUs DeepSpeed would JIT-compile its shm all-reduce op (minutes on a fresh machine) that
+    training never uses: the communication comes up on gloo with nothing built."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import os, torch.distributed as dist\n"
+        f"dist.init_process_group('gloo', init_method='file://{tmp_path}/pg', rank=0, world_size=1)\n"
+        "from sama.pipelines.train.loop import init_distributed\n"
+        "init_distributed(use_gpu=False)\n"
+        "from deepspeed import comm\n"
+        "assert comm.comm.cdb.shm_comm_op is None and comm.get_world_size() == 1\n"
+        "print('up on', dist.get_backend())\n"
+    )
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"),
+    }
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "up on gloo" in res.stdout, res.stderr[-2000:]
+    assert not (tmp_path / "ext").exists() or not any((tmp_path / "ext").rglob("*.so"))

@@ -48,11 +48,11 @@ def curve(steps: int = STEPS) -> list[dict[str, float]]:
 
     from .config import TrainConfig
     from .deepspeed_config import deepspeed_config, fit_buckets
-    from .loop import micro_loss
+    from .loop import init_distributed, micro_loss
 
     torch.manual_seed(SEED)
     torch.use_deterministic_algorithms(True)
-    deepspeed.init_distributed(dist_backend="gloo")
+    init_distributed(use_gpu=False)
     t = from_dict(TrainConfig, TRAIN)
     data_gen = torch.Generator().manual_seed(SEED)
     batches = [

@@ -184,6 +184,21 @@ def fresh_optimizer(engine, t: TrainConfig, lr: float) -> None:
     engine.global_steps = engine.global_samples = engine.micro_steps = 0
 
 
+def init_distributed(use_gpu: bool) -> None:
+    """DeepSpeed's communication on Ray Train's process group (nccl on GPUs, gloo on CPUs).
+
+    On CPUs DeepSpeed would first JIT-compile its shared-memory all-reduce kernel (about 100 s of
+    C++ build on 2 cores, on every fresh machine); that kernel only serves
+    ``inference_all_reduce``, which training never calls, so it is marked unavailable. DeepSpeed
+    keeps that table as one module dict for edits like this one.
+    """
+    import deepspeed
+
+    if not use_gpu:
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+
+
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
@@ -198,7 +213,7 @@ def train_loop_per_worker(config: dict) -> None:
         torch.set_num_threads(max(1, int(t.workers.cpus_per_worker)))
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")  # reuses Ray Train's process group
+    init_distributed(use_gpu)
     device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
     precision = resolve_precision(t.engine.precision, use_gpu)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
