@@ -15,9 +15,9 @@ colour), and an edit can only be as right as the VAE decodes it. Two terms fix i
 cost: the first three latent channels are anchored to the frame's 4x4-average colour
 (``colour_anchor``: colour gets its own place in the latent from the first step), and shape
 pixels weigh ``shape_weight`` times more than background in the reconstruction (the background
-is most of every frame and would otherwise dominate the loss). On 63 held-out shapes
-at 600 steps, either alone gets 79% / 70% of them right, both 98% (24.4 dB); the recipe's 400
-steps get 97% (23.2 dB) in two thirds of the time.
+is most of every frame and would otherwise dominate the loss). On 63 held-out shapes at 600
+steps, either alone gets 79% / 70% of them right, both 98% (24.4 dB); the recipe's 400 steps get
+97% (23.2 dB) in two thirds of the time.
 
 ``train_world_vae`` writes a diffusers folder plus ``report.json`` (held-out reconstruction PSNR
 and colour accuracy); ``world_vae`` returns a cached one when the folder already holds a VAE
