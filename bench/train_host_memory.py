@@ -99,10 +99,11 @@ def worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     from sama.models.loading import load_transformer
     from sama.models.transformer import SamaModelConfig
     from sama.pipelines.train import checkpoint as checkpoints
+    from sama.pipelines.train.loop import init_distributed
     from sama.pipelines.train.weights import build_zero3, pretrained_source
     from sama.training.ema import ShardedEMA
 
-    deepspeed.init_distributed(dist_backend="gloo")
+    init_distributed(use_gpu=False)
     res: dict[str, dict[str, float]] = {}
     cfg = ds_config()
     cfg["train_batch_size"] = world

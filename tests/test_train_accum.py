@@ -20,8 +20,9 @@ from sama.models.tiny import tiny_transformer
 from sama.config import from_dict
 from sama.pipelines.train.config import TrainConfig
 from sama.pipelines.train.deepspeed_config import deepspeed_config, fit_buckets
+from sama.pipelines.train.loop import init_distributed
 
-deepspeed.init_distributed(dist_backend="gloo")
+init_distributed(use_gpu=False)  # as training does: gloo, nothing JIT-built
 stage, k = int(sys.argv[1]), 4
 g = torch.Generator().manual_seed(0)
 B = 2  # per micro-batch
