@@ -1,4 +1,9 @@
-"""Shared fixtures: a real S3-compatible server on 127.0.0.1 and one local Ray cluster."""
+"""Shared fixtures: a real S3-compatible server on 127.0.0.1 and one local Ray cluster.
+
+The suite runs on two pytest-xdist workers (``addopts`` in pyproject.toml; ``-n 0`` runs it in
+one process): each worker has its own session fixtures (its own Ray, its own S3 server), and a
+test file stays on one worker (``--dist loadfile``), so a module's fixtures are made once.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,28 @@ import uuid
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# The longest files first, in this order (seconds on 2 cores, one worker each): most of the
+# suite's time is waiting on process start-ups, so two workers overlap it, and the two longest
+# files starting together keep either worker from finishing alone with a long tail.
+LONGEST_FIRST = (
+    "test_demo.py",  # ~380 s: the whole demo
+    "test_train_job.py",  # ~320 s: ten Ray Train launches
+    "test_serve.py",
+    "test_precompute.py",
+    "test_storage_faults.py",
+    "test_world.py",
+    "test_eval_job.py",
+    "test_edit_parallel.py",
+    "test_eval_byo.py",
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Collect the longest files first; xdist keeps this order (``--no-loadscope-reorder``)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(os.path.basename(str(item.path)), len(rank)))  # stable: the rest as found
 
 
 def free_port() -> int:
@@ -69,7 +96,7 @@ def s3_bucket(s3_server) -> str:
 
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server):
-    """One local Ray for the whole session (2 CPUs, like CI)."""
+    """One local Ray for the session (2 CPUs, like CI; one per xdist worker)."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -3,9 +3,11 @@
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -21,6 +23,9 @@ pytestmark = pytest.mark.slow
 def ray_head(tmp_path_factory):
     """A separate one-node cluster with its dashboard (Job API) on 127.0.0.1, token auth on."""
     tmp = tmp_path_factory.mktemp("head")
+    # Ray's sockets live under its temp dir and a Unix socket path holds at most 107 bytes: pytest's
+    # (deeper under pytest-xdist) would not fit, so the head gets a short one of its own.
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     token = tmp / "token"
     token.write_text(secrets.token_hex(32))
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
@@ -54,7 +59,7 @@ def ray_head(tmp_path_factory):
             "--num-cpus",
             "2",
             "--temp-dir",
-            str(tmp / "ray"),
+            ray_tmp,
             *(x for kv in agent_ports.items() for x in kv),
         ],
         env=env,
@@ -84,6 +89,7 @@ def ray_head(tmp_path_factory):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def sama(*args, env, timeout=300):
