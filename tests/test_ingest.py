@@ -82,12 +82,24 @@ def test_ingest_resumes_after_kill(ray_cluster, lookalikes, tmp_path):
         start_new_session=True,
     )
     manifest_dir = os.path.join(out, "manifest")
+    done_dir = os.path.join(out, "_work", "done", "probe")  # a commit's marker: written after its part
     deadline = time.time() + 120
-    while time.time() < deadline and len(storage.list_files(manifest_dir)) < 3:
+    while time.time() < deadline and len(storage.list_files(done_dir)) < 3:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = {p: os.path.getmtime(p) for p in storage.list_files(manifest_dir)}
+    # The killed job's tasks may still be running in the shared Ray until it reaps them: wait for
+    # their writes to stop. A part is finished once its commit's marker is there (a part file
+    # without one is redone, rightly).
+    snapshot = lambda: (storage.list_files(manifest_dir), storage.list_files(done_dir))  # noqa: E731
+    seen, quiet_since = snapshot(), time.time()
+    while time.time() - quiet_since < 3:
+        time.sleep(0.2)
+        if (now := snapshot()) != seen:
+            seen, quiet_since = now, time.time()
+    name = lambda path, root: os.path.splitext(os.path.relpath(path, root))[0]  # noqa: E731
+    committed = {name(m, done_dir) for m in seen[1]}
+    done_before = {p: os.path.getmtime(p) for p in seen[0] if name(p, manifest_dir) in committed}
     total = sum(e.kept + sum(e.reasons.values()) for e in lookalikes.expected.values())
     assert 3 <= len(done_before) < total, "the kill should land midway"
 
