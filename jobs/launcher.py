@@ -99,6 +99,18 @@ def dry_run(path: str, overrides: Sequence[str] = (), cluster: str | None = None
     return text
 
 
+# An embedded Ray runs short jobs: Ray Train's controller polls its workers every 2 s by default,
+# and each launch waits on a few of those polls (about 2 s of a 19 s tiny training launch saved
+# at 0.5 s). Defaults only: a value already in the environment wins.
+LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
+def local_ray_env() -> None:
+    """Set :data:`LOCAL_RAY_ENV`'s defaults, before a local Ray starts (its processes inherit them)."""
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def connect(ray_cfg: C.RayConfig) -> bool:
     """Join ``ray.address`` / $RAY_ADDRESS, else start an embedded local Ray. True if we started it."""
     if ray.is_initialized():
@@ -107,6 +119,7 @@ def connect(ray_cfg: C.RayConfig) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
         return False
+    local_ray_env()
     ray.init(num_cpus=ray_cfg.num_cpus, num_gpus=ray_cfg.num_gpus, include_dashboard=False, log_to_driver=True)
     return True
 

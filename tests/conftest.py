@@ -99,6 +99,9 @@ def ray_cluster(s3_server):
     """One local Ray for the session (2 CPUs, like CI; one per xdist worker)."""
     import ray
 
+    from sama.jobs.launcher import local_ray_env
+
+    local_ray_env()  # as `sama` sets for the embedded Ray it starts
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     from ray.data import DataContext
 

@@ -1,3 +1,4 @@
+import os
 from dataclasses import dataclass, field
 
 import pytest
@@ -170,6 +171,26 @@ def test_a_session_starts_one_embedded_ray_for_all_its_jobs(monkeypatch):
         assert not launcher.connect(C.RayConfig()) and not launcher.connect(C.RayConfig())  # jobs join
         assert calls == ["init"]
     assert calls == ["init", "shutdown"] and not up[0]
+
+
+def test_an_embedded_ray_polls_its_training_workers_sooner_unless_told(monkeypatch, ray_cluster):
+    """The embedded Ray's processes inherit Ray Train's shorter poll (the suite's Ray too, as the
+    remote task shows); a value the user set is kept."""
+    import ray
+
+    from sama.jobs import launcher
+
+    key = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    assert ray.get(ray.remote(lambda: os.environ.get(key)).remote()) == launcher.LOCAL_RAY_ENV[key]
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(launcher.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(launcher.ray, "init", lambda **kw: None)
+    monkeypatch.delenv(key)
+    launcher.connect(C.RayConfig())
+    assert os.environ[key] == "0.5"
+    monkeypatch.setenv(key, "3")
+    launcher.connect(C.RayConfig())
+    assert os.environ[key] == "3"
 
 
 @pytest.mark.parametrize(
