@@ -65,8 +65,8 @@ def test_demo_runs_end_to_end(ray_cluster, tmp_path):
 
 
 # What the debug recipe must learn on the held-out world benchmark (fixed seeds), in dB. Measured
-# (2026-12-02, 2 cores): stage 1 19.8 vs identity 18.35 and untrained 12.6 to the target; 14.7 vs
-# identity's 10.5 inside the edited region. (On 40 items, `sama learning`: 18.75 vs 17.95 and 12.1.)
+# (2026-12-02, 2 cores): stage 1 19.66 vs identity 18.34 and untrained 12.54 to the target; 14.71 vs
+# identity's 10.48 inside the edited region. (On 40 items, `sama learning`: 18.66 vs 17.95 and 12.06.)
 BEATS_IDENTITY_BY = 1.0
 BEATS_UNTRAINED_BY = 5.0
 EDITED_BEATS_IDENTITY_BY = 4.0
