@@ -82,8 +82,13 @@ def test_a_larger_held_out_set_extends_the_smaller_one(tmp_path):
     _, big = write_benchmark(str(tmp_path / "big"), 7, frames=3, size=32)
     assert list(big)[:3] == list(small) and all(big[k] == small[k] for k in small)
     assert [big[k]["kind"] for k in big] == [EDITS[i % len(EDITS)] for i in range(7)]
+    # The same clips, compared as decoded frames: once (of five suite runs, beside another xdist
+    # worker) libx264 wrote one bit differently; another scene would differ by far more than 1 level.
+    from sama.media import read_clip
+
     for name in ("source/h002.mp4", "target/h002.mp4", "mask/h002.mp4"):
-        assert (tmp_path / "small" / name).read_bytes() == (tmp_path / "big" / name).read_bytes()
+        a, b = (read_clip(str(tmp_path / side / name), 100).astype(np.int16) for side in ("small", "big"))
+        assert a.shape == b.shape == (3, 32, 32, 3) and np.abs(a - b).mean() < 1.0, name
 
 
 @pytest.mark.slow
