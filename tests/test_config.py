@@ -187,7 +187,7 @@ def test_an_embedded_ray_polls_its_training_workers_sooner_unless_told(monkeypat
     monkeypatch.setattr(launcher.ray, "init", lambda **kw: None)
     monkeypatch.delenv(key)
     launcher.connect(C.RayConfig())
-    assert os.environ[key] == "0.5"
+    assert os.environ[key] == launcher.LOCAL_RAY_ENV[key] == "0.25"
     monkeypatch.setenv(key, "3")
     launcher.connect(C.RayConfig())
     assert os.environ[key] == "3"
