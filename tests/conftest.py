@@ -19,9 +19,8 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-# The longest files first, in this order (seconds on 2 cores, one worker each): most of the
-# suite's time is waiting on process start-ups, so two workers overlap it, and the two longest
-# files starting together keep either worker from finishing alone with a long tail.
+# The longest files first, in this order (seconds on 2 cores, run alone): the two longest starting
+# together keep either worker from finishing alone with a long tail.
 LONGEST_FIRST = (
     "test_demo.py",  # ~380 s: the whole demo
     "test_train_job.py",  # ~320 s: ten Ray Train launches
