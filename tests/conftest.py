@@ -46,6 +46,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_quiet(snapshot, quiet_s: float = 3.0, timeout: float = 120.0):
+    """Poll ``snapshot()`` until it has not changed for ``quiet_s``; return the last value.
+
+    A SIGKILLed driver's Ray tasks run on in the shared cluster until Ray reaps them, so a
+    kill-and-resume test must wait for their writes to stop before it records what was done."""
+    seen, quiet_since, deadline = snapshot(), time.time(), time.time() + timeout
+    while time.time() - quiet_since < quiet_s:
+        assert time.time() < deadline, "the killed job's tasks kept writing"
+        time.sleep(0.2)
+        if (now := snapshot()) != seen:
+            seen, quiet_since = now, time.time()
+    return seen
+
+
 def wait_port(port: int, timeout: float = 30.0) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:

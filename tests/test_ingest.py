@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, wait_until_quiet
 from sama import storage
 from sama.jobs import launcher
 from sama.jobs.demo import job_yaml
@@ -91,12 +91,7 @@ def test_ingest_resumes_after_kill(ray_cluster, lookalikes, tmp_path):
     # The killed job's tasks may still be running in the shared Ray until it reaps them: wait for
     # their writes to stop. A part is finished once its commit's marker is there (a part file
     # without one is redone, rightly).
-    snapshot = lambda: (storage.list_files(manifest_dir), storage.list_files(done_dir))  # noqa: E731
-    seen, quiet_since = snapshot(), time.time()
-    while time.time() - quiet_since < 3:
-        time.sleep(0.2)
-        if (now := snapshot()) != seen:
-            seen, quiet_since = now, time.time()
+    seen = wait_until_quiet(lambda: (storage.list_files(manifest_dir), storage.list_files(done_dir)))
     name = lambda path, root: os.path.splitext(os.path.relpath(path, root))[0]  # noqa: E731
     committed = {name(m, done_dir) for m in seen[1]}
     done_before = {p: os.path.getmtime(p) for p in seen[0] if name(p, manifest_dir) in committed}

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, wait_until_quiet
 from sama import latents as L
 from sama import media, storage
 from sama.buckets import fit_to_bucket, make_buckets, nearest_bucket
@@ -144,6 +144,10 @@ def test_precompute_to_s3_and_resume_after_kill(ray_cluster, manifest, s3_bucket
         f"output={out}",
         "precompute.shard_size=1",
         "precompute.encode.batch_size=1",
+        # 17 frames at ~128x128: ~0.5 s of encoding a sample, so beside a busy second xdist
+        # worker the kill still lands with most shards to go (at 9x64x64 all 24 were once done)
+        "precompute.buckets.area=16384",
+        "precompute.buckets.max_frames=17",
     ]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     proc = subprocess.Popen(
@@ -154,20 +158,18 @@ def test_precompute_to_s3_and_resume_after_kill(ray_cluster, manifest, s3_bucket
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    latents, done = storage.join(out, "latents"), storage.join(out, "_work", "done", "precompute")
     deadline = time.time() + 400  # generous: CI machines can be slow to start the job
-    while time.time() < deadline and len(storage.list_files(storage.join(out, "latents"))) < 4 and proc.poll() is None:
+    while time.time() < deadline and len(storage.list_files(done)) < 4 and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = {r["sample_id"] for r in rows_of(out)}
+    shard_files, markers = wait_until_quiet(lambda: (storage.list_files(latents), storage.list_files(done)))
+    committed = {storage.basename(m).removesuffix(".json") for m in markers}
+    # A shard is finished once its marker is there; one without was in flight (and is redone).
+    shards = {f: storage.stamp(f) for f in shard_files if storage.basename(f).removesuffix(".parquet") in committed}
+    before = {s for f in shards for s in storage.read_parquet(f)["sample_id"].to_pylist()}
     assert 4 <= len(before) < expected_total(lookalikes), "the kill should land midway"
-    done = storage.join(out, "_work", "done", "precompute")
-    shards = {  # committed (marker written) before the kill; a shard without its marker was in flight
-        f: storage.stamp(f)
-        for f in storage.list_files(storage.join(out, "latents"))
-        if storage.exists(storage.join(done, storage.basename(f).removesuffix(".parquet") + ".json"))
-    }
-    assert shards
 
     launcher.run(job_yaml("precompute"), args)
     # Only the shards not finished before the kill were written by the rerun.
