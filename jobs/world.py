@@ -208,34 +208,45 @@ def rescore(workdir: str, held_out: int) -> dict[str, dict]:
 
 def learning_row(eval_output: str, world: World) -> dict:
     """Mean PSNR to the target (whole frame, edited and unedited regions) and the recolour success
-    rate: the share of recolours whose named shape's mean colour lands nearest the requested one."""
+    rate: the share of recolours whose named shape's mean colour lands nearest the requested one.
+    ``recolours`` lists each recolour's mean colour: a miss that moved part of the way shows there."""
     from sama.pipelines.evaluate.job import read_results
 
     res = read_results(eval_output)
     ok = res[res.status == "ok"]
-    hits = []
-    for row in ok[ok.category == "recolour"].itertuples():
-        hits.append(recolour_hit(row.edit_uri, row.mask_uri, world.items[row.item_id]["colour"]))
+    recolours = [
+        recolour_result(row.item_id, row.edit_uri, row.mask_uri, world.items[row.item_id])
+        for row in ok[ok.category == "recolour"].itertuples()
+    ]
     return {
         "psnr_to_target": _mean(ok.gt_psnr),
         "edited_psnr": _mean(ok.gt_psnr_edited),
         "unedited_psnr": _mean(ok.gt_psnr_unedited),
-        "recolour_success": round(float(np.mean(hits)), 3) if hits else None,
+        "recolour_success": round(float(np.mean([r["hit"] for r in recolours])), 3) if recolours else None,
         "items": int(len(ok)),
         "errors": int((res.status != "ok").sum()),
+        "recolours": recolours,
     }
 
 
-def recolour_hit(edit_uri: str, mask_uri: str, colour: str) -> bool:
-    """Whether the edit's mean colour inside the recoloured shape's mask is nearest ``colour``."""
+def recolour_result(item_id: str, edit_uri: str, mask_uri: str, item: dict) -> dict:
+    """The edit's mean colour inside the recoloured shape's mask, the palette colour nearest it,
+    and whether that is the requested one (``hit``)."""
     from sama.media import read_clip
 
     edit = read_clip(edit_uri, MAX_CLIP)
     mask = read_clip(mask_uri, len(edit)).mean(-1) > 127
     inside = edit[: len(mask)][mask].reshape(-1, 3).astype(np.float32)
-    if not len(inside):
-        return False
-    return nearest_colour(inside.mean(0)) == colour
+    mean = [round(float(c), 1) for c in inside.mean(0)] if len(inside) else None
+    nearest = nearest_colour(mean) if mean else None
+    return {
+        "item": item_id,
+        "instruction": item["instruction"],
+        "wanted": item["colour"],
+        "mean_rgb": mean,
+        "nearest": nearest,
+        "hit": nearest == item["colour"],
+    }
 
 
 def _mean(values) -> float | None:

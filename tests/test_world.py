@@ -16,6 +16,7 @@ from sama.pipelines.evaluate.manifest import read_manifest
 from sama.testing.world import (
     EDITS,
     HELD_OUT,
+    nearest_colour,
     random_example,
     render,
     shape_mask,
@@ -111,5 +112,11 @@ def test_sama_learning_scores_a_finished_demo_on_more_held_out_items(ray_cluster
     assert all(row["items"] == 5 and row["errors"] == 0 for row in table.values())
     assert table["stage1"] == table["untrained"]  # the same weights score the same
     assert table["identity"]["unedited_psnr"] > 30 > table["untrained"]["unedited_psnr"]
+    for row in table.values():  # one recolour in five items: its mean colour, nearest, and the rate from it
+        (recolour,) = row["recolours"]
+        assert recolour["nearest"] == nearest_colour(recolour["mean_rgb"])
+        assert recolour["hit"] == (recolour["nearest"] == recolour["wanted"])
+        assert row["recolour_success"] == float(recolour["hit"])
+    assert not table["identity"]["recolours"][0]["hit"]  # a copy keeps the shape's old colour
     kinds = [m["kind"] for m in json.load(open(tmp_path / "data" / "world_held_out_5" / "items.json")).values()]
     assert sorted(kinds) == sorted(EDITS)
