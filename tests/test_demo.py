@@ -87,6 +87,7 @@ def check_learning(demo, stdout: str) -> None:
     assert psnr["stage0"] > psnr["untrained"], table  # stage 0 alone already moves towards the targets
     for stage in ("train_stage0/stage0", "train_stage1/stage1"):
         rows = [json.loads(line) for line in open(demo / "outputs" / stage / "metrics" / "metrics.jsonl")]
+        assert all(r["grad_norm"] > 0 for r in rows if "grad_norm" in r), stage  # measured on ZeRO-0 too, not NaN
         sa = [r["loss_sa"] for r in rows if r.get("loss_sa") is not None]
         k = max(1, len(sa) // 5)
         assert sum(sa[-k:]) / k < 0.9 * sum(sa[:k]) / k, (stage, sa[:k], sa[-k:])

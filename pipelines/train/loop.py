@@ -105,6 +105,20 @@ def zero_gradient_loss(engine, batch, t: TrainConfig, device, dtype, gen: torch.
     return out.loss * 0.0
 
 
+def step_engine(engine) -> float | None:
+    """``engine.step()`` at a gradient-accumulation boundary; -> the global gradient norm (before
+    clipping) where DeepSpeed keeps none. It records the norm for ZeRO 1-3 and its mixed-precision
+    optimizers, but its plain fp32 path (ZeRO-0) clips without keeping it; there the gradients are
+    already all-reduced and whole on every rank, so the norm is taken here, before the step."""
+    norm = None
+    if engine.zero_optimization_stage() == 0 and engine.is_gradient_accumulation_boundary():
+        grads = [p.grad.detach().float().norm() for p in engine.module.parameters() if p.grad is not None]
+        norm = float(torch.linalg.vector_norm(torch.stack(grads))) if grads else None
+    engine.step()
+    reported = engine.get_global_grad_norm()
+    return float(reported) if reported is not None else norm
+
+
 @contextlib.contextmanager
 def zero_lr(optimizer):
     """Run an optimizer step that leaves the weights as they are (lr 0 removes the update and
@@ -356,7 +370,7 @@ def train_loop_per_worker(config: dict) -> None:
             source = pick_source(names, weights, t.seed, step)
             lr = scheduler.get_last_lr()[0]  # the LR this step uses (the scheduler moves at the boundary)
             totals = torch.zeros(7, device=device)  # [non-finite micro-batches, loss, fm, sa, samples, tokens, wait]
-            stepped = False
+            stepped, grad_norm = False, None
             for micro in range(accum):
                 tw = time.perf_counter()
                 batch = collate(next(streams[source]), t.data.text_len)
@@ -385,7 +399,7 @@ def train_loop_per_worker(config: dict) -> None:
                 if accum == 1:
                     if not poisoned:  # x sp: a rank's gradients are its tokens' share; DeepSpeed averages ranks
                         engine.backward(loss * sp if sp > 1 else loss)
-                        engine.step()
+                        grad_norm = step_engine(engine)
                         stepped = True
                     break
                 if poisoned:
@@ -397,7 +411,7 @@ def train_loop_per_worker(config: dict) -> None:
                     with zero_lr(engine.optimizer):  # every micro-batch was non-finite: weights stay
                         engine.step()
                 else:
-                    engine.step()
+                    grad_norm = step_engine(engine)
                 stepped = micro == accum - 1
             dropped = int(totals[0].item())
             if stepped:  # the fp32-kept parameters step with DeepSpeed's
@@ -418,8 +432,7 @@ def train_loop_per_worker(config: dict) -> None:
                 grad_norm = float("nan")
             else:
                 ema.update()
-                gn = engine.get_global_grad_norm()
-                grad_norm = float(gn) if gn is not None else float("nan")
+                grad_norm = float("nan") if grad_norm is None else grad_norm
             counted = accum - dropped  # the step's loss terms: means over the micro-batches that counted
             terms = totals[1:4] / counted if counted else torch.full_like(totals[1:4], float("nan"))
             stats = torch.cat([totals[:1], terms, totals[4:]])
