@@ -106,10 +106,10 @@ def zero_gradient_loss(engine, batch, t: TrainConfig, device, dtype, gen: torch.
 
 
 def step_engine(engine) -> float | None:
-    """``engine.step()`` at a gradient-accumulation boundary; -> the global gradient norm (before
-    clipping) where DeepSpeed keeps none. It records the norm for ZeRO 1-3 and its mixed-precision
-    optimizers, but its plain fp32 path (ZeRO-0) clips without keeping it; there the gradients are
-    already all-reduced and whole on every rank, so the norm is taken here, before the step."""
+    """``engine.step()`` (the optimizer steps at a gradient-accumulation boundary) -> the global
+    gradient norm before clipping, measured here where DeepSpeed keeps none. It records the norm for
+    ZeRO 1-3 and its mixed-precision optimizers, but its plain fp32 path (ZeRO-0) clips without
+    keeping it; there, at the boundary, the gradients are all-reduced and whole on every rank."""
     norm = None
     if engine.zero_optimization_stage() == 0 and engine.is_gradient_accumulation_boundary():
         grads = [p.grad.detach().float().norm() for p in engine.module.parameters() if p.grad is not None]
