@@ -367,11 +367,10 @@ def read_clip(uri: str, max_frames: int, max_side: int | None = None) -> "np.nda
 # --- writing (edited videos of the service and the evaluation job) --------------------------
 
 
-def encode_mp4(frames: "np.ndarray", fps: float, crf: int = 18, x264_params: str | None = None) -> bytes:
+def encode_mp4(frames: "np.ndarray", fps: float, crf: int = 18) -> bytes:
     """(T, H, W, 3) uint8 -> H.264 yuv420p mp4 (index first, so browsers play while loading).
 
     yuv420p needs even sides: an odd row/column is cropped (buckets are multiples of 16 anyway).
-    ``x264_params``: libx264's own options ("key=value:key=value"), e.g. "mbtree=0".
     """
     import tempfile
 
@@ -389,7 +388,7 @@ def encode_mp4(frames: "np.ndarray", fps: float, crf: int = 18, x264_params: str
         with av.open(path, "w", options={"movflags": "faststart"}) as c:
             s = c.add_stream("libx264", rate=rate)
             s.width, s.height, s.pix_fmt = w2, h2, "yuv420p"
-            s.options = {"preset": "veryfast", "crf": str(crf), **({"x264-params": x264_params} if x264_params else {})}
+            s.options = {"preset": "veryfast", "crf": str(crf)}
             for frame in frames:
                 for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     c.mux(p)
@@ -399,7 +398,7 @@ def encode_mp4(frames: "np.ndarray", fps: float, crf: int = 18, x264_params: str
             return f.read()
 
 
-def write_mp4(uri: str, frames: "np.ndarray", fps: float, crf: int = 18, x264_params: str | None = None) -> str:
+def write_mp4(uri: str, frames: "np.ndarray", fps: float, crf: int = 18) -> str:
     """Encode ``frames`` and write them atomically to a local path or ``s3://`` URI."""
-    storage.write_bytes(uri, encode_mp4(frames, fps, crf, x264_params))
+    storage.write_bytes(uri, encode_mp4(frames, fps, crf))
     return uri

@@ -238,10 +238,7 @@ def random_example(
 def _write_clip(path: str, frames: np.ndarray, fps: int = 8) -> None:
     from sama.media import write_mp4
 
-    # No macroblock-tree rate control: with it, libx264 encoded the same 32x32 clip to 1-3
-    # different files in 25 tries (decoded up to 6 levels apart), so two writes of one world gave
-    # different latents; without it, 350 encodes of 14 clips were byte-identical (~11% larger).
-    write_mp4(path, frames, fps, crf=10, x264_params="mbtree=0")
+    write_mp4(path, frames, fps, crf=10)
 
 
 def _write_image(path: str, frame: np.ndarray) -> None:
