@@ -1,5 +1,6 @@
 """The precompute job end to end, its resume, no drift from the library, and the shard reader."""
 
+import contextlib
 import json
 import os
 import signal
@@ -162,13 +163,22 @@ def test_precompute_to_s3_and_resume_after_kill(ray_cluster, manifest, s3_bucket
     deadline = time.time() + 400  # generous: CI machines can be slow to start the job
     while time.time() < deadline and len(storage.list_files(done)) < 4 and proc.poll() is None:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):  # it may have finished already: handled below
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     shard_files, markers = wait_until_quiet(lambda: (storage.list_files(latents), storage.list_files(done)))
     committed = {storage.basename(m).removesuffix(".json") for m in markers}
     # A shard is finished once its marker is there; one without was in flight (and is redone).
     shards = {f: storage.stamp(f) for f in shard_files if storage.basename(f).removesuffix(".parquet") in committed}
-    before = {s for f in shards for s in storage.read_parquet(f)["sample_id"].to_pylist()}
+    ids_of = lambda files: {s for f in files for s in storage.read_parquet(f)["sample_id"].to_pylist()}  # noqa: E731
+    if len(ids_of(shards)) == expected_total(lookalikes):
+        # Beside a busy xdist worker the killed job's tasks can finish every shard before Ray reaps
+        # them (once in four suite runs here). Then leave the state a kill midway leaves: the last
+        # half's markers gone, their shard files still there (as writes in flight at a kill).
+        for f in sorted(shards)[len(shards) // 2 :]:
+            storage.delete(storage.join(done, storage.basename(f).removesuffix(".parquet") + ".json"))
+            del shards[f]
+    before = ids_of(shards)
     assert 4 <= len(before) < expected_total(lookalikes), "the kill should land midway"
 
     launcher.run(job_yaml("precompute"), args)
